@@ -1,0 +1,189 @@
+//! The command line every rookery daemon gets.
+//!
+//! [`Cli`] is generic over the daemon's own flags (`X`, any `clap::Args`),
+//! which are flattened next to the framework's, so `mydaemon --help` lists
+//! both. Global options may come before or after the subcommand.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::logging::Level;
+
+/// The parsed command line.
+#[derive(Debug, Parser)]
+#[command(version)]
+pub struct Cli<X: clap::Args> {
+    /// What to do (default: start).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// TOML config file (without it, built-in defaults).
+    #[arg(short = 'c', long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// Stay in the foreground and log to the console too.
+    #[arg(short = 'n', long = "no-daemon", global = true)]
+    pub no_daemon: bool,
+
+    /// Log level: 0-7 or emerg, alert, crit, err, warning, notice, info, debug.
+    #[arg(short = 'l', long, global = true, value_name = "LEVEL")]
+    pub loglevel: Option<Level>,
+
+    /// Number of workers (overrides the config).
+    #[arg(short = 'w', long, global = true, value_name = "N")]
+    pub workers: Option<u32>,
+
+    /// Pidfile path (overrides the config).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub pidfile: Option<PathBuf>,
+
+    /// Log file path, or "-" for stderr only (overrides the config).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub logfile: Option<PathBuf>,
+
+    /// The seed's spelling of `write-init`.
+    #[arg(long = "write-init", hide = true)]
+    pub write_init: bool,
+
+    /// The daemon's own options.
+    #[command(flatten)]
+    pub app: X,
+}
+
+/// No options of the daemon's own.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct NoArgs {}
+
+/// Where a generated file goes.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Output {
+    /// Write to this path instead of the system location.
+    #[arg(short = 'o', long, value_name = "PATH", conflicts_with = "stdout")]
+    pub output: Option<PathBuf>,
+    /// Print to standard output instead of writing a file.
+    #[arg(long)]
+    pub stdout: bool,
+}
+
+/// The subcommands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Start the daemon (the default). Exits 0 if it already runs.
+    Start,
+    /// Stop the running daemon gracefully and wait until it is gone.
+    Stop {
+        /// How long to wait (default: the configured stop_timeout plus 5s).
+        #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+        timeout: Option<Duration>,
+    },
+    /// Stop, then start.
+    Restart {
+        /// How long to wait for the stop.
+        #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+        timeout: Option<Duration>,
+    },
+    /// Exit 0 if running (and show its workers), 3 if not.
+    Status {
+        /// Print the status as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-read the config and apply it without dropping capacity.
+    Reload,
+    /// Change the number of workers: N, +K or -K.
+    #[command(allow_negative_numbers = true)]
+    Scale {
+        /// N, +K or -K.
+        #[arg(allow_hyphen_values = true)]
+        spec: String,
+    },
+    /// Make the daemon and its workers reopen their log files.
+    ReopenLogs,
+    /// Validate the config and print the effective values.
+    CheckConfig,
+    /// Print a commented sample config.
+    SampleConfig,
+    /// Write an LSB init script (default /etc/init.d/NAME).
+    WriteInit(Output),
+    /// Write a systemd unit (default /etc/systemd/system/NAME.service).
+    WriteSystemd(Output),
+    /// Write a logrotate snippet (default /etc/logrotate.d/NAME).
+    WriteLogrotate(Output),
+    /// Supervise copies of COMMAND (the `rookery` binary).
+    #[command(hide = true)]
+    Run {
+        /// The command and its arguments, after `--`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
+}
+
+/// A parsed `scale` argument.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScaleSpec {
+    /// Exactly N workers.
+    To(u32),
+    /// K more.
+    Up(u32),
+    /// K fewer.
+    Down(u32),
+}
+
+impl std::str::FromStr for ScaleSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("invalid scale {s:?}: expected N, +K or -K");
+        if let Some(k) = s.strip_prefix('+') {
+            k.parse().map(ScaleSpec::Up).map_err(|_| bad())
+        } else if let Some(k) = s.strip_prefix('-') {
+            k.parse().map(ScaleSpec::Down).map_err(|_| bad())
+        } else {
+            s.parse().map(ScaleSpec::To).map_err(|_| bad())
+        }
+    }
+}
+
+impl std::fmt::Display for ScaleSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ScaleSpec::To(n) => write!(f, "{n}"),
+            ScaleSpec::Up(k) => write!(f, "+{k}"),
+            ScaleSpec::Down(k) => write!(f, "-{k}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::<NoArgs>::command().debug_assert();
+    }
+
+    #[test]
+    fn scale_accepts_signed_counts() {
+        let cli = Cli::<NoArgs>::try_parse_from(["d", "scale", "-2"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Scale { ref spec }) if spec == "-2"));
+        assert_eq!("-2".parse::<ScaleSpec>(), Ok(ScaleSpec::Down(2)));
+        assert_eq!("+3".parse::<ScaleSpec>(), Ok(ScaleSpec::Up(3)));
+        assert_eq!("7".parse::<ScaleSpec>(), Ok(ScaleSpec::To(7)));
+        assert!("x".parse::<ScaleSpec>().is_err());
+    }
+
+    #[test]
+    fn global_options_go_anywhere() {
+        let cli = Cli::<NoArgs>::try_parse_from(["d", "status", "-c", "x.toml", "--json"]).unwrap();
+        assert_eq!(cli.config, Some(PathBuf::from("x.toml")));
+        let cli = Cli::<NoArgs>::try_parse_from(["d", "-n", "-l", "debug", "-w", "3"]).unwrap();
+        assert!(cli.no_daemon);
+        assert_eq!(cli.loglevel, Some(Level::Debug));
+        assert_eq!(cli.workers, Some(3));
+        let cli = Cli::<NoArgs>::try_parse_from(["d", "run", "--", "sh", "-c", "echo hi"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Run { ref command }) if command.len() == 3));
+    }
+}

@@ -1,0 +1,22 @@
+//! Exit codes, with the meanings operators and init systems expect.
+
+/// Success.
+pub const OK: u8 = 0;
+/// A runtime failure (the daemon could not start, or stopped on a crash loop).
+pub const FAILURE: u8 = 1;
+/// LSB `status`: the daemon is not running.
+pub const NOT_RUNNING: u8 = 3;
+/// sysexits EX_USAGE: the command line is wrong.
+pub const USAGE: u8 = 64;
+/// sysexits EX_SOFTWARE: an internal error.
+pub const SOFTWARE: u8 = 70;
+/// sysexits EX_NOPERM: not allowed (control socket of another user).
+pub const NOPERM: u8 = 77;
+/// sysexits EX_CONFIG: the configuration is wrong.
+pub const CONFIG: u8 = 78;
+
+/// Exit status of a worker whose `init` failed (told apart from a crash in
+/// the log, handled like any other failure).
+pub const WORKER_INIT_FAILED: i32 = 3;
+/// Exit status of a worker child that could not be set up before user code.
+pub const WORKER_SETUP_FAILED: i32 = 121;

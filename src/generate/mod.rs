@@ -1,0 +1,1 @@
+//! Generated operating files: init.d script, systemd unit, logrotate snippet.

@@ -1,0 +1,111 @@
+//! The crate's only `unsafe` code, kept small and explained.
+//!
+//! Everything here wraps one system-level operation whose soundness rests on
+//! a fact the type system cannot see (the process is single-threaded; the
+//! memory is zero-filled; a signal handler only calls async-signal-safe
+//! functions), and says so in a `// SAFETY:` comment.
+#![allow(unsafe_code)]
+
+pub mod proctitle;
+
+use std::sync::atomic::AtomicU64;
+
+use nix::unistd::{ForkResult, Pid};
+
+/// What [`fork`] returns on each side.
+pub enum Forked {
+    /// In the parent: the child's pid.
+    Parent(Pid),
+    /// In the child.
+    Child,
+}
+
+/// How many threads this process has, from `/proc/self/stat`.
+pub fn thread_count() -> Option<usize> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Field 20 (num_threads) counted after the ")" that ends the comm field.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(17)?.parse().ok()
+}
+
+/// Forks, refusing to do so if the process has more than one thread.
+///
+/// The parent of a rookery daemon never starts a thread, so the child is an
+/// exact, sound copy of it and may run any code, not only
+/// async-signal-safe calls. The check makes that a checked fact rather than
+/// a hope: a user hook that started a thread gets an error, not a child with
+/// a poisoned allocator.
+pub fn fork() -> std::io::Result<Forked> {
+    if let Some(n) = thread_count() {
+        if n != 1 {
+            return Err(std::io::Error::other(format!(
+                "refusing to fork: the parent has {n} threads (a hook started a thread?)"
+            )));
+        }
+    }
+    // SAFETY: the process is single-threaded (checked just above, and the
+    // parent never starts threads), so no lock can be held by a thread that
+    // does not exist in the child, and the child may call any function.
+    match unsafe { nix::unistd::fork() }? {
+        ForkResult::Parent { child } => Ok(Forked::Parent(child)),
+        ForkResult::Child => Ok(Forked::Child),
+    }
+}
+
+/// Maps `count` zero-filled values of `T` shared between this process and
+/// every child it forks afterwards, for the life of the process.
+///
+/// `T` must be one of the scoreboard's cell types: plain atomics, valid when
+/// all-zero, with no destructor. The trait bound [`SharedCell`] marks them.
+pub fn shared_cells<T: SharedCell>(count: usize) -> std::io::Result<&'static [T]> {
+    let len = std::mem::size_of::<T>()
+        .checked_mul(count)
+        .and_then(std::num::NonZeroUsize::new)
+        .ok_or_else(|| std::io::Error::other("empty scoreboard"))?;
+    // SAFETY: a fresh anonymous mapping aliases no Rust object; we ask the
+    // kernel for it, we do not hand it an address.
+    let ptr = unsafe {
+        nix::sys::mman::mmap_anonymous(
+            None,
+            len,
+            nix::sys::mman::ProtFlags::PROT_READ | nix::sys::mman::ProtFlags::PROT_WRITE,
+            nix::sys::mman::MapFlags::MAP_SHARED,
+        )
+    }?;
+    // SAFETY: the mapping is page-aligned (so aligned for T), `len` bytes
+    // long, zero-filled by the kernel (a valid value for every SharedCell
+    // type, which are made only of atomics), never unmapped (so 'static),
+    // and only ever accessed through atomics (so sharing it with children
+    // that write concurrently is sound).
+    Ok(unsafe { std::slice::from_raw_parts(ptr.as_ptr().cast::<T>(), count) })
+}
+
+/// A type made only of atomics, valid when all its bytes are zero.
+///
+/// # Safety
+/// Implement only for `#[repr(C)]` types whose fields are all atomic
+/// integers: the zero bit pattern must be a valid value and concurrent
+/// access from several processes must go through atomic operations.
+pub unsafe trait SharedCell: Sync + 'static {}
+
+// SAFETY: AtomicU64 is valid when zero and is only accessed atomically.
+unsafe impl SharedCell for AtomicU64 {}
+
+// SAFETY: the scoreboard cell is repr(C) and made only of AtomicU64s.
+unsafe impl SharedCell for crate::scoreboard::Cell {}
+
+/// In a worker: when `signal` arrives, arm `alarm(secs)`, so a worker asked
+/// to stop (or orphaned: the parent-death signal is the stop signal) dies of
+/// SIGALRM if it has not exited within `secs`.
+pub fn alarm_on_signal(signal: i32, secs: u32) -> std::io::Result<()> {
+    let action = move || {
+        // SAFETY (of the call): alarm(2) is async-signal-safe.
+        unsafe {
+            libc::alarm(secs);
+        }
+    };
+    // SAFETY: the action only calls alarm(2), which is async-signal-safe,
+    // and captures a plain integer; it touches no lock or allocation.
+    unsafe { signal_hook::low_level::register(signal, action) }?;
+    Ok(())
+}

@@ -1,0 +1,1 @@
+//! Process titles as `ps` and `top` show them.
