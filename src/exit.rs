@@ -10,6 +10,8 @@ pub const NOT_RUNNING: u8 = 3;
 pub const USAGE: u8 = 64;
 /// sysexits EX_SOFTWARE: an internal error.
 pub const SOFTWARE: u8 = 70;
+/// sysexits EX_CANTCREAT: an output file cannot be written.
+pub const CANTCREAT: u8 = 73;
 /// sysexits EX_NOPERM: not allowed (control socket of another user).
 pub const NOPERM: u8 = 77;
 /// sysexits EX_CONFIG: the configuration is wrong.

@@ -1,13 +1,114 @@
 //! rookery: multi-process worker daemons on Linux.
+//!
+//! A light, single-threaded parent process forks a pool of worker
+//! processes and keeps them alive: it restarts those that die (with
+//! back-off), replaces hung or bloated ones, stops them all gracefully on
+//! SIGTERM, and its workers exit by themselves if the parent is killed.
+//! Around that core every daemon built with rookery gets one command line
+//! (`start`, `stop`, `status`, `reload`, `scale`, `reopen-logs`, ...), a
+//! TOML config with located errors, syslog levels to a file logrotate can
+//! rotate, a pidfile lock, a daemon mode that reports startup failure
+//! truthfully, privilege dropping, process titles, and generated init.d,
+//! systemd and logrotate files.
+//!
+//! # Usage
+//!
+//! Implement [`Worker`] (`init` once per process, `run` for one job) and
+//! call [`run`] from `main`:
+//!
+//! ```no_run
+//! use rookery::{BoxError, Context, Step, Worker};
+//!
+//! #[derive(Debug, Clone, Default, serde::Deserialize)]
+//! #[serde(default, deny_unknown_fields)]
+//! struct Settings {
+//!     greeting: String,
+//! }
+//!
+//! struct Hello {
+//!     greeting: String,
+//! }
+//!
+//! impl Worker for Hello {
+//!     type Settings = Settings; // the [app] table of the config file
+//!     type Args = rookery::NoArgs; // extra command-line options: none
+//!
+//!     fn init(ctx: &mut Context<Self>) -> Result<Self, BoxError> {
+//!         // Runs in the worker process: open connections here.
+//!         Ok(Hello { greeting: ctx.settings().greeting.clone() })
+//!     }
+//!
+//!     fn run(&mut self, ctx: &mut Context<Self>) -> Result<Step, BoxError> {
+//!         // One job per call; return Idle when there was nothing to do.
+//!         if !ctx.sleep(std::time::Duration::from_secs(1)) {
+//!             return Ok(Step::Idle); // woken by a stop request
+//!         }
+//!         ctx.begin_job();
+//!         tracing::info!("{} from worker {}", self.greeting, ctx.slot());
+//!         Ok(Step::Worked)
+//!     }
+//! }
+//!
+//! fn main() -> std::process::ExitCode {
+//!     rookery::run::<Hello>()
+//! }
+//! ```
+//!
+//! `hello --no-daemon` runs it in the foreground with 4 workers;
+//! `hello -c hello.toml start` detaches and returns once every worker's
+//! `init` has returned; `hello status`, `hello scale +2`, `hello stop`.
+//!
+//! # Theory of operation
+//!
+//! The parent never starts a thread, so `fork` without `exec` is sound and
+//! a worker is a full copy of the program. It blocks its signals and reads
+//! them from a signalfd in one `poll` loop, together with a pipe on which
+//! workers report readiness, the control socket, and the output pipes of
+//! external commands. The loop's timeout is the nearest due timer (a
+//! back-off, a stop deadline, a health check); with none, it sleeps until
+//! something happens, so an idle parent costs nothing.
+//!
+//! Decisions live in [`pool::Pool`], a state machine without system calls,
+//! unit-tested with a fake clock. Workers publish heartbeats, job counts
+//! and busy/idle state in a shared memory [`scoreboard`] with plain atomic
+//! stores: no system call per job.
+//!
+//! Each worker asks the kernel for its stop signal when the parent dies
+//! (`PR_SET_PDEATHSIG`, set after the fork and checked against the
+//! recorded parent pid to close the race), and arms `alarm(stop_timeout)`
+//! when asked to stop, so an orphan that hangs still dies.
+//!
+//! Only [`sys`](crate) contains `unsafe` code; the rest of the crate
+//! denies it.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod beanstalk;
 pub mod cli;
 pub mod config;
+pub mod control;
+mod daemon;
+pub mod daemonize;
 pub mod exit;
 pub mod generate;
+pub mod hooks;
 pub mod logging;
+pub mod pidfile;
 pub mod pool;
+pub mod privileges;
 pub mod scoreboard;
+pub mod signals;
+mod spawn;
+mod supervisor;
 mod sys;
 pub mod titles;
+pub mod worker;
+
+pub use cli::NoArgs;
+pub use daemon::{run, Daemon};
+pub use hooks::{Hooks, NoHooks};
+pub use worker::{BoxError, Context, NoSettings, Step, Worker};
+
+/// A commented config file listing every key with its default
+/// (`mydaemon sample-config`).
+pub const SAMPLE_CONFIG: &str = include_str!("sample.toml");

@@ -109,3 +109,40 @@ pub fn alarm_on_signal(signal: i32, secs: u32) -> std::io::Result<()> {
     unsafe { signal_hook::low_level::register(signal, action) }?;
     Ok(())
 }
+
+/// Prepares `cmd` so that, between `fork` and `exec`, the child asks for
+/// `pdeathsig` when its parent dies, exits if the parent (`parent`) is
+/// already gone, and keeps `inherit` open across `exec`.
+pub fn child_setup(
+    cmd: &mut std::process::Command,
+    parent: i32,
+    pdeathsig: i32,
+    inherit: Option<std::os::fd::RawFd>,
+) {
+    use std::os::unix::process::CommandExt;
+    let hook = move || {
+        // Only async-signal-safe calls here: prctl, getppid, fcntl, _exit.
+        // SAFETY (of the calls): each is a plain system call on integers.
+        unsafe {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, pdeathsig as libc::c_ulong, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                libc::_exit(crate::exit::WORKER_SETUP_FAILED);
+            }
+            if let Some(fd) = inherit {
+                let flags = libc::fcntl(fd, libc::F_GETFD);
+                if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+        }
+        Ok(())
+    };
+    // SAFETY: the hook runs in the forked child before exec and makes only
+    // async-signal-safe system calls (prctl, getppid, fcntl, _exit); it
+    // allocates nothing and takes no lock. `last_os_error` reads errno only.
+    unsafe {
+        cmd.pre_exec(hook);
+    }
+}

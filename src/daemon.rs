@@ -1,0 +1,597 @@
+//! The entry point: command line to running daemon.
+
+use std::marker::PhantomData;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{CommandFactory, FromArgMatches};
+use tracing::{error, info};
+
+use crate::cli::{Cli, Command, ScaleSpec};
+use crate::config::{Config, ConfigError, Overrides};
+use crate::control::{self, Request, Response};
+use crate::daemonize::{self, Launch, StartupReport};
+use crate::exit;
+use crate::generate::{self, Invocation, Kind};
+use crate::hooks::{Hooks, NoHooks};
+use crate::logging;
+use crate::pidfile::{self, Acquired};
+use crate::privileges;
+use crate::signals::Inbox;
+use crate::spawn::{CommandSpawner, ForkSpawner, Spawner};
+use crate::supervisor::Supervisor;
+use crate::titles;
+use crate::worker::Worker;
+
+/// Builds and runs a daemon whose workers are `W`.
+pub struct Daemon<W: Worker> {
+    name: String,
+    version: Option<String>,
+    about: Option<String>,
+    hooks: Box<dyn Hooks>,
+    command_mode: bool,
+    cli_args: Option<W::Args>,
+    _w: PhantomData<fn() -> W>,
+}
+
+/// Runs a daemon named after its executable, with workers of type `W`.
+pub fn run<W: Worker>() -> ExitCode {
+    let name = std::env::args_os()
+        .next()
+        .and_then(|a| Path::new(&a).file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "rookery".into());
+    Daemon::<W>::new(&name).run()
+}
+
+/// A line for the operator on stderr, prefixed with the program name.
+fn say(name: &str, msg: impl std::fmt::Display) {
+    eprintln!("{name}: {msg}");
+}
+
+impl<W: Worker> Daemon<W> {
+    /// A daemon called `name` (process titles, default paths, generated files).
+    pub fn new(name: &str) -> Self {
+        Daemon {
+            name: name.to_string(),
+            version: None,
+            about: None,
+            hooks: Box::new(NoHooks),
+            command_mode: false,
+            cli_args: None,
+            _w: PhantomData,
+        }
+    }
+
+    /// The version `--version` prints.
+    pub fn version(mut self, v: &str) -> Self {
+        self.version = Some(v.to_string());
+        self
+    }
+
+    /// The one-line description `--help` prints.
+    pub fn about(mut self, s: &str) -> Self {
+        self.about = Some(s.to_string());
+        self
+    }
+
+    /// Parent hooks (the seed's Daemon class).
+    pub fn hooks(mut self, h: impl Hooks + 'static) -> Self {
+        self.hooks = Box::new(h);
+        self
+    }
+
+    /// Makes this the external-command supervisor (`rookery run -- CMD`).
+    #[doc(hidden)]
+    pub fn command_mode(mut self) -> Self {
+        self.command_mode = true;
+        self
+    }
+
+    /// Parses the command line and does what it says. Returns the exit code.
+    pub fn run(mut self) -> ExitCode {
+        titles::init();
+        std::panic::set_hook(Box::new(|info| {
+            tracing::error!("panic: {info}");
+            eprintln!("panic: {info}");
+        }));
+        let mut cmd = Cli::<W::Args>::command().name(self.name.clone());
+        if let Some(v) = &self.version {
+            cmd = cmd.version(v.clone());
+        }
+        if let Some(a) = &self.about {
+            cmd = cmd.about(a.clone());
+        }
+        if self.command_mode {
+            cmd = cmd.mut_subcommand("run", |c| c.hide(false));
+        }
+        let cli = match cmd
+            .try_get_matches()
+            .and_then(|m| Cli::<W::Args>::from_arg_matches(&m))
+        {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = e.print();
+                return ExitCode::from(if e.use_stderr() { exit::USAGE } else { exit::OK });
+            }
+        };
+        ExitCode::from(self.dispatch(cli))
+    }
+
+    fn dispatch(&mut self, cli: Cli<W::Args>) -> u8 {
+        let name = self.name.clone();
+        self.cli_args = Some(cli.app.clone());
+        let mut command = cli.command.clone().unwrap_or(Command::Start);
+        if cli.write_init {
+            command = Command::WriteInit(Default::default());
+        }
+        let mut overrides = Overrides {
+            workers: cli.workers,
+            pidfile: cli.pidfile.clone(),
+            logfile: cli.logfile.clone(),
+            loglevel: cli.loglevel,
+            command: None,
+        };
+        if let Command::Run { command: c } = &command {
+            if !self.command_mode {
+                say(&name, "`run` is for the rookery command supervisor; this daemon runs its own workers");
+                return exit::USAGE;
+            }
+            overrides.command = Some(c.clone());
+            command = Command::Start;
+        }
+        let config_path = cli.config.as_ref().map(|p| absolute(p));
+        let load = || Config::load(&name, config_path.as_deref(), &overrides);
+        let config = match load() {
+            Ok(c) => c,
+            Err(e) => {
+                for p in &e.problems {
+                    say(&name, format!("config error: {p}"));
+                }
+                return exit::CONFIG;
+            }
+        };
+        let name = config.daemon.name.clone();
+        match command {
+            Command::CheckConfig => match self.validate(&config) {
+                Ok(()) => {
+                    print!("{}", config.to_toml());
+                    exit::OK
+                }
+                Err(e) => {
+                    for p in &e.problems {
+                        say(&name, format!("config error: {p}"));
+                    }
+                    exit::CONFIG
+                }
+            },
+            Command::SampleConfig => {
+                print!("{}", crate::SAMPLE_CONFIG);
+                exit::OK
+            }
+            Command::Status { json } => status(&config, json),
+            Command::Stop { timeout } => stop(&config, timeout),
+            Command::Reload => control_call(&config, &Request::Reload),
+            Command::Scale { spec } => match spec.parse::<ScaleSpec>() {
+                Ok(s) => control_call(&config, &Request::Scale { spec: s.to_string() }),
+                Err(e) => {
+                    say(&name, e);
+                    exit::USAGE
+                }
+            },
+            Command::ReopenLogs => signal_running(&config, nix::sys::signal::Signal::SIGUSR1),
+            Command::WriteInit(out) => self.write(Kind::Init, &config, &cli, &out),
+            Command::WriteSystemd(out) => self.write(Kind::Systemd, &config, &cli, &out),
+            Command::WriteLogrotate(out) => self.write(Kind::Logrotate, &config, &cli, &out),
+            Command::Restart { timeout } => {
+                let code = stop(&config, timeout);
+                if code != exit::OK && code != exit::NOT_RUNNING {
+                    return code;
+                }
+                self.start(config, cli.no_daemon, Box::new(load_owned(name.clone(), config_path.clone(), overrides.clone())))
+            }
+            Command::Start | Command::Run { .. } => {
+                let reloader = Box::new(load_owned(name.clone(), config_path.clone(), overrides.clone()));
+                self.start(config, cli.no_daemon, reloader)
+            }
+        }
+    }
+
+    /// Checks what only the running daemon would find: app settings.
+    fn validate(&self, config: &Config) -> Result<(), ConfigError> {
+        if self.command_mode && config.workers.command.is_none() {
+            return Err(ConfigError {
+                problems: vec![format!(
+                    "{}: workers.command: required by rookery (or use `rookery run -- COMMAND`)",
+                    config.source.as_ref().map_or("(command line)".into(), |p| p.display().to_string())
+                )],
+            });
+        }
+        if config.workers.command.is_none() {
+            config.app::<W::Settings>()?;
+        }
+        Ok(())
+    }
+
+    fn write(&self, kind: Kind, config: &Config, cli: &Cli<W::Args>, out: &crate::cli::Output) -> u8 {
+        let exe = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.canonicalize().ok())
+            .unwrap_or_else(|| PathBuf::from(&self.name));
+        let mut args = Vec::new();
+        if let Some(c) = &config.source {
+            args.push("-c".to_string());
+            args.push(c.display().to_string());
+        }
+        if let Some(p) = &cli.pidfile {
+            args.push("--pidfile".into());
+            args.push(absolute(p).display().to_string());
+        }
+        if let Some(p) = &cli.logfile {
+            args.push("--logfile".into());
+            args.push(absolute(p).display().to_string());
+        }
+        if let Some(w) = cli.workers {
+            args.push("--workers".into());
+            args.push(w.to_string());
+        }
+        let inv = Invocation { exe, args };
+        match generate::write(kind, config, &inv, out) {
+            Ok(notes) => {
+                for n in notes {
+                    eprintln!("{n}");
+                }
+                exit::OK
+            }
+            Err(e) => {
+                say(&self.name, e);
+                exit::CANTCREAT
+            }
+        }
+    }
+
+    fn start(&mut self, config: Config, no_daemon: bool, reloader: crate::supervisor::Reloader) -> u8 {
+        let name = config.daemon.name.clone();
+        if let Err(e) = self.validate(&config) {
+            for p in &e.problems {
+                say(&name, format!("config error: {p}"));
+            }
+            return exit::CONFIG;
+        }
+        if let Err(e) = preflight(&config) {
+            say(&name, format!("config error: {e}"));
+            return exit::CONFIG;
+        }
+        let mut report = StartupReport::none();
+        if !no_daemon {
+            if let Ok(Some(pid)) = pidfile::running(&config.daemon.pidfile) {
+                println!("{name} is already running (pid {pid})");
+                return exit::OK;
+            }
+            match daemonize::daemonize(&config.daemon.workdir, config.daemon.umask) {
+                Err(e) => {
+                    say(&name, format!("cannot daemonize: {e}"));
+                    return exit::FAILURE;
+                }
+                Ok(Launch::Waiter(code, msg)) => {
+                    if code == exit::OK {
+                        println!("{name}: {msg}");
+                    } else {
+                        say(&name, msg);
+                    }
+                    return code;
+                }
+                Ok(Launch::Daemon(r)) => report = r,
+            }
+        }
+        self.daemon_main(config, no_daemon, &mut report, reloader)
+    }
+
+    /// The daemon's life, in the foreground process or the detached one.
+    fn daemon_main(
+        &mut self,
+        config: Config,
+        no_daemon: bool,
+        report: &mut StartupReport,
+        reloader: crate::supervisor::Reloader,
+    ) -> u8 {
+        let name = config.daemon.name.clone();
+        let fail = |report: &mut StartupReport, code: u8, msg: String| -> u8 {
+            if report.pending() {
+                report.send(code, &msg);
+            } else {
+                say(&name, &msg);
+            }
+            code
+        };
+        // Signals are ours from the first moment: blocked here, read later.
+        let inbox = match Inbox::open() {
+            Ok(i) => i,
+            Err(e) => return fail(report, exit::FAILURE, format!("cannot set up signals: {e}")),
+        };
+        let _ = nix::sys::resource::setrlimit(
+            nix::sys::resource::Resource::RLIMIT_NOFILE,
+            nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+                .map(|(_, hard)| hard)
+                .unwrap_or(4096),
+            nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+                .map(|(_, hard)| hard)
+                .unwrap_or(4096),
+        );
+        let pid_lock = match pidfile::acquire(&config.daemon.pidfile) {
+            Ok(Acquired::Locked(p)) => p,
+            Ok(Acquired::Running(pid)) => {
+                let msg = format!("{name} is already running (pid {pid})");
+                if report.pending() {
+                    report.send(exit::OK, &msg);
+                } else {
+                    println!("{msg}");
+                }
+                return exit::OK;
+            }
+            Err(e) => return fail(report, exit::CONFIG, e.to_string()),
+        };
+        let log = match &config.daemon.logfile {
+            Some(p) => match logging::open_log(p) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    return fail(report, exit::CONFIG, format!("cannot open log file {}: {e}", p.display()));
+                }
+            },
+            None => None,
+        };
+        let account = match privileges::resolve(config.daemon.user.as_deref(), config.daemon.group.as_deref()) {
+            Ok(a) => a,
+            Err(e) => return fail(report, exit::CONFIG, e.to_string()),
+        };
+        if let (Some(acct), Some(f)) = (account, &log) {
+            let _ = nix::unistd::fchown(f, Some(acct.uid), Some(acct.gid));
+        }
+        if let Some(acct) = account {
+            let _ = pid_lock.chown(acct.uid, acct.gid);
+        }
+        logging::init(config.daemon.loglevel, config.daemon.logfile.as_deref(), log, no_daemon);
+        let control = match control::Server::bind(&config.daemon.control_socket, account.map(|a| (a.uid, a.gid))) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                return fail(
+                    report,
+                    exit::CONFIG,
+                    format!("cannot create control socket {}: {e}", config.daemon.control_socket.display()),
+                )
+            }
+        };
+        if let Err(e) = self.hooks.on_start(&config) {
+            let msg = format!("on_start hook failed: {}", crate::worker::error_chain(&*e));
+            error!("{msg}");
+            drop(control);
+            pid_lock.remove();
+            return fail(report, exit::FAILURE, msg);
+        }
+        if let Some(acct) = account {
+            let user = config.daemon.user.clone().unwrap_or_else(|| acct.uid.to_string());
+            if let Err(e) = privileges::drop_to(acct, &user) {
+                error!("{e}");
+                drop(control);
+                pid_lock.remove();
+                return fail(report, exit::CONFIG, e.to_string());
+            }
+        }
+        info!(
+            "{name} {} starting (pid {}, config {})",
+            self.version.as_deref().unwrap_or(env!("CARGO_PKG_VERSION")),
+            std::process::id(),
+            config.source.as_ref().map_or("built-in defaults".into(), |p| p.display().to_string())
+        );
+        let spawner: Box<dyn Spawner> = if config.workers.command.is_some() {
+            Box::new(CommandSpawner)
+        } else {
+            let settings = match config.app::<W::Settings>() {
+                Ok(s) => s,
+                Err(e) => return fail(report, exit::CONFIG, e.to_string()),
+            };
+            Box::new(ForkSpawner::<W> {
+                settings,
+                args: self.cli_args.take().expect("args parsed"),
+            })
+        };
+        let startup = std::mem::replace(report, StartupReport::none());
+        let sup = match Supervisor::new(config, spawner, &mut *self.hooks, inbox, control, startup, reloader, vec![]) {
+            Ok(s) => s,
+            Err(e) => {
+                pid_lock.remove();
+                return fail(report, exit::FAILURE, format!("cannot start supervisor: {e}"));
+            }
+        };
+        let code = sup.run();
+        pid_lock.remove();
+        code
+    }
+}
+
+fn load_owned(
+    name: String,
+    path: Option<PathBuf>,
+    overrides: Overrides,
+) -> impl Fn() -> Result<Config, ConfigError> {
+    move || Config::load(&name, path.as_deref(), &overrides)
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_path_buf())
+    }
+}
+
+/// Checks, before daemonizing, what would make the daemon fail at once, so
+/// the error reaches the operator's terminal: the pidfile, log and socket
+/// directories exist and are writable.
+fn preflight(config: &Config) -> Result<(), String> {
+    let d = &config.daemon;
+    let mut paths = vec![("pidfile", d.pidfile.as_path()), ("control_socket", d.control_socket.as_path())];
+    if let Some(l) = &d.logfile {
+        paths.push(("logfile", l.as_path()));
+    }
+    for (key, p) in paths {
+        let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        match std::fs::metadata(dir) {
+            Err(e) => {
+                return Err(format!(
+                    "{}daemon.{key}: directory {} does not exist ({e})",
+                    config.source.as_ref().map_or(String::new(), |s| format!("{}: ", s.display())),
+                    dir.display()
+                ))
+            }
+            Ok(m) if !m.is_dir() => {
+                return Err(format!(
+                    "{}daemon.{key}: {} is not a directory",
+                    config.source.as_ref().map_or(String::new(), |s| format!("{}: ", s.display())),
+                    dir.display()
+                ))
+            }
+            Ok(_) => {}
+        }
+        if nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK).is_err()
+            && !(key == "logfile" && nix::unistd::access(p, nix::unistd::AccessFlags::W_OK).is_ok())
+        {
+            return Err(format!(
+                "{}daemon.{key}: directory {} is not writable",
+                config.source.as_ref().map_or(String::new(), |s| format!("{}: ", s.display())),
+                dir.display()
+            ));
+        }
+    }
+    if !d.workdir.is_dir() {
+        return Err(format!("daemon.workdir: {} is not a directory", d.workdir.display()));
+    }
+    Ok(())
+}
+
+fn status(config: &Config, json: bool) -> u8 {
+    let name = &config.daemon.name;
+    match pidfile::running(&config.daemon.pidfile) {
+        Ok(None) => {
+            if json {
+                println!("{{\"running\":false}}");
+            } else {
+                println!("{name} is not running");
+            }
+            exit::NOT_RUNNING
+        }
+        Err(e) => {
+            say(name, format!("cannot read pidfile {}: {e}", config.daemon.pidfile.display()));
+            exit::NOT_RUNNING
+        }
+        Ok(Some(pid)) => match control::call(&config.daemon.control_socket, &Request::Status, Duration::from_secs(5)) {
+            Ok(Response::Status(s)) => {
+                if json {
+                    let mut v = serde_json::to_value(&*s).unwrap_or_default();
+                    v["running"] = serde_json::Value::Bool(true);
+                    println!("{v}");
+                } else {
+                    print!("{}", s.render());
+                }
+                exit::OK
+            }
+            Ok(Response::Error { message }) => {
+                say(name, message);
+                exit::NOPERM
+            }
+            Ok(other) => {
+                say(name, format!("unexpected answer: {other:?}"));
+                exit::SOFTWARE
+            }
+            Err(e) => {
+                // Running (the lock is held), but not answering: say so.
+                println!("{name} is running (pid {pid}); no detail: control socket {}: {e}", config.daemon.control_socket.display());
+                if e.kind() == std::io::ErrorKind::PermissionDenied {
+                    exit::NOPERM
+                } else {
+                    exit::OK
+                }
+            }
+        },
+    }
+}
+
+fn control_call(config: &Config, req: &Request) -> u8 {
+    let name = &config.daemon.name;
+    if !matches!(pidfile::running(&config.daemon.pidfile), Ok(Some(_))) {
+        say(name, "not running");
+        return exit::NOT_RUNNING;
+    }
+    match control::call(&config.daemon.control_socket, req, Duration::from_secs(30)) {
+        Ok(Response::Ok { message }) => {
+            println!("{name}: {message}");
+            exit::OK
+        }
+        Ok(Response::Error { message }) => {
+            say(name, message);
+            exit::FAILURE
+        }
+        Ok(other) => {
+            say(name, format!("unexpected answer: {other:?}"));
+            exit::SOFTWARE
+        }
+        Err(e) => {
+            say(name, format!("cannot reach the daemon at {}: {e}", config.daemon.control_socket.display()));
+            if e.kind() == std::io::ErrorKind::PermissionDenied {
+                exit::NOPERM
+            } else {
+                exit::FAILURE
+            }
+        }
+    }
+}
+
+fn signal_running(config: &Config, sig: nix::sys::signal::Signal) -> u8 {
+    let name = &config.daemon.name;
+    match pidfile::running(&config.daemon.pidfile) {
+        Ok(Some(pid)) if pid > 0 => match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig) {
+            Ok(()) => {
+                println!("{name}: sent {} to pid {pid}", sig.as_str());
+                exit::OK
+            }
+            Err(e) => {
+                say(name, format!("cannot signal pid {pid}: {e}"));
+                exit::NOPERM
+            }
+        },
+        _ => {
+            say(name, "not running");
+            exit::NOT_RUNNING
+        }
+    }
+}
+
+/// Graceful stop: SIGTERM, then wait until the pidfile lock is free (the
+/// parent and every worker are gone).
+fn stop(config: &Config, timeout: Option<Duration>) -> u8 {
+    let name = &config.daemon.name;
+    let pid = match pidfile::running(&config.daemon.pidfile) {
+        Ok(Some(pid)) if pid > 0 => pid,
+        _ => {
+            println!("{name} is not running");
+            return exit::OK;
+        }
+    };
+    if let Err(e) = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM) {
+        say(name, format!("cannot signal pid {pid}: {e}"));
+        return exit::NOPERM;
+    }
+    let limit = timeout.unwrap_or(config.workers.stop_timeout + Duration::from_secs(5));
+    let deadline = Instant::now() + limit;
+    let mut wait = Duration::from_millis(1);
+    while Instant::now() < deadline {
+        if !matches!(pidfile::running(&config.daemon.pidfile), Ok(Some(_))) {
+            println!("{name} stopped (pid {pid})");
+            return exit::OK;
+        }
+        std::thread::sleep(wait);
+        wait = (wait * 2).min(Duration::from_millis(50));
+    }
+    say(name, format!("pid {pid} did not stop within {}", humantime::format_duration(limit)));
+    exit::FAILURE
+}

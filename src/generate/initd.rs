@@ -1,0 +1,63 @@
+//! The LSB SysV init script (`initd.sh.in`).
+//!
+//! The script is plain POSIX `sh` (it runs under dash) and does no process
+//! management of its own: each action calls the daemon's subcommand of the
+//! same name with the absolute binary path and the global options, and maps
+//! the daemon's sysexits codes to LSB init script codes. `ARGS` holds shell
+//! words and is expanded with `eval`, so an option with a space survives,
+//! and `/etc/default/NAME` can override `DAEMON` and `ARGS`.
+
+use super::{fill, sh_dquote, sh_word, Invocation};
+use crate::config::Config;
+
+const TEMPLATE: &str = include_str!("initd.sh.in");
+
+/// Renders the init script.
+pub(super) fn render(cfg: &Config, inv: &Invocation) -> String {
+    let name = &cfg.daemon.name;
+    let args: Vec<String> = inv.args.iter().map(|a| sh_word(a)).collect();
+    fill(
+        TEMPLATE,
+        &[
+            ("name", &super::comment_safe(name)),
+            ("name_sh", &sh_dquote(name)),
+            ("daemon_sh", &sh_dquote(&inv.exe.to_string_lossy())),
+            ("args_sh", &sh_dquote(&args.join(" "))),
+        ],
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{check_golden, demo_config, demo_invocation};
+    use super::*;
+    use std::path::PathBuf;
+
+    #[test]
+    fn matches_golden() {
+        let text = render(&demo_config(), &demo_invocation());
+        check_golden("demodaemon.init", include_str!("../../tests/golden/demodaemon.init"), &text);
+    }
+
+    #[test]
+    fn lsb_header_and_variables() {
+        let text = render(&demo_config(), &demo_invocation());
+        assert!(text.starts_with("#!/bin/sh\n"));
+        assert!(text.contains("\n### BEGIN INIT INFO\n# Provides:          demodaemon\n"));
+        assert!(text.contains("\n# chkconfig: 2345 "));
+        assert!(text.contains("\nDAEMON=\"/usr/local/bin/demodaemon\"\n"));
+        assert!(text.contains("\nARGS=\"-c /etc/demodaemon.toml\"\n"));
+    }
+
+    #[test]
+    fn quotes_spaces_and_shell_characters() {
+        let inv = Invocation {
+            exe: PathBuf::from("/opt/my app/bin/d$x"),
+            args: vec!["-c".into(), "/etc/my daemon's.toml".into(), "100%".into()],
+        };
+        let text = render(&demo_config(), &inv);
+        assert!(text.contains("\nDAEMON=\"/opt/my app/bin/d\\$x\"\n"), "{text}");
+        // Inside double quotes `\\` is one backslash: ARGS holds `'\''`.
+        assert!(text.contains(r#"ARGS="-c '/etc/my daemon'\\''s.toml' 100%""#), "{text}");
+    }
+}

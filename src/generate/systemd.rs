@@ -1,0 +1,254 @@
+//! The systemd service unit (`systemd.service.in`).
+//!
+//! The daemon runs in the foreground (`--no-daemon start`) as `Type=notify`,
+//! telling systemd when it is ready; `KillMode=mixed` sends the stop signal
+//! to the parent alone, which stops its workers, and SIGKILLs whatever is
+//! left after `TimeoutStopSec` (the configured `stop_timeout` plus a
+//! margin). With `User=`, the daemon cannot create its directories in `/run`
+//! or `/var/log`, so systemd does (`RuntimeDirectory=`, `LogsDirectory=`)
+//! when the paths allow it, and a comment names the others.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::{comment_safe, fill, Invocation};
+use crate::config::Config;
+
+const TEMPLATE: &str = include_str!("systemd.service.in");
+
+/// Added to `stop_timeout` for `TimeoutStopSec`, so the daemon's own
+/// SIGKILL of slow workers happens before systemd's.
+const STOP_MARGIN: Duration = Duration::from_secs(5);
+
+/// Renders the unit.
+pub(super) fn render(cfg: &Config, inv: &Invocation) -> String {
+    let d = &cfg.daemon;
+    let name = escape_specifiers(&d.name);
+    let mut account = String::new();
+    if let Some(user) = &d.user {
+        account.push_str(&format!("User={}\n", escape_specifiers(user)));
+        if let Some(group) = &d.group {
+            account.push_str(&format!("Group={}\n", escape_specifiers(group)));
+        }
+    }
+    let (runtime, logs) = managed_dirs(cfg);
+    if runtime {
+        account.push_str(&format!("RuntimeDirectory={name}\n"));
+    }
+    if logs {
+        account.push_str(&format!("LogsDirectory={name}\n"));
+    }
+    if let Some(user) = &d.user {
+        for (dir, what) in unmanaged_dirs(cfg) {
+            account.push_str(&format!(
+                "# The {what} directory {} must exist and be writable by {}.\n",
+                comment_safe(&dir.to_string_lossy()),
+                comment_safe(user)
+            ));
+        }
+    }
+    let watchdog = d.watchdog.map(|w| format!("WatchdogSec={}\n", timespan(w))).unwrap_or_default();
+    let stop = cfg.workers.stop_timeout + STOP_MARGIN;
+    let stop_secs = stop.as_secs() + u64::from(stop.subsec_nanos() > 0);
+    fill(
+        TEMPLATE,
+        &[
+            ("name", &comment_safe(&d.name)),
+            ("description", &format!("{name} worker daemon")),
+            ("exec_start", &command_line(inv, &["--no-daemon", "start"])),
+            ("exec_reload", &command_line(inv, &["reload"])),
+            ("timeout_stop", &stop_secs.to_string()),
+            ("account", &account),
+            ("watchdog", &watchdog),
+        ],
+    )
+}
+
+/// Whether the daemon's directories are `/run/NAME` and `/var/log/NAME`,
+/// which systemd can create for it: (runtime, logs).
+fn managed_dirs(cfg: &Config) -> (bool, bool) {
+    let mut runtime = false;
+    let mut logs = false;
+    for (dir, _) in daemon_dirs(cfg) {
+        match classify(cfg, &dir) {
+            Some(Managed::Runtime) => runtime = true,
+            Some(Managed::Logs) => logs = true,
+            None => {}
+        }
+    }
+    (runtime, logs)
+}
+
+/// The daemon's directories systemd does not create, each with what it
+/// holds ("pidfile, control socket").
+pub(super) fn unmanaged_dirs(cfg: &Config) -> Vec<(PathBuf, String)> {
+    let mut out: Vec<(PathBuf, String)> = Vec::new();
+    for (dir, what) in daemon_dirs(cfg) {
+        if classify(cfg, &dir).is_some() {
+            continue;
+        }
+        match out.iter_mut().find(|(d, _)| *d == dir) {
+            Some((_, whats)) => {
+                whats.push_str(", ");
+                whats.push_str(what);
+            }
+            None => out.push((dir, what.to_string())),
+        }
+    }
+    out
+}
+
+enum Managed {
+    Runtime,
+    Logs,
+}
+
+fn classify(cfg: &Config, dir: &Path) -> Option<Managed> {
+    let name = &cfg.daemon.name;
+    if dir == Path::new("/run").join(name) || dir == Path::new("/var/run").join(name) {
+        Some(Managed::Runtime)
+    } else if dir == Path::new("/var/log").join(name) {
+        Some(Managed::Logs)
+    } else {
+        None
+    }
+}
+
+/// The directories the daemon creates files in, with what it puts there.
+fn daemon_dirs(cfg: &Config) -> Vec<(PathBuf, &'static str)> {
+    let d = &cfg.daemon;
+    [
+        (Some(&d.pidfile), "pidfile"),
+        (Some(&d.control_socket), "control socket"),
+        (d.logfile.as_ref(), "log file"),
+    ]
+    .into_iter()
+    .filter_map(|(path, what)| Some((path?.parent()?.to_path_buf(), what)))
+    .collect()
+}
+
+/// A systemd time span: whole seconds, else milliseconds (rounded up).
+fn timespan(d: Duration) -> String {
+    if d.subsec_nanos() == 0 {
+        d.as_secs().to_string()
+    } else {
+        format!("{}ms", d.as_nanos().div_ceil(1_000_000))
+    }
+}
+
+/// `exe args... extra...` quoted for an `Exec*=` line.
+fn command_line(inv: &Invocation, extra: &[&str]) -> String {
+    let exe = inv.exe.to_string_lossy();
+    std::iter::once(exe.as_ref())
+        .chain(inv.args.iter().map(String::as_str))
+        .chain(extra.iter().copied())
+        .map(exec_word)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// One word of an `Exec*=` command line, per systemd.service(5): `%` and `$`
+/// doubled (specifiers, variables); double quotes around a word with
+/// whitespace, quotes, backslashes or control characters, with C escapes
+/// inside; a lone `;` (the old command separator) escaped.
+fn exec_word(s: &str) -> String {
+    let s = escape_specifiers(s).replace('$', "$$");
+    if s == ";" {
+        return r"\;".to_string();
+    }
+    let plain = |c: char| !(c.is_whitespace() || c.is_control() || matches!(c, '"' | '\'' | '\\'));
+    if !s.is_empty() && s.chars().all(plain) {
+        return s;
+    }
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Doubles `%`, which starts a specifier in most unit settings.
+fn escape_specifiers(s: &str) -> String {
+    s.replace('%', "%%")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{check_golden, demo_config, demo_invocation};
+    use super::*;
+
+    #[test]
+    fn matches_golden() {
+        let text = render(&demo_config(), &demo_invocation());
+        check_golden("demodaemon.service", include_str!("../../tests/golden/demodaemon.service"), &text);
+    }
+
+    #[test]
+    fn exec_words_follow_systemd_quoting() {
+        assert_eq!(exec_word("/usr/bin/x"), "/usr/bin/x");
+        assert_eq!(exec_word("/etc/my daemon.toml"), "\"/etc/my daemon.toml\"");
+        assert_eq!(exec_word("100%"), "100%%");
+        assert_eq!(exec_word("$HOME"), "$$HOME");
+        assert_eq!(exec_word("a \"b\" %i"), r#""a \"b\" %%i""#);
+        assert_eq!(exec_word(r"c:\x"), r#""c:\\x""#);
+        assert_eq!(exec_word("a\nb"), r#""a\nb""#);
+        assert_eq!(exec_word(""), "\"\"");
+        assert_eq!(exec_word(";"), r"\;");
+    }
+
+    #[test]
+    fn quotes_paths_with_spaces_and_percent() {
+        let inv = Invocation {
+            exe: PathBuf::from("/opt/my app/d"),
+            args: vec!["-c".into(), "/etc/50% off.toml".into()],
+        };
+        let text = render(&demo_config(), &inv);
+        assert!(
+            text.contains("\nExecStart=\"/opt/my app/d\" -c \"/etc/50%% off.toml\" --no-daemon start\n"),
+            "{text}"
+        );
+        assert!(text.contains("\nExecReload=\"/opt/my app/d\" -c \"/etc/50%% off.toml\" reload\n"), "{text}");
+    }
+
+    #[test]
+    fn stop_timeout_gets_a_margin_rounded_up() {
+        let toml = "[workers]\nstop_timeout = \"2500ms\"\n";
+        let cfg = Config::parse("d", toml, Path::new("/etc/d.toml")).unwrap();
+        assert!(render(&cfg, &demo_invocation()).contains("\nTimeoutStopSec=8\n"));
+        assert_eq!(timespan(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(timespan(Duration::from_secs(30)), "30");
+    }
+
+    #[test]
+    fn user_without_systemd_managed_dirs_gets_a_comment() {
+        let toml = "[daemon]\nuser = \"daemon\"\npidfile = \"/srv/d/d.pid\"\nlogfile = \"/srv/log/d.log\"\n";
+        let cfg = Config::parse("d", toml, Path::new("/etc/d.toml")).unwrap();
+        let text = render(&cfg, &demo_invocation());
+        assert!(text.contains("\nUser=daemon\n"), "{text}");
+        assert!(!text.contains("Group="), "{text}");
+        assert!(!text.contains("RuntimeDirectory=") && !text.contains("LogsDirectory="), "{text}");
+        assert!(
+            text.contains("\n# The pidfile, control socket directory /srv/d must exist and be writable by daemon.\n"),
+            "{text}"
+        );
+        assert!(text.contains("\n# The log file directory /srv/log must exist and be writable by daemon.\n"));
+        assert!(!text.contains("WatchdogSec"), "{text}");
+    }
+
+    #[test]
+    fn no_user_no_account_lines() {
+        let toml = "[daemon]\npidfile = \"/srv/d/d.pid\"\nlogfile = \"-\"\n";
+        let cfg = Config::parse("d", toml, Path::new("/etc/d.toml")).unwrap();
+        let text = render(&cfg, &demo_invocation());
+        assert!(!text.contains("User=") && !text.contains("# The "), "{text}");
+        assert!(text.contains("RestartSec=1\n\n[Install]"), "{text}");
+    }
+}

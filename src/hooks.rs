@@ -1,0 +1,32 @@
+//! Optional parent hooks: the seed's Daemon class.
+//!
+//! The parent stays light: no user code runs in it unless a daemon asks for
+//! it by passing [`Hooks`] to [`crate::Daemon::hooks`]. Hooks run in the
+//! parent's single thread and must not start threads (the parent forks).
+
+use crate::config::Config;
+use crate::pool::WorkerExit;
+use crate::worker::BoxError;
+
+/// Code run in the parent at its milestones. Every method has a default.
+pub trait Hooks {
+    /// Once, after the pidfile is locked and the log is open, before
+    /// privileges are dropped and before any worker is forked: open here
+    /// what needs root, or what workers should inherit (a listening
+    /// socket). An error stops the start (exit 1, reported to the caller).
+    fn on_start(&mut self, _config: &Config) -> Result<(), BoxError> {
+        Ok(())
+    }
+
+    /// After a worker exited and was reaped.
+    fn on_worker_exit(&mut self, _exit: &WorkerExit) {}
+
+    /// Once, after every worker has exited, before the parent exits.
+    fn on_stop(&mut self) {}
+}
+
+/// The hooks of a daemon that has none.
+#[derive(Debug, Default)]
+pub struct NoHooks;
+
+impl Hooks for NoHooks {}

@@ -1,0 +1,112 @@
+//! Signals: a signalfd for the parent, flags and a wake-up pipe for workers.
+//!
+//! The parent blocks the signals it cares about and reads them from a
+//! `signalfd` in its poll loop: no handler runs at an arbitrary moment, and
+//! nothing is lost between two polls. Workers inherit the blocked mask and
+//! unblock everything after the fork, then install handlers (through
+//! signal-hook) that only set an atomic flag and write a byte to a pipe, so
+//! the worker's loop, or user code waiting on [`StopSignal::fd`], notices a
+//! stop request without polling.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+
+/// The signals the parent handles.
+pub const PARENT_SIGNALS: [Signal; 8] = [
+    Signal::SIGCHLD,
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGQUIT,
+    Signal::SIGHUP,
+    Signal::SIGUSR1,
+    Signal::SIGTTIN,
+    Signal::SIGTTOU,
+];
+
+/// The parent's signal inbox.
+pub struct Inbox {
+    fd: SignalFd,
+}
+
+impl Inbox {
+    /// Blocks [`PARENT_SIGNALS`] and opens a signalfd for them.
+    pub fn open() -> nix::Result<Inbox> {
+        let mut set = SigSet::empty();
+        for s in PARENT_SIGNALS {
+            set.add(s);
+        }
+        set.thread_block()?;
+        let fd = SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
+        Ok(Inbox { fd })
+    }
+
+    /// The descriptor to poll.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Every pending signal, in arrival order (duplicates of one kind may be
+    /// merged by the kernel, which is fine: SIGCHLD means "reap all").
+    pub fn drain(&mut self) -> Vec<Signal> {
+        let mut out = Vec::new();
+        while let Ok(Some(info)) = self.fd.read_signal() {
+            if let Ok(sig) = Signal::try_from(info.ssi_signo as i32) {
+                out.push(sig);
+            }
+        }
+        out
+    }
+}
+
+/// Unblocks every signal (in a forked child).
+pub fn unblock_all() -> nix::Result<()> {
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
+}
+
+/// A worker's stop request: a flag, and a pipe that becomes readable.
+pub struct StopSignal {
+    flag: Arc<AtomicBool>,
+    read: OwnedFd,
+    _write: OwnedFd,
+}
+
+impl StopSignal {
+    /// Installs handlers so any of `signals` requests a stop; a worker that
+    /// has not exited `grace_secs` after the request dies of SIGALRM.
+    pub fn install(signals: &[Signal], grace_secs: u32) -> std::io::Result<StopSignal> {
+        let flag = Arc::new(AtomicBool::new(false));
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)?;
+        for s in signals {
+            let s = *s as i32;
+            signal_hook::flag::register(s, flag.clone())?;
+            signal_hook::low_level::pipe::register_raw(s, write.try_clone()?)?;
+            if grace_secs > 0 {
+                crate::sys::alarm_on_signal(s, grace_secs)?;
+            }
+        }
+        Ok(StopSignal {
+            flag,
+            read,
+            _write: write,
+        })
+    }
+
+    /// Whether a stop was requested.
+    pub fn requested(&self) -> bool {
+        self.flag.load(Ordering::SeqCst)
+    }
+
+    /// Requests a stop from inside the worker.
+    pub fn request(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+    }
+
+    /// Readable once a stop was requested.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.read.as_fd()
+    }
+}

@@ -1,0 +1,353 @@
+//! The worker API, and the loop that drives a worker inside its process.
+//!
+//! A worker is a type implementing [`Worker`]. In each forked worker
+//! process the framework calls [`Worker::init`] once (open connections
+//! here: nothing opened in the parent is assumed usable), then
+//! [`Worker::run`] again and again, one job or one batch per call, and
+//! [`Worker::cleanup`] once at the end. Between two calls the loop checks
+//! for a stop request and for the parent's death, applies the configured
+//! delays, records a heartbeat and refreshes the process title.
+
+use std::fmt::Debug;
+use std::io::Write;
+use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
+use std::panic::AssertUnwindSafe;
+use std::time::{Duration, Instant, SystemTime};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+use serde::de::DeserializeOwned;
+use tracing::{debug, error, info};
+
+use crate::config::Config;
+use crate::exit;
+use crate::scoreboard::{Activity, Cell};
+use crate::signals::{self, StopSignal};
+use crate::titles;
+
+/// Any error a worker returns; it is logged with its sources.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What one call of [`Worker::run`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Handled a job (counted, unless the worker already reported it with
+    /// [`Context::job_done`] during this call).
+    Worked,
+    /// Found nothing to do; the loop waits `workers.idle_delay` (if set)
+    /// before the next call.
+    Idle,
+    /// The worker wants to exit cleanly (it is restarted per the policy).
+    Exit,
+}
+
+/// A worker type. See the [crate documentation](crate) for an example.
+pub trait Worker: Sized + 'static {
+    /// The daemon's own settings: the `[app]` table of the config file,
+    /// deserialized with serde. Use [`NoSettings`] for none.
+    type Settings: DeserializeOwned + Default + Clone + Debug + 'static;
+    /// The daemon's own command-line options, flattened next to the
+    /// framework's. Use [`crate::cli::NoArgs`] for none.
+    type Args: clap::Args + Clone + Debug + 'static;
+
+    /// Runs once in the new worker process, before any job: connect to the
+    /// queue or database here. An error is a worker failure (logged; the
+    /// worker is restarted with back-off; at startup, the start fails).
+    fn init(ctx: &mut Context<Self>) -> Result<Self, BoxError>;
+
+    /// Handles one job (or one batch). Called again and again until a stop
+    /// is requested. A call may block (waiting for a job), preferably with a
+    /// timeout, or by polling [`Context::stop_fd`], so that a stop request is
+    /// noticed. An error ends the worker with a failure (it is restarted).
+    fn run(&mut self, ctx: &mut Context<Self>) -> Result<Step, BoxError>;
+
+    /// Runs once before the worker exits normally.
+    fn cleanup(&mut self, _ctx: &mut Context<Self>) {}
+}
+
+/// Settings type for a daemon without an `[app]` table.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoSettings {}
+
+/// What a worker knows about itself and the daemon, and how it reports.
+pub struct Context<W: Worker> {
+    slot: u32,
+    id: u64,
+    name: String,
+    settings: W::Settings,
+    args: W::Args,
+    config: Config,
+    parent: Pid,
+    stop: StopSignal,
+    cell: &'static Cell,
+    to_parent: std::fs::File,
+    max_jobs: u64,
+    recycle_asked: bool,
+    reported_in_call: bool,
+    started: SystemTime,
+    title_at: Instant,
+    rss: u64,
+}
+
+impl<W: Worker> Context<W> {
+    /// This worker's slot, 1 to the number of workers.
+    pub fn slot(&self) -> u32 {
+        self.slot
+    }
+    /// An id unique to this worker process within the daemon's life.
+    pub fn worker_id(&self) -> u64 {
+        self.id
+    }
+    /// The daemon's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// The `[app]` settings.
+    pub fn settings(&self) -> &W::Settings {
+        &self.settings
+    }
+    /// The daemon's own command-line options.
+    pub fn args(&self) -> &W::Args {
+        &self.args
+    }
+    /// The whole configuration in force when this worker started.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+    /// Whether the worker should stop: the parent asked (or died).
+    pub fn should_stop(&self) -> bool {
+        self.stop.requested()
+    }
+    /// A descriptor that becomes readable when a stop is requested, for
+    /// workers that wait in `poll`/`epoll` or an async runtime.
+    pub fn stop_fd(&self) -> BorrowedFd<'_> {
+        self.stop.fd()
+    }
+    /// Sleeps up to `d`, waking early on a stop request. Returns `false` if
+    /// woken by a stop request.
+    pub fn sleep(&self, d: Duration) -> bool {
+        if self.should_stop() {
+            return false;
+        }
+        let mut fds = [PollFd::new(self.stop.fd(), PollFlags::POLLIN)];
+        let deadline = Instant::now() + d;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return !self.should_stop();
+            }
+            let ms = left.as_millis().min(i32::MAX as u128) as i32;
+            let _ = poll(&mut fds, PollTimeout::try_from(ms.max(1)).unwrap_or(PollTimeout::MAX));
+            if self.should_stop() {
+                return false;
+            }
+        }
+    }
+    /// Records a sign of life (no system call). Call it during long jobs
+    /// when `workers.heartbeat_timeout` is set.
+    pub fn heartbeat(&self) {
+        self.cell.beat();
+    }
+    /// Marks the worker busy with a job (shown by `status` and the title).
+    pub fn begin_job(&mut self) {
+        self.cell.set(Activity::Busy);
+    }
+    /// Reports one finished job: counts it, marks the worker idle, and
+    /// asks the parent for a replacement once `workers.max_jobs` is reached.
+    pub fn job_done(&mut self) {
+        self.reported_in_call = true;
+        let n = self.cell.add_jobs(1);
+        self.cell.set(Activity::Idle);
+        if self.max_jobs > 0 && n >= self.max_jobs && !self.recycle_asked {
+            self.recycle_asked = true;
+            let reason = format!("max_jobs reached ({n} jobs)");
+            info!("{reason}; asking for a replacement");
+            self.tell_parent(&format!("recycle {} {reason}", std::process::id()));
+        }
+        self.refresh_title(false);
+    }
+    /// Jobs done so far by this process.
+    pub fn jobs(&self) -> u64 {
+        self.cell.jobs()
+    }
+
+    fn tell_parent(&self, line: &str) {
+        // One write of at most PIPE_BUF bytes is atomic: lines from many
+        // workers never mix.
+        let mut msg = line.replace('\n', " ");
+        msg.truncate(1000);
+        msg.push('\n');
+        let _ = (&self.to_parent).write(msg.as_bytes());
+    }
+
+    fn refresh_title(&mut self, reread: bool) {
+        let due = self.title_at.elapsed() >= self.config.workers.title_interval;
+        if reread || due {
+            self.rss = titles::rss_bytes(None).unwrap_or(self.rss);
+            self.title_at = Instant::now();
+        }
+        let busy = self.cell.activity() == Activity::Busy;
+        titles::set(&titles::worker_title(
+            &self.name,
+            self.slot,
+            self.started,
+            self.rss,
+            self.cell.jobs(),
+            busy,
+        ));
+    }
+}
+
+/// Everything a freshly forked worker needs, prepared before the fork.
+pub(crate) struct ChildSetup<'a, W: Worker> {
+    pub slot: u32,
+    pub id: u64,
+    pub config: &'a Config,
+    pub settings: &'a W::Settings,
+    pub args: &'a W::Args,
+    pub parent: Pid,
+    pub cell: &'static Cell,
+    pub to_parent: &'a OwnedFd,
+    pub close: &'a [RawFd],
+    pub max_jobs: u64,
+}
+
+/// The worker process's life. Never returns.
+pub(crate) fn child_main<W: Worker>(setup: ChildSetup<'_, W>) -> ! {
+    let code = std::panic::catch_unwind(AssertUnwindSafe(|| child_life::<W>(setup)))
+        .unwrap_or_else(|_| 101);
+    std::process::exit(code)
+}
+
+fn child_life<W: Worker>(s: ChildSetup<'_, W>) -> i32 {
+    let name = s.config.daemon.name.clone();
+    crate::logging::set_role(&format!("worker {}", s.slot));
+    for fd in s.close {
+        let _ = nix::unistd::close(*fd);
+    }
+    // The parent's handlers and mask are not ours.
+    if signals::unblock_all().is_err() {
+        return exit::WORKER_SETUP_FAILED;
+    }
+    let w = &s.config.workers;
+    let grace = w.stop_timeout.as_secs().max(1).min(u32::MAX as u64) as u32;
+    let mut stops = vec![Signal::SIGTERM, Signal::SIGINT, Signal::SIGQUIT];
+    if !stops.contains(&w.stop_signal) {
+        stops.push(w.stop_signal);
+    }
+    let stop = match StopSignal::install(&stops, grace) {
+        Ok(s) => s,
+        Err(e) => {
+            error!("cannot install signal handlers: {e}");
+            return exit::WORKER_SETUP_FAILED;
+        }
+    };
+    let _ = signal_hook::flag::register(Signal::SIGUSR1 as i32, crate::logging::reopen_flag());
+    let _ = signal_hook::flag::register(Signal::SIGHUP as i32, std::sync::Arc::new(Default::default()));
+    for s in [Signal::SIGTTIN, Signal::SIGTTOU] {
+        let _ = signal_hook::flag::register(s as i32, std::sync::Arc::new(Default::default()));
+    }
+    // Die with the parent. Set after any credential change (which clears
+    // it; ours happened in the parent before the fork), then close the race
+    // where the parent died before the prctl.
+    if nix::sys::prctl::set_pdeathsig(Some(w.stop_signal)).is_err() {
+        return exit::WORKER_SETUP_FAILED;
+    }
+    if nix::unistd::getppid() != s.parent {
+        return exit::WORKER_SETUP_FAILED;
+    }
+    let Ok(to_parent) = s.to_parent.try_clone() else {
+        return exit::WORKER_SETUP_FAILED;
+    };
+    s.cell.reset(std::process::id() as i32);
+    titles::set_comm(&name);
+
+    let mut ctx = Context::<W> {
+        slot: s.slot,
+        id: s.id,
+        name,
+        settings: s.settings.clone(),
+        args: s.args.clone(),
+        config: s.config.clone(),
+        parent: s.parent,
+        stop,
+        cell: s.cell,
+        to_parent: std::fs::File::from(to_parent),
+        max_jobs: s.max_jobs,
+        recycle_asked: false,
+        reported_in_call: false,
+        started: SystemTime::now(),
+        title_at: Instant::now(),
+        rss: 0,
+    };
+    ctx.refresh_title(true);
+    let mut worker = match W::init(&mut ctx) {
+        Ok(w) => w,
+        Err(e) => {
+            let msg = error_chain(&*e);
+            error!("init failed: {msg}");
+            ctx.tell_parent(&format!("fail {} {msg}", std::process::id()));
+            return exit::WORKER_INIT_FAILED;
+        }
+    };
+    ctx.cell.set(Activity::Idle);
+    ctx.tell_parent(&format!("ready {}", std::process::id()));
+    debug!("ready");
+    ctx.refresh_title(true);
+
+    let iteration_delay = ctx.config.workers.iteration_delay;
+    let idle_delay = ctx.config.workers.idle_delay;
+    let code = loop {
+        if ctx.should_stop() || nix::unistd::getppid() != ctx.parent {
+            break 0;
+        }
+        ctx.reported_in_call = false;
+        ctx.cell.beat();
+        match worker.run(&mut ctx) {
+            Ok(Step::Worked) => {
+                if !ctx.reported_in_call {
+                    ctx.job_done();
+                }
+            }
+            Ok(Step::Idle) => {
+                if ctx.cell.activity() == Activity::Busy {
+                    ctx.cell.set(Activity::Idle);
+                }
+                if !idle_delay.is_zero() {
+                    ctx.sleep(idle_delay);
+                }
+                if ctx.title_at.elapsed() >= ctx.config.workers.title_interval {
+                    ctx.refresh_title(true);
+                }
+            }
+            Ok(Step::Exit) => break 0,
+            Err(e) => {
+                error!("run failed: {}", error_chain(&*e));
+                worker.cleanup(&mut ctx);
+                return 1;
+            }
+        }
+        if !iteration_delay.is_zero() {
+            ctx.sleep(iteration_delay);
+        }
+    };
+    ctx.cell.set(Activity::Stopping);
+    worker.cleanup(&mut ctx);
+    debug!("exiting after {} jobs", ctx.cell.jobs());
+    let _ = std::io::stdout().flush();
+    code
+}
+
+/// An error and its sources on one line.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(cause) = src {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        src = cause.source();
+    }
+    s.replace('\n', " ")
+}

@@ -1,0 +1,214 @@
+//! Real queue servers for the integration tests.
+//!
+//! Each fixture starts its own server on a free port in its own temporary
+//! directory, waits until it answers a protocol-level probe (polling with a
+//! deadline, never a fixed sleep), and kills and reaps it in `Drop`. If the
+//! server exits during start-up (most likely because another process took
+//! the port between our probe and its `bind`), it is retried on a new port.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// How long a server may take to become ready.
+const READY_DEADLINE: Duration = Duration::from_secs(10);
+/// How many ports to try before giving up.
+const ATTEMPTS: usize = 3;
+
+/// A beanstalkd listening on 127.0.0.1, without a binlog.
+pub struct Beanstalkd {
+    /// The TCP port it listens on.
+    pub port: u16,
+    _server: Server,
+}
+
+impl Beanstalkd {
+    /// Starts `beanstalkd` (from `PATH`) and waits until it answers.
+    pub fn start() -> Beanstalkd {
+        let server = Server::start(
+            "beanstalkd",
+            |port, _dir| {
+                let mut cmd = Command::new("beanstalkd");
+                cmd.args(["-l", "127.0.0.1", "-p", &port.to_string()]);
+                cmd
+            },
+            |port| probe(port, b"use default\r\n", "USING default\r\n"),
+        );
+        Beanstalkd {
+            port: server.port,
+            _server: server,
+        }
+    }
+
+    /// `127.0.0.1:<port>`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+/// A redis-server listening on 127.0.0.1, with persistence off.
+pub struct RedisServer {
+    /// The TCP port it listens on.
+    pub port: u16,
+    _server: Server,
+}
+
+impl RedisServer {
+    /// Starts `redis-server` (from `PATH`) and waits until it answers PING.
+    pub fn start() -> RedisServer {
+        let server = Server::start(
+            "redis-server",
+            |port, dir| {
+                let mut cmd = Command::new("redis-server");
+                cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"]);
+                cmd.args(["--save", "", "--appendonly", "no", "--daemonize", "no"]);
+                cmd.arg("--dir").arg(dir);
+                cmd
+            },
+            |port| probe(port, b"PING\r\n", "+PONG\r\n"),
+        );
+        RedisServer {
+            port: server.port,
+            _server: server,
+        }
+    }
+
+    /// `127.0.0.1:<port>`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// `redis://127.0.0.1:<port>/`, for `redis::Client::open`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+}
+
+/// A running child process, its port and its directory.
+struct Server {
+    port: u16,
+    child: Child,
+    // Dropped (removed) after `Drop::drop` has killed the child.
+    _dir: TempDir,
+}
+
+impl Server {
+    fn start(
+        name: &str,
+        command: impl Fn(u16, &Path) -> Command,
+        ready: impl Fn(u16) -> bool,
+    ) -> Server {
+        let mut failures = Vec::new();
+        for _ in 0..ATTEMPTS {
+            let dir = TempDir::new(name);
+            let port = free_port();
+            let log = dir.path().join("output.log");
+            let out = std::fs::File::create(&log).expect("create server log");
+            let err = out.try_clone().expect("clone server log");
+            let child = command(port, dir.path())
+                .current_dir(dir.path())
+                .stdin(Stdio::null())
+                .stdout(out)
+                .stderr(err)
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot run {name} (is it installed?): {e}"));
+            let mut server = Server {
+                port,
+                child,
+                _dir: dir,
+            };
+            let deadline = Instant::now() + READY_DEADLINE;
+            loop {
+                if ready(port) {
+                    return server;
+                }
+                if let Some(status) = server.child.try_wait().expect("try_wait") {
+                    let output = std::fs::read_to_string(&log).unwrap_or_default();
+                    failures.push(format!("port {port}: exited with {status}: {output}"));
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    let output = std::fs::read_to_string(&log).unwrap_or_default();
+                    panic!("{name} on port {port} not ready after {READY_DEADLINE:?}: {output}");
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+        }
+        panic!("{name} failed to start: {failures:#?}");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A port that was free a moment ago.
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local_addr").port()
+}
+
+/// Whether the server on `port` answers `request` with `expected`.
+fn probe(port: u16, request: &[u8], expected: &str) -> bool {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let timeout = Some(Duration::from_secs(1));
+    if stream.set_read_timeout(timeout).is_err() || stream.write_all(request).is_err() {
+        return false;
+    }
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line).is_ok() && line == expected
+}
+
+/// A fresh directory under the system temp dir, removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// Creates `<tmp>/rookery-<prefix>-<pid>-<n>`.
+    pub fn new(prefix: &str) -> TempDir {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("rookery-{prefix}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+        TempDir(path)
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn beanstalkd_fixture_answers() {
+    let server = Beanstalkd::start();
+    assert!(probe(server.port, b"use default\r\n", "USING default\r\n"));
+    assert_eq!(server.addr(), format!("127.0.0.1:{}", server.port));
+}
+
+#[test]
+fn redis_fixture_answers_ping() {
+    let server = RedisServer::start();
+    assert!(probe(server.port, b"PING\r\n", "+PONG\r\n"));
+    let client = redis::Client::open(server.url()).expect("redis url");
+    let mut conn = client.get_connection().expect("connect to redis");
+    let pong: String = redis::cmd("PING").query(&mut conn).expect("PING");
+    assert_eq!(pong, "PONG");
+    assert!(server.addr().ends_with(&server.port.to_string()));
+}
