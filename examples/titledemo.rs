@@ -72,9 +72,7 @@ fn child_sees(expected: Option<&str>) -> bool {
         .stderr(Stdio::inherit())
         .output();
     match (output, expected) {
-        (Ok(output), Some(expected)) => {
-            output.status.success() && output.stdout == expected.as_bytes()
-        }
+        (Ok(output), Some(expected)) => output.status.success() && output.stdout == expected.as_bytes(),
         _ => false,
     }
 }

@@ -311,11 +311,7 @@ impl Client {
     /// Statistics of one tube (`current-jobs-ready`, `current-watching`, ...).
     pub fn stats_tube(&mut self, tube: &str) -> Result<Stats> {
         check_tube(tube)?;
-        self.stats_command(
-            "stats-tube",
-            format!("stats-tube {tube}"),
-            format!("tube {tube}"),
-        )
+        self.stats_command("stats-tube", format!("stats-tube {tube}"), format!("tube {tube}"))
     }
 
     /// Statistics of one job (`state`, `tube`, `pri`, `delay`, `ttr`, ...).
@@ -328,12 +324,7 @@ impl Client {
         self.stats_command("stats", "stats".to_string(), "server".to_string())
     }
 
-    fn stats_command(
-        &mut self,
-        command: &'static str,
-        line: String,
-        target: String,
-    ) -> Result<Stats> {
+    fn stats_command(&mut self, command: &'static str, line: String, target: String) -> Result<Stats> {
         let reply = self.command(command, line, None)?;
         let len = self.check(parse_ok(command, &reply, &target))?;
         let body = self.body(command, len)?;
@@ -341,12 +332,7 @@ impl Client {
     }
 
     /// Sends one command (and its body) and reads the reply line.
-    fn command(
-        &mut self,
-        command: &'static str,
-        line: String,
-        body: Option<&[u8]>,
-    ) -> Result<String> {
+    fn command(&mut self, command: &'static str, line: String, body: Option<&[u8]>) -> Result<String> {
         if self.broken {
             return Err(Error::Broken { command });
         }
@@ -589,20 +575,11 @@ mod tests {
 
     #[test]
     fn tube_names() {
-        for ok in [
-            "default",
-            "a",
-            "jobs.v2",
-            "a-b+c/d;e$f_g(h)",
-            &"x".repeat(200),
-        ] {
+        for ok in ["default", "a", "jobs.v2", "a-b+c/d;e$f_g(h)", &"x".repeat(200)] {
             assert!(check_tube(ok).is_ok(), "{ok}");
         }
         for bad in ["", "-x", "a b", "a\r\nput 0 0 1 1", "é", &"x".repeat(201)] {
-            assert!(
-                matches!(check_tube(bad), Err(Error::InvalidTube(_))),
-                "{bad:?}"
-            );
+            assert!(matches!(check_tube(bad), Err(Error::InvalidTube(_))), "{bad:?}");
         }
     }
 
@@ -613,18 +590,13 @@ mod tests {
         assert_eq!(read_body("t", &mut input, 4).unwrap(), b"a\r\nb");
         assert_eq!(read_line("t", &mut input).unwrap(), "NEXT");
         let eof = read_line("t", &mut input).unwrap_err();
-        assert!(
-            matches!(eof, Error::Io { ref source, .. } if source.kind() == io::ErrorKind::UnexpectedEof)
-        );
+        assert!(matches!(eof, Error::Io { ref source, .. } if source.kind() == io::ErrorKind::UnexpectedEof));
     }
 
     #[test]
     fn rejects_bad_framing() {
         let mut no_cr: &[u8] = b"DELETED\n";
-        assert!(matches!(
-            read_line("t", &mut no_cr),
-            Err(Error::Protocol { .. })
-        ));
+        assert!(matches!(read_line("t", &mut no_cr), Err(Error::Protocol { .. })));
         let mut unterminated: &[u8] = b"DELETED";
         assert!(matches!(
             read_line("t", &mut unterminated),
@@ -641,10 +613,7 @@ mod tests {
             Err(Error::Protocol { .. })
         ));
         let mut short: &[u8] = b"ab";
-        assert!(matches!(
-            read_body("t", &mut short, 4),
-            Err(Error::Io { .. })
-        ));
+        assert!(matches!(read_body("t", &mut short, 4), Err(Error::Io { .. })));
     }
 
     #[test]
@@ -678,10 +647,7 @@ mod tests {
             "INSERTED  1",
             "WHAT",
         ] {
-            assert!(
-                matches!(parse_put(bad, 1), Err(Error::Protocol { .. })),
-                "{bad}"
-            );
+            assert!(matches!(parse_put(bad, 1), Err(Error::Protocol { .. })), "{bad}");
         }
     }
 

@@ -115,7 +115,12 @@ pub enum Command {
     #[command(hide = true)]
     Run {
         /// The command and its arguments, after `--`.
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true, value_name = "COMMAND")]
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            required = true,
+            value_name = "COMMAND"
+        )]
         command: Vec<String>,
     },
 }

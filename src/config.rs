@@ -33,9 +33,7 @@ pub struct ConfigError {
 
 impl ConfigError {
     fn one(msg: String) -> Self {
-        ConfigError {
-            problems: vec![msg],
-        }
+        ConfigError { problems: vec![msg] }
     }
 }
 
@@ -323,7 +321,10 @@ impl Config {
     pub fn parse(name: &str, text: &str, path: &Path) -> Result<Config, ConfigError> {
         let doc = Located::new(path, text);
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::one(doc.toml_error(&e)))?;
-        let base = path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/"));
+        let base = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("/"));
         let mut v = Validator {
             doc: &doc,
             problems: Vec::new(),
@@ -334,9 +335,7 @@ impl Config {
             config.source = Some(path.to_path_buf());
             Ok(config)
         } else {
-            Err(ConfigError {
-                problems: v.problems,
-            })
+            Err(ConfigError { problems: v.problems })
         }
     }
 
@@ -392,6 +391,7 @@ impl Config {
                 let doc = Located::new(path, &text);
                 // Re-deserialize from the text for a located error.
                 #[derive(Deserialize)]
+                #[allow(dead_code)] // only deserialized, for the error's location
                 struct OnlyApp<A> {
                     #[serde(default = "default_table")]
                     #[allow(dead_code)]
@@ -523,7 +523,9 @@ fn default_log_dir(name: &str) -> PathBuf {
 }
 
 fn state_dir(name: &str) -> PathBuf {
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
     home.join(".local/state").join(name)
 }
 
@@ -544,7 +546,9 @@ fn absolute(p: &Path) -> PathBuf {
     if p.is_absolute() {
         p.to_path_buf()
     } else {
-        std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_path_buf())
+        std::env::current_dir()
+            .map(|d| d.join(p))
+            .unwrap_or_else(|_| p.to_path_buf())
     }
 }
 
@@ -554,14 +558,20 @@ pub fn parse_signal(s: &str) -> Option<Signal> {
         return Signal::try_from(n).ok();
     }
     let up = s.to_ascii_uppercase();
-    let full = if up.starts_with("SIG") { up } else { format!("SIG{up}") };
+    let full = if up.starts_with("SIG") {
+        up
+    } else {
+        format!("SIG{up}")
+    };
     full.parse().ok()
 }
 
 /// Parses a size: a number of bytes, or `512MiB`, `1G`, `200 kB`.
 pub fn parse_size(s: &str) -> Option<u64> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let num: f64 = num.parse().ok()?;
     let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
@@ -696,7 +706,10 @@ impl Validator<'_> {
         match v {
             None => default,
             Some(n) if n < min || n > MAX_WORKERS as i64 => {
-                self.problem(key, format!("{n} is out of range (expected {min} to {MAX_WORKERS})"));
+                self.problem(
+                    key,
+                    format!("{n} is out of range (expected {min} to {MAX_WORKERS})"),
+                );
                 default
             }
             Some(n) => n as u32,
@@ -708,7 +721,10 @@ impl Validator<'_> {
         let d = raw.daemon;
         if let Some(n) = d.name {
             if n.is_empty() || n.contains('/') || n.chars().any(char::is_whitespace) {
-                self.problem("daemon.name", format!("{n:?} is not a valid name (no spaces or '/')"));
+                self.problem(
+                    "daemon.name",
+                    format!("{n:?} is not a valid name (no spaces or '/')"),
+                );
             } else {
                 // Default paths follow the name.
                 let fresh = Config::defaults(&n);
@@ -777,13 +793,20 @@ impl Validator<'_> {
         if let Some(r) = w.restart {
             x.restart = r;
         }
-        x.backoff_initial = self.duration("workers.backoff_initial", w.backoff_initial, defaults.backoff_initial);
+        x.backoff_initial = self.duration(
+            "workers.backoff_initial",
+            w.backoff_initial,
+            defaults.backoff_initial,
+        );
         x.backoff_max = self.duration("workers.backoff_max", w.backoff_max, defaults.backoff_max);
         x.min_uptime = self.duration("workers.min_uptime", w.min_uptime, defaults.min_uptime);
         if let Some(s) = w.stop_signal {
             match parse_signal(&s) {
                 Some(sig) if sig != Signal::SIGKILL && sig != Signal::SIGSTOP => x.stop_signal = sig,
-                Some(_) => self.problem("workers.stop_signal", "SIGKILL and SIGSTOP cannot ask for a graceful stop"),
+                Some(_) => self.problem(
+                    "workers.stop_signal",
+                    "SIGKILL and SIGSTOP cannot ask for a graceful stop",
+                ),
                 None => self.problem(
                     "workers.stop_signal",
                     format!("unknown signal {s:?} (expected a name like \"TERM\" or \"SIGINT\")"),
@@ -791,11 +814,22 @@ impl Validator<'_> {
             }
         }
         x.stop_timeout = self.duration("workers.stop_timeout", w.stop_timeout, defaults.stop_timeout);
-        x.iteration_delay = self.duration("workers.iteration_delay", w.iteration_delay, defaults.iteration_delay);
+        x.iteration_delay = self.duration(
+            "workers.iteration_delay",
+            w.iteration_delay,
+            defaults.iteration_delay,
+        );
         x.idle_delay = self.duration("workers.idle_delay", w.idle_delay, defaults.idle_delay);
-        x.title_interval = self.duration("workers.title_interval", w.title_interval, defaults.title_interval);
-        x.heartbeat_timeout =
-            self.duration("workers.heartbeat_timeout", w.heartbeat_timeout, defaults.heartbeat_timeout);
+        x.title_interval = self.duration(
+            "workers.title_interval",
+            w.title_interval,
+            defaults.title_interval,
+        );
+        x.heartbeat_timeout = self.duration(
+            "workers.heartbeat_timeout",
+            w.heartbeat_timeout,
+            defaults.heartbeat_timeout,
+        );
         if let Some(n) = w.max_jobs {
             if n < 0 {
                 self.problem("workers.max_jobs", format!("{n} is negative (0 turns it off)"));
@@ -813,14 +847,21 @@ impl Validator<'_> {
             ),
         }
         x.max_lifetime = self.duration("workers.max_lifetime", w.max_lifetime, defaults.max_lifetime);
-        x.check_interval = self.duration("workers.check_interval", w.check_interval, defaults.check_interval);
+        x.check_interval = self.duration(
+            "workers.check_interval",
+            w.check_interval,
+            defaults.check_interval,
+        );
         if x.check_interval.is_zero() {
             self.problem("workers.check_interval", "must be greater than zero");
             x.check_interval = defaults.check_interval;
         }
         if let Some(n) = w.crash_limit {
             if n < 1 {
-                self.problem("workers.crash_limit", format!("{n} is out of range (expected 1 or more)"));
+                self.problem(
+                    "workers.crash_limit",
+                    format!("{n} is out of range (expected 1 or more)"),
+                );
             } else {
                 x.crash_limit = n.min(u32::MAX as i64) as u32;
             }
@@ -839,12 +880,18 @@ impl Validator<'_> {
         x.idle_timeout = self.duration("workers.idle_timeout", w.idle_timeout, defaults.idle_timeout);
         if x.mode == Mode::Dynamic {
             if x.min > x.max {
-                self.problem("workers.min", format!("min ({}) is greater than max ({})", x.min, x.max));
+                self.problem(
+                    "workers.min",
+                    format!("min ({}) is greater than max ({})", x.min, x.max),
+                );
             }
             if x.min_idle > x.max_idle {
                 self.problem(
                     "workers.min_idle",
-                    format!("min_idle ({}) is greater than max_idle ({})", x.min_idle, x.max_idle),
+                    format!(
+                        "min_idle ({}) is greater than max_idle ({})",
+                        x.min_idle, x.max_idle
+                    ),
                 );
             }
             if w.count.is_none() {
@@ -861,7 +908,10 @@ impl Validator<'_> {
         }
         if let Some(cmd) = w.command {
             if cmd.is_empty() || cmd[0].is_empty() {
-                self.problem("workers.command", "must name a program, e.g. [\"php\", \"worker.php\"]");
+                self.problem(
+                    "workers.command",
+                    "must name a program, e.g. [\"php\", \"worker.php\"]",
+                );
             } else {
                 x.command = Some(cmd);
             }
@@ -899,8 +949,14 @@ mod tests {
 
         let e = parse("[workers]\ncount = 0\nstop_signal = \"NOPE\"\n").unwrap_err();
         assert_eq!(e.problems.len(), 2, "{e}");
-        assert!(e.problems[0].starts_with("/etc/demo.toml:2:1: workers.count"), "{e}");
-        assert!(e.problems[1].starts_with("/etc/demo.toml:3:1: workers.stop_signal"), "{e}");
+        assert!(
+            e.problems[0].starts_with("/etc/demo.toml:2:1: workers.count"),
+            "{e}"
+        );
+        assert!(
+            e.problems[1].starts_with("/etc/demo.toml:3:1: workers.stop_signal"),
+            "{e}"
+        );
     }
 
     #[test]

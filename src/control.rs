@@ -155,7 +155,10 @@ impl Server {
         let cred = nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials);
         let allowed = cred.is_ok_and(|c| c.uid() == 0 || c.uid() == self.owner);
         if !allowed {
-            return Some((stream, Err("permission denied: only root and the daemon's user may control it".into())));
+            return Some((
+                stream,
+                Err("permission denied: only root and the daemon's user may control it".into()),
+            ));
         }
         let mut line = String::new();
         let mut reader = BufReader::new(&stream);
@@ -191,7 +194,10 @@ pub fn call(path: &Path, req: &Request, timeout: Duration) -> io::Result<Respons
     let mut line = String::new();
     BufReader::new(&stream).read_line(&mut line)?;
     if line.trim().is_empty() {
-        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the daemon closed the connection"));
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the daemon closed the connection",
+        ));
     }
     serde_json::from_str(line.trim()).map_err(io::Error::other)
 }
@@ -220,7 +226,9 @@ impl Status {
             mib(self.rss_bytes),
             self.size,
             self.mode,
-            self.config.as_ref().map_or("(built-in defaults)".into(), |p| p.display().to_string()),
+            self.config
+                .as_ref()
+                .map_or("(built-in defaults)".into(), |p| p.display().to_string()),
         );
         out.push_str(&format!(
             "{:>4}  {:>8}  {:<9} {:<9} {:>10}  {:>8}  {:>10}  {:>8}\n",

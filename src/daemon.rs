@@ -39,7 +39,11 @@ pub struct Daemon<W: Worker> {
 pub fn run<W: Worker>() -> ExitCode {
     let name = std::env::args_os()
         .next()
-        .and_then(|a| Path::new(&a).file_name().map(|n| n.to_string_lossy().into_owned()))
+        .and_then(|a| {
+            Path::new(&a)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+        })
         .unwrap_or_else(|| "rookery".into());
     Daemon::<W>::new(&name).run()
 }
@@ -134,7 +138,10 @@ impl<W: Worker> Daemon<W> {
         };
         if let Command::Run { command: c } = &command {
             if !self.command_mode {
-                say(&name, "`run` is for the rookery command supervisor; this daemon runs its own workers");
+                say(
+                    &name,
+                    "`run` is for the rookery command supervisor; this daemon runs its own workers",
+                );
                 return exit::USAGE;
             }
             overrides.command = Some(c.clone());
@@ -153,7 +160,10 @@ impl<W: Worker> Daemon<W> {
         };
         let name = config.daemon.name.clone();
         match command {
-            Command::CheckConfig => match self.validate(&config) {
+            Command::CheckConfig => match self
+                .validate(&config)
+                .and_then(|()| preflight(&config).map_err(|e| ConfigError { problems: vec![e] }))
+            {
                 Ok(()) => {
                     print!("{}", config.to_toml());
                     exit::OK
@@ -188,7 +198,11 @@ impl<W: Worker> Daemon<W> {
                 if code != exit::OK && code != exit::NOT_RUNNING {
                     return code;
                 }
-                self.start(config, cli.no_daemon, Box::new(load_owned(name.clone(), config_path.clone(), overrides.clone())))
+                self.start(
+                    config,
+                    cli.no_daemon,
+                    Box::new(load_owned(name.clone(), config_path.clone(), overrides.clone())),
+                )
             }
             Command::Start | Command::Run { .. } => {
                 let reloader = Box::new(load_owned(name.clone(), config_path.clone(), overrides.clone()));
@@ -203,7 +217,10 @@ impl<W: Worker> Daemon<W> {
             return Err(ConfigError {
                 problems: vec![format!(
                     "{}: workers.command: required by rookery (or use `rookery run -- COMMAND`)",
-                    config.source.as_ref().map_or("(command line)".into(), |p| p.display().to_string())
+                    config
+                        .source
+                        .as_ref()
+                        .map_or("(command line)".into(), |p| p.display().to_string())
                 )],
             });
         }
@@ -335,12 +352,17 @@ impl<W: Worker> Daemon<W> {
             Some(p) => match logging::open_log(p) {
                 Ok(f) => Some(f),
                 Err(e) => {
-                    return fail(report, exit::CONFIG, format!("cannot open log file {}: {e}", p.display()));
+                    return fail(
+                        report,
+                        exit::CONFIG,
+                        format!("cannot open log file {}: {e}", p.display()),
+                    );
                 }
             },
             None => None,
         };
-        let account = match privileges::resolve(config.daemon.user.as_deref(), config.daemon.group.as_deref()) {
+        let account = match privileges::resolve(config.daemon.user.as_deref(), config.daemon.group.as_deref())
+        {
             Ok(a) => a,
             Err(e) => return fail(report, exit::CONFIG, e.to_string()),
         };
@@ -350,17 +372,26 @@ impl<W: Worker> Daemon<W> {
         if let Some(acct) = account {
             let _ = pid_lock.chown(acct.uid, acct.gid);
         }
-        logging::init(config.daemon.loglevel, config.daemon.logfile.as_deref(), log, no_daemon);
-        let control = match control::Server::bind(&config.daemon.control_socket, account.map(|a| (a.uid, a.gid))) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                return fail(
-                    report,
-                    exit::CONFIG,
-                    format!("cannot create control socket {}: {e}", config.daemon.control_socket.display()),
-                )
-            }
-        };
+        logging::init(
+            config.daemon.loglevel,
+            config.daemon.logfile.as_deref(),
+            log,
+            no_daemon,
+        );
+        let control =
+            match control::Server::bind(&config.daemon.control_socket, account.map(|a| (a.uid, a.gid))) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    return fail(
+                        report,
+                        exit::CONFIG,
+                        format!(
+                            "cannot create control socket {}: {e}",
+                            config.daemon.control_socket.display()
+                        ),
+                    )
+                }
+            };
         if let Err(e) = self.hooks.on_start(&config) {
             let msg = format!("on_start hook failed: {}", crate::worker::error_chain(&*e));
             error!("{msg}");
@@ -381,7 +412,10 @@ impl<W: Worker> Daemon<W> {
             "{name} {} starting (pid {}, config {})",
             self.version.as_deref().unwrap_or(env!("CARGO_PKG_VERSION")),
             std::process::id(),
-            config.source.as_ref().map_or("built-in defaults".into(), |p| p.display().to_string())
+            config
+                .source
+                .as_ref()
+                .map_or("built-in defaults".into(), |p| p.display().to_string())
         );
         let spawner: Box<dyn Spawner> = if config.workers.command.is_some() {
             Box::new(CommandSpawner)
@@ -396,7 +430,16 @@ impl<W: Worker> Daemon<W> {
             })
         };
         let startup = std::mem::replace(report, StartupReport::none());
-        let sup = match Supervisor::new(config, spawner, &mut *self.hooks, inbox, control, startup, reloader, vec![]) {
+        let sup = match Supervisor::new(
+            config,
+            spawner,
+            &mut *self.hooks,
+            inbox,
+            control,
+            startup,
+            reloader,
+            vec![],
+        ) {
             Ok(s) => s,
             Err(e) => {
                 pid_lock.remove();
@@ -421,7 +464,9 @@ fn absolute(p: &Path) -> PathBuf {
     if p.is_absolute() {
         p.to_path_buf()
     } else {
-        std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_path_buf())
+        std::env::current_dir()
+            .map(|d| d.join(p))
+            .unwrap_or_else(|_| p.to_path_buf())
     }
 }
 
@@ -430,24 +475,36 @@ fn absolute(p: &Path) -> PathBuf {
 /// directories exist and are writable.
 fn preflight(config: &Config) -> Result<(), String> {
     let d = &config.daemon;
-    let mut paths = vec![("pidfile", d.pidfile.as_path()), ("control_socket", d.control_socket.as_path())];
+    let mut paths = vec![
+        ("pidfile", d.pidfile.as_path()),
+        ("control_socket", d.control_socket.as_path()),
+    ];
     if let Some(l) = &d.logfile {
         paths.push(("logfile", l.as_path()));
     }
     for (key, p) in paths {
-        let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let dir = p
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         match std::fs::metadata(dir) {
             Err(e) => {
                 return Err(format!(
                     "{}daemon.{key}: directory {} does not exist ({e})",
-                    config.source.as_ref().map_or(String::new(), |s| format!("{}: ", s.display())),
+                    config
+                        .source
+                        .as_ref()
+                        .map_or(String::new(), |s| format!("{}: ", s.display())),
                     dir.display()
                 ))
             }
             Ok(m) if !m.is_dir() => {
                 return Err(format!(
                     "{}daemon.{key}: {} is not a directory",
-                    config.source.as_ref().map_or(String::new(), |s| format!("{}: ", s.display())),
+                    config
+                        .source
+                        .as_ref()
+                        .map_or(String::new(), |s| format!("{}: ", s.display())),
                     dir.display()
                 ))
             }
@@ -458,13 +515,19 @@ fn preflight(config: &Config) -> Result<(), String> {
         {
             return Err(format!(
                 "{}daemon.{key}: directory {} is not writable",
-                config.source.as_ref().map_or(String::new(), |s| format!("{}: ", s.display())),
+                config
+                    .source
+                    .as_ref()
+                    .map_or(String::new(), |s| format!("{}: ", s.display())),
                 dir.display()
             ));
         }
     }
     if !d.workdir.is_dir() {
-        return Err(format!("daemon.workdir: {} is not a directory", d.workdir.display()));
+        return Err(format!(
+            "daemon.workdir: {} is not a directory",
+            d.workdir.display()
+        ));
     }
     Ok(())
 }
@@ -481,10 +544,17 @@ fn status(config: &Config, json: bool) -> u8 {
             exit::NOT_RUNNING
         }
         Err(e) => {
-            say(name, format!("cannot read pidfile {}: {e}", config.daemon.pidfile.display()));
+            say(
+                name,
+                format!("cannot read pidfile {}: {e}", config.daemon.pidfile.display()),
+            );
             exit::NOT_RUNNING
         }
-        Ok(Some(pid)) => match control::call(&config.daemon.control_socket, &Request::Status, Duration::from_secs(5)) {
+        Ok(Some(pid)) => match control::call(
+            &config.daemon.control_socket,
+            &Request::Status,
+            Duration::from_secs(5),
+        ) {
             Ok(Response::Status(s)) => {
                 if json {
                     let mut v = serde_json::to_value(&*s).unwrap_or_default();
@@ -505,7 +575,10 @@ fn status(config: &Config, json: bool) -> u8 {
             }
             Err(e) => {
                 // Running (the lock is held), but not answering: say so.
-                println!("{name} is running (pid {pid}); no detail: control socket {}: {e}", config.daemon.control_socket.display());
+                println!(
+                    "{name} is running (pid {pid}); no detail: control socket {}: {e}",
+                    config.daemon.control_socket.display()
+                );
                 if e.kind() == std::io::ErrorKind::PermissionDenied {
                     exit::NOPERM
                 } else {
@@ -536,7 +609,13 @@ fn control_call(config: &Config, req: &Request) -> u8 {
             exit::SOFTWARE
         }
         Err(e) => {
-            say(name, format!("cannot reach the daemon at {}: {e}", config.daemon.control_socket.display()));
+            say(
+                name,
+                format!(
+                    "cannot reach the daemon at {}: {e}",
+                    config.daemon.control_socket.display()
+                ),
+            );
             if e.kind() == std::io::ErrorKind::PermissionDenied {
                 exit::NOPERM
             } else {
@@ -577,7 +656,8 @@ fn stop(config: &Config, timeout: Option<Duration>) -> u8 {
             return exit::OK;
         }
     };
-    if let Err(e) = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM) {
+    if let Err(e) = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM)
+    {
         say(name, format!("cannot signal pid {pid}: {e}"));
         return exit::NOPERM;
     }
@@ -592,6 +672,12 @@ fn stop(config: &Config, timeout: Option<Duration>) -> u8 {
         std::thread::sleep(wait);
         wait = (wait * 2).min(Duration::from_millis(50));
     }
-    say(name, format!("pid {pid} did not stop within {}", humantime::format_duration(limit)));
+    say(
+        name,
+        format!(
+            "pid {pid} did not stop within {}",
+            humantime::format_duration(limit)
+        ),
+    );
     exit::FAILURE
 }

@@ -73,7 +73,10 @@ pub fn daemonize(workdir: &Path, mask: u32) -> std::io::Result<Launch> {
                 ));
             }
             let (code, text) = msg.split_once(' ').unwrap_or((&msg, ""));
-            Ok(Launch::Waiter(code.parse().unwrap_or(exit::FAILURE), text.to_string()))
+            Ok(Launch::Waiter(
+                code.parse().unwrap_or(exit::FAILURE),
+                text.to_string(),
+            ))
         }
         Forked::Child => {
             drop(r);
@@ -84,7 +87,10 @@ pub fn daemonize(workdir: &Path, mask: u32) -> std::io::Result<Launch> {
             }
             chdir(workdir)?;
             umask(Mode::from_bits_truncate(mask));
-            let null = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null")?;
+            let null = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")?;
             let null = OwnedFd::from(null);
             dup2_stdin(&null)?;
             dup2_stdout(&null)?;

@@ -47,7 +47,9 @@ pub enum Level {
     Debug = 7,
 }
 
-const NAMES: [&str; 8] = ["emerg", "alert", "crit", "err", "warning", "notice", "info", "debug"];
+const NAMES: [&str; 8] = [
+    "emerg", "alert", "crit", "err", "warning", "notice", "info", "debug",
+];
 
 impl Level {
     /// From a syslog number.
@@ -258,7 +260,11 @@ where
             tracing::Level::DEBUG => "DEBUG",
             tracing::Level::TRACE => "TRACE",
         };
-        write!(w, "{} {level} [{pid}] {role}: ", humantime::format_rfc3339_millis(now))?;
+        write!(
+            w,
+            "{} {level} [{pid}] {role}: ",
+            humantime::format_rfc3339_millis(now)
+        )?;
         ctx.field_format().format_fields(w.by_ref(), event)?;
         writeln!(w)
     }

@@ -96,7 +96,8 @@ pub fn acquire(path: &Path) -> Result<Acquired, PidfileError> {
                 }
                 lock.set_len(0).map_err(err_write)?;
                 lock.seek(io::SeekFrom::Start(0)).map_err(err_write)?;
-                lock.write_all(format!("{}\n", std::process::id()).as_bytes()).map_err(err_write)?;
+                lock.write_all(format!("{}\n", std::process::id()).as_bytes())
+                    .map_err(err_write)?;
                 return Ok(Acquired::Locked(Pidfile {
                     path: path.to_path_buf(),
                     lock,

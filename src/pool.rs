@@ -344,7 +344,10 @@ impl Pool {
             let s = self.slots.get_mut(&slot)?;
             s.done = true;
             s.last_failed = failed;
-            info!("worker {slot} (pid {pid}) exited: {status} after {up}; not restarted (restart = {:?})", self.cfg.restart);
+            info!(
+                "worker {slot} (pid {pid}) exited: {status} after {up}; not restarted (restart = {:?})",
+                self.cfg.restart
+            );
             return Some(exit);
         }
         if self.stopping {
@@ -453,7 +456,12 @@ impl Pool {
         if self.stopping {
             return;
         }
-        let live: Vec<u32> = self.slots.iter().filter(|(_, s)| !s.done).map(|(k, _)| *k).collect();
+        let live: Vec<u32> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| !s.done)
+            .map(|(k, _)| *k)
+            .collect();
         let have = live.len() as u32;
         if n < have {
             for slot in live.iter().rev().take((have - n) as usize) {
@@ -463,7 +471,7 @@ impl Pool {
             let mut add = n - have;
             let mut slot = 1;
             while add > 0 {
-                if !self.slots.get(&slot).is_some_and(|s| !s.done) {
+                if self.slots.get(&slot).is_none_or(|s| s.done) {
                     self.slots.insert(slot, Slot::default());
                     self.actions.push(Action::Spawn { slot });
                     add -= 1;
@@ -494,7 +502,9 @@ impl Pool {
             return;
         }
         let slot = p.slot;
-        let Some(s) = self.slots.get_mut(&slot) else { return };
+        let Some(s) = self.slots.get_mut(&slot) else {
+            return;
+        };
         if s.replacement.is_some() || s.recycle.is_some() {
             return;
         }
@@ -524,7 +534,11 @@ impl Pool {
     }
 
     fn advance_rolling(&mut self, now: Instant) {
-        if self.slots.values().any(|s| s.replacement.is_some() || (s.recycle.is_some() && s.current.is_some())) {
+        if self
+            .slots
+            .values()
+            .any(|s| s.replacement.is_some() || (s.recycle.is_some() && s.current.is_some()))
+        {
             return;
         }
         while let Some(slot) = self.rolling.pop_front() {
@@ -622,7 +636,9 @@ impl Pool {
     /// Back-off: the delay before `slot` restarts, and the timer for it.
     fn schedule_restart(&mut self, slot: u32, now: Instant, healthy: bool) -> Duration {
         let (initial, max) = (self.cfg.backoff_initial, self.cfg.backoff_max);
-        let Some(s) = self.slots.get_mut(&slot) else { return Duration::ZERO };
+        let Some(s) = self.slots.get_mut(&slot) else {
+            return Duration::ZERO;
+        };
         let delay = if healthy {
             s.failures = 0;
             Duration::ZERO
@@ -644,7 +660,11 @@ impl Pool {
         let window = self.cfg.crash_window;
         let c = &mut self.crash;
         c.failures.push_back(now);
-        while c.failures.front().is_some_and(|t| now.saturating_duration_since(*t) > window) {
+        while c
+            .failures
+            .front()
+            .is_some_and(|t| now.saturating_duration_since(*t) > window)
+        {
             c.failures.pop_front();
         }
         let n = c.failures.len() as u32;
@@ -668,13 +688,18 @@ impl Pool {
             }
         } else if c.in_loop {
             c.in_loop = false;
-            info!("crash loop over: {n} failures within the last {}", humantime::format_duration(window));
+            info!(
+                "crash loop over: {n} failures within the last {}",
+                humantime::format_duration(window)
+            );
         }
     }
 
     fn crash_summary(&mut self, now: Instant) {
         let c = &mut self.crash;
-        let due = c.last_summary.is_none_or(|t| now.saturating_duration_since(t) >= self.cfg.crash_window);
+        let due = c
+            .last_summary
+            .is_none_or(|t| now.saturating_duration_since(t) >= self.cfg.crash_window);
         if due {
             warn!(
                 "crash loop continues: {} restarts since the last summary, {} failures within {}",
@@ -787,7 +812,10 @@ mod tests {
         let pids: Vec<Pid> = s.pool.processes().iter().map(|p| p.pid).collect();
         s.ready_all(&pids);
         s.now += Duration::from_secs(60);
-        let e = s.pool.exited(pids[0], ExitStatus::Signaled(Signal::SIGKILL), s.now).unwrap();
+        let e = s
+            .pool
+            .exited(pids[0], ExitStatus::Signaled(Signal::SIGKILL), s.now)
+            .unwrap();
         assert_eq!(e.restart_in, Some(Duration::ZERO));
         assert_eq!(s.run_actions().len(), 1);
     }
@@ -806,7 +834,10 @@ mod tests {
             let d = e.restart_in.unwrap();
             delays.push(d.as_millis());
             assert_eq!(s.pool.next_deadline(), Some(s.now + d));
-            assert!(s.advance(d - Duration::from_millis(1)).is_empty(), "not before the delay");
+            assert!(
+                s.advance(d - Duration::from_millis(1)).is_empty(),
+                "not before the delay"
+            );
             assert_eq!(s.advance(Duration::from_millis(1)).len(), 1);
         }
         assert_eq!(delays, vec![100, 200, 400, 800, 1000, 1000]);
@@ -828,13 +859,22 @@ mod tests {
         s.pool.stop(s.now);
         let acts = s.pool.take_actions();
         assert_eq!(acts.len(), 2);
-        assert!(acts.iter().all(|a| matches!(a, Action::Signal { signal: Signal::SIGTERM, .. })));
+        assert!(acts.iter().all(|a| matches!(
+            a,
+            Action::Signal {
+                signal: Signal::SIGTERM,
+                ..
+            }
+        )));
         s.pool.exited(pids[0], ExitStatus::Code(0), s.now);
         assert!(!s.pool.is_finished());
         s.now += Duration::from_secs(10);
         s.pool.tick(s.now);
         assert_eq!(s.pool.take_actions(), vec![Action::Kill { pid: pids[1] }]);
-        let e = s.pool.exited(pids[1], ExitStatus::Signaled(Signal::SIGKILL), s.now).unwrap();
+        let e = s
+            .pool
+            .exited(pids[1], ExitStatus::Signaled(Signal::SIGKILL), s.now)
+            .unwrap();
         assert_eq!(e.restart_in, None, "no restart while stopping");
         assert!(s.pool.is_finished());
         assert!(s.pool.take_actions().is_empty());
@@ -848,10 +888,19 @@ mod tests {
         s.pool.recycle(old, "max_jobs reached", s.now);
         let new = s.run_actions();
         assert_eq!(new.len(), 1);
-        assert!(!s.log.iter().any(|a| matches!(a, Action::Signal { .. })), "old one keeps working");
+        assert!(
+            !s.log.iter().any(|a| matches!(a, Action::Signal { .. })),
+            "old one keeps working"
+        );
         s.pool.ready(new[0], s.now);
         let acts = s.pool.take_actions();
-        assert_eq!(acts, vec![Action::Signal { pid: old, signal: Signal::SIGTERM }]);
+        assert_eq!(
+            acts,
+            vec![Action::Signal {
+                pid: old,
+                signal: Signal::SIGTERM
+            }]
+        );
         let e = s.pool.exited(old, ExitStatus::Code(0), s.now).unwrap();
         assert_eq!(e.restart_in, None, "the retired worker is not replaced again");
         assert!(s.pool.take_actions().is_empty());
@@ -867,7 +916,12 @@ mod tests {
         for (i, old) in olds.iter().enumerate() {
             let new = s.run_actions();
             assert_eq!(new.len(), 1, "one replacement at a time (step {i})");
-            let running = s.pool.processes().iter().filter(|p| p.state == ProcState::Running).count();
+            let running = s
+                .pool
+                .processes()
+                .iter()
+                .filter(|p| p.state == ProcState::Running)
+                .count();
             assert_eq!(running, 3, "capacity never drops");
             s.pool.ready(new[0], s.now);
             s.pool.exited(*old, ExitStatus::Code(0), s.now);
@@ -884,7 +938,13 @@ mod tests {
         s.pool.scale_to(2, s.now);
         let acts = s.pool.take_actions();
         assert_eq!(acts.len(), 2);
-        let stopped: Vec<u32> = s.pool.processes().iter().filter(|p| p.state == ProcState::Stopping).map(|p| p.slot).collect();
+        let stopped: Vec<u32> = s
+            .pool
+            .processes()
+            .iter()
+            .filter(|p| p.state == ProcState::Stopping)
+            .map(|p| p.slot)
+            .collect();
         assert_eq!(stopped, vec![3, 4]);
         assert_eq!(s.pool.size(), 2);
         for p in &pids[2..] {
@@ -920,14 +980,20 @@ mod tests {
         let pid = s.pid_of(1);
         s.pool.ready(pid, s.now);
         s.now += Duration::from_secs(5);
-        assert_eq!(s.pool.exited(pid, ExitStatus::Code(0), s.now).unwrap().restart_in, None);
+        assert_eq!(
+            s.pool.exited(pid, ExitStatus::Code(0), s.now).unwrap().restart_in,
+            None
+        );
         assert!(s.pool.is_finished());
 
         c.restart = Restart::Never;
         let mut s = Sim::new(c);
         let pid = s.pid_of(1);
         s.pool.ready(pid, s.now);
-        assert_eq!(s.pool.exited(pid, ExitStatus::Code(1), s.now).unwrap().restart_in, None);
+        assert_eq!(
+            s.pool.exited(pid, ExitStatus::Code(1), s.now).unwrap().restart_in,
+            None
+        );
         assert!(s.pool.is_finished());
         assert!(s.pool.failed());
     }

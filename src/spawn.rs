@@ -123,7 +123,10 @@ pub(crate) fn resolve_program(program: &str) -> io::Result<PathBuf> {
         }
     }
     Err(last.unwrap_or_else(|| {
-        io::Error::new(io::ErrorKind::NotFound, format!("command not found: {program} (searched $PATH)"))
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("command not found: {program} (searched $PATH)"),
+        )
     }))
 }
 

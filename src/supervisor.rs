@@ -126,6 +126,8 @@ pub(crate) struct Supervisor<'h> {
     watchdog: Option<(Duration, Instant)>,
     sd_status: String,
     startup_error: Option<String>,
+    /// Until every first worker is ready: a failure now fails the start.
+    starting: bool,
     rng: u64,
 }
 
@@ -136,6 +138,7 @@ fn notify_systemd(states: &[sd_notify::NotifyState<'_>]) {
 impl<'h> Supervisor<'h> {
     /// Prepares the loop: the signalfd must already be open (signals are
     /// blocked from the daemon's first moment).
+    #[allow(clippy::too_many_arguments)] // each is a distinct resource handed over once
     pub(crate) fn new(
         config: Config,
         spawner: Box<dyn Spawner>,
@@ -152,7 +155,9 @@ impl<'h> Supervisor<'h> {
         let flags = nix::fcntl::fcntl(&msg_read, nix::fcntl::FcntlArg::F_GETFL)?;
         nix::fcntl::fcntl(
             &msg_read,
-            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK),
+            nix::fcntl::FcntlArg::F_SETFL(
+                nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK,
+            ),
         )?;
         let mut parent_only = vec![inbox.fd().as_raw_fd(), msg_read.as_raw_fd()];
         if let Some(c) = &control {
@@ -191,21 +196,24 @@ impl<'h> Supervisor<'h> {
             watchdog,
             sd_status: String::new(),
             startup_error: None,
+            starting: true,
             rng: seed | 1,
         })
     }
 
     /// Runs until the pool has stopped. Returns the exit code.
     pub(crate) fn run(mut self) -> u8 {
-        titles::set(&titles::parent_title(&self.config.daemon.name, self.config.source.as_deref()));
+        titles::set(&titles::parent_title(
+            &self.config.daemon.name,
+            self.config.source.as_deref(),
+        ));
         info!(
             "starting {} workers ({})",
             self.config.workers.count,
-            self.config
-                .workers
-                .command
-                .as_ref()
-                .map_or_else(|| "in-process".to_string(), |c| format!("command: {}", c.join(" ")))
+            self.config.workers.command.as_ref().map_or_else(
+                || "in-process".to_string(),
+                |c| format!("command: {}", c.join(" "))
+            )
         );
         self.pool.start();
         self.execute();
@@ -246,14 +254,18 @@ impl<'h> Supervisor<'h> {
     }
 
     fn check_startup(&mut self) {
-        if !self.startup.pending() && self.startup_error.is_none() {
+        if !self.starting {
             return;
         }
         if self.startup_error.is_none() && self.pool.all_ready() && !self.pool.is_stopping() {
+            self.starting = false;
             let n = self.pool.size();
             info!("ready: {n} workers running");
             notify_systemd(&[sd_notify::NotifyState::Ready]);
-            self.startup.send(exit::OK, &format!("started with {n} workers (pid {})", std::process::id()));
+            self.startup.send(
+                exit::OK,
+                &format!("started with {n} workers (pid {})", std::process::id()),
+            );
         }
     }
 
@@ -268,10 +280,14 @@ impl<'h> Supervisor<'h> {
     }
 
     fn timeout(&self) -> PollTimeout {
-        let due = [self.pool.next_deadline(), self.next_check, self.watchdog.map(|w| w.1)]
-            .into_iter()
-            .flatten()
-            .min();
+        let due = [
+            self.pool.next_deadline(),
+            self.next_check,
+            self.watchdog.map(|w| w.1),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         match due {
             None => PollTimeout::NONE,
             Some(t) => {
@@ -322,7 +338,12 @@ impl<'h> Supervisor<'h> {
                 .filter(|(f, _)| hit(f))
                 .map(|(_, k)| *k)
                 .collect();
-            (hit(&fds[0]), hit(&fds[1]), self.control.is_some() && hit(&fds[2]), ready_pipes)
+            (
+                hit(&fds[0]),
+                hit(&fds[1]),
+                self.control.is_some() && hit(&fds[2]),
+                ready_pipes,
+            )
         };
         for (pid, idx) in ready_pipes {
             self.read_worker_pipe(pid, idx);
@@ -344,15 +365,17 @@ impl<'h> Supervisor<'h> {
         let now = Instant::now();
         match sig {
             Signal::SIGCHLD => self.reap(),
-            Signal::SIGTERM | Signal::SIGINT | Signal::SIGQUIT => {
-                if !self.pool.is_stopping() {
-                    info!("received {}: stopping {} workers", sig.as_str(), self.workers.len());
-                    notify_systemd(&[sd_notify::NotifyState::Stopping]);
-                    if self.startup.pending() && self.startup_error.is_none() {
-                        self.startup_error = Some(format!("stopped by {} during startup", sig.as_str()));
-                    }
-                    self.pool.stop(now);
+            Signal::SIGTERM | Signal::SIGINT | Signal::SIGQUIT if !self.pool.is_stopping() => {
+                info!(
+                    "received {}: stopping {} workers",
+                    sig.as_str(),
+                    self.workers.len()
+                );
+                notify_systemd(&[sd_notify::NotifyState::Stopping]);
+                if self.starting && self.startup_error.is_none() {
+                    self.startup_error = Some(format!("stopped by {} during startup", sig.as_str()));
                 }
+                self.pool.stop(now);
             }
             Signal::SIGHUP => {
                 let _ = self.reload();
@@ -390,7 +413,11 @@ impl<'h> Supervisor<'h> {
             };
             let now = Instant::now();
             // Drain what it wrote before it died.
-            if let Some((n, notify)) = self.workers.get(&pid).map(|h| (h.output.len(), h.notify.is_some())) {
+            if let Some((n, notify)) = self
+                .workers
+                .get(&pid)
+                .map(|h| (h.output.len(), h.notify.is_some()))
+            {
                 for i in 0..n {
                     self.read_worker_pipe(pid, i);
                 }
@@ -400,9 +427,11 @@ impl<'h> Supervisor<'h> {
             }
             // Its last messages (an init error) may still be in the pipe.
             self.read_messages();
-            let Some(h) = self.workers.remove(&pid) else { continue };
+            let Some(h) = self.workers.remove(&pid) else {
+                continue;
+            };
             self.board.release(h.cell);
-            let was_starting = self.startup.pending() && !self.pool.is_active(pid);
+            let was_starting = self.starting && !self.pool.is_active(pid);
             if let Some(exit) = self.pool.exited(pid, status, now) {
                 if was_starting && self.startup_error.is_none() && !exit.requested {
                     let why = h.init_error.clone().unwrap_or_else(|| status.to_string());
@@ -430,7 +459,9 @@ impl<'h> Supervisor<'h> {
             let line = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
             let mut parts = line.splitn(3, ' ');
             let (kind, pid, rest) = (parts.next(), parts.next(), parts.next().unwrap_or(""));
-            let Some(pid) = pid.and_then(|p| p.parse().ok()).map(Pid::from_raw) else { continue };
+            let Some(pid) = pid.and_then(|p| p.parse().ok()).map(Pid::from_raw) else {
+                continue;
+            };
             match kind {
                 Some("ready") => self.pool.ready(pid, now),
                 Some("fail") => {
@@ -446,11 +477,15 @@ impl<'h> Supervisor<'h> {
 
     /// Output and notify lines of an external worker.
     fn read_worker_pipe(&mut self, pid: Pid, idx: usize) {
-        let Some(h) = self.workers.get_mut(&pid) else { return };
+        let Some(h) = self.workers.get_mut(&pid) else {
+            return;
+        };
         let mut lines = Vec::new();
         let slot = h.slot;
         if idx == usize::MAX {
-            let Some(n) = h.notify.as_mut().filter(|n| n.open) else { return };
+            let Some(n) = h.notify.as_mut().filter(|n| n.open) else {
+                return;
+            };
             n.open = n.read_lines(&mut lines);
             let cell = self.board.cell(h.cell);
             let mut recycle = None;
@@ -475,7 +510,9 @@ impl<'h> Supervisor<'h> {
             }
             return;
         }
-        let Some(o) = h.output.get_mut(idx).filter(|o| o.open) else { return };
+        let Some(o) = h.output.get_mut(idx).filter(|o| o.open) else {
+            return;
+        };
         let stderr = o.stderr;
         o.open = o.read_lines(&mut lines);
         for l in &lines {
@@ -510,7 +547,11 @@ impl<'h> Supervisor<'h> {
                     Action::Signal { pid, signal } => {
                         if let Some(h) = self.workers.get(&pid) {
                             self.board.cell(h.cell).set(Activity::Stopping);
-                            let _ = if h.group { killpg(pid, signal) } else { kill(pid, signal) };
+                            let _ = if h.group {
+                                killpg(pid, signal)
+                            } else {
+                                kill(pid, signal)
+                            };
                         }
                     }
                     Action::Kill { pid } => {
@@ -586,7 +627,7 @@ impl<'h> Supervisor<'h> {
             }
             Err(e) => {
                 self.board.release(cell);
-                if self.startup.pending() && self.startup_error.is_none() {
+                if self.starting && self.startup_error.is_none() {
                     self.startup_error = Some(format!("worker {slot} cannot start: {e}"));
                     self.pool.stop(now);
                 }
@@ -624,7 +665,9 @@ impl<'h> Supervisor<'h> {
             if !self.pool.is_active(p.pid) {
                 continue;
             }
-            let Some(h) = self.workers.get(&p.pid) else { continue };
+            let Some(h) = self.workers.get(&p.pid) else {
+                continue;
+            };
             let cell = self.board.cell(h.cell);
             if !w.heartbeat_timeout.is_zero() && (!h.group || h.speaks_notify) {
                 let silent = cell.silent_for(now_board);
@@ -634,7 +677,10 @@ impl<'h> Supervisor<'h> {
                 }
             }
             if !h.lifetime.is_zero() && now.saturating_duration_since(p.started) >= h.lifetime {
-                let why = format!("max_lifetime reached ({})", humantime::format_duration(w.max_lifetime));
+                let why = format!(
+                    "max_lifetime reached ({})",
+                    humantime::format_duration(w.max_lifetime)
+                );
                 self.pool.recycle(p.pid, &why, now);
                 continue;
             }
@@ -665,7 +711,9 @@ impl<'h> Supervisor<'h> {
         let mut idle = Vec::new();
         let mut starting = 0;
         for p in &procs {
-            let Some(h) = self.workers.get(&p.pid) else { continue };
+            let Some(h) = self.workers.get(&p.pid) else {
+                continue;
+            };
             if !self.pool.is_active(p.pid) {
                 if p.state == crate::pool::ProcState::Starting {
                     starting += 1;
@@ -680,7 +728,10 @@ impl<'h> Supervisor<'h> {
         let idle_now = idle.len() as u32 + starting;
         if idle_now < w.min_idle && size < w.max {
             let add = (w.min_idle - idle_now).min(w.max - size);
-            info!("dynamic pool: {idle_now} idle (< min_idle {}); starting {add} more", w.min_idle);
+            info!(
+                "dynamic pool: {idle_now} idle (< min_idle {}); starting {add} more",
+                w.min_idle
+            );
             self.pool.scale_to(size + add, now);
         } else if idle_now > w.max_idle && size > w.min {
             let mut long_idle: Vec<(u32, Duration)> =
@@ -689,7 +740,11 @@ impl<'h> Supervisor<'h> {
             let surplus = (idle_now - w.max_idle).min(size - w.min) as usize;
             let retire: Vec<u32> = long_idle.into_iter().take(surplus).map(|(s, _)| s).collect();
             if !retire.is_empty() {
-                info!("dynamic pool: {idle_now} idle (> max_idle {}); retiring {} idle workers", w.max_idle, retire.len());
+                info!(
+                    "dynamic pool: {idle_now} idle (> max_idle {}); retiring {} idle workers",
+                    w.max_idle,
+                    retire.len()
+                );
                 for slot in retire {
                     self.pool.retire(slot, now);
                 }
@@ -698,8 +753,10 @@ impl<'h> Supervisor<'h> {
     }
 
     fn serve_control(&mut self) {
-        let Some(server) = self.control.as_ref() else { return };
-        while let Some((stream, req)) = server.accept() {
+        let Some(server) = self.control.as_ref() else {
+            return;
+        };
+        if let Some((stream, req)) = server.accept() {
             let resp = match req {
                 Err(message) => Response::Error { message },
                 Ok(Request::Status) => Response::Status(Box::new(self.status())),
@@ -717,7 +774,6 @@ impl<'h> Supervisor<'h> {
             };
             control::Server::reply(stream, &resp);
             self.execute();
-            break;
         }
     }
 
@@ -784,7 +840,11 @@ impl<'h> Supervisor<'h> {
             ScaleSpec::Down(k) => size.saturating_sub(k),
         };
         let w = &self.config.workers;
-        let (lo, hi) = if w.mode == Mode::Dynamic { (w.min.max(1), w.max) } else { (1, crate::config::MAX_WORKERS) };
+        let (lo, hi) = if w.mode == Mode::Dynamic {
+            (w.min.max(1), w.max)
+        } else {
+            (1, crate::config::MAX_WORKERS)
+        };
         if target < lo || target > hi {
             let msg = format!("cannot scale to {target} workers (allowed: {lo} to {hi})");
             warn!("{msg}");

@@ -182,10 +182,7 @@ mod tests {
 
     #[test]
     fn statm_parsing() {
-        assert_eq!(
-            resident_bytes("2410 731 500 1 0 300 0\n", 4096),
-            Some(731 * 4096)
-        );
+        assert_eq!(resident_bytes("2410 731 500 1 0 300 0\n", 4096), Some(731 * 4096));
         assert_eq!(resident_bytes("2410\n", 4096), None);
         assert_eq!(resident_bytes("", 4096), None);
     }

@@ -139,7 +139,10 @@ impl<W: Worker> Context<W> {
                 return !self.should_stop();
             }
             let ms = left.as_millis().min(i32::MAX as u128) as i32;
-            let _ = poll(&mut fds, PollTimeout::try_from(ms.max(1)).unwrap_or(PollTimeout::MAX));
+            let _ = poll(
+                &mut fds,
+                PollTimeout::try_from(ms.max(1)).unwrap_or(PollTimeout::MAX),
+            );
             if self.should_stop() {
                 return false;
             }
@@ -216,8 +219,7 @@ pub(crate) struct ChildSetup<'a, W: Worker> {
 
 /// The worker process's life. Never returns.
 pub(crate) fn child_main<W: Worker>(setup: ChildSetup<'_, W>) -> ! {
-    let code = std::panic::catch_unwind(AssertUnwindSafe(|| child_life::<W>(setup)))
-        .unwrap_or_else(|_| 101);
+    let code = std::panic::catch_unwind(AssertUnwindSafe(|| child_life::<W>(setup))).unwrap_or(101);
     std::process::exit(code)
 }
 

@@ -36,7 +36,11 @@ mod tests {
     #[test]
     fn matches_golden() {
         let text = render(&demo_config(), &demo_invocation());
-        check_golden("demodaemon.init", include_str!("../../tests/golden/demodaemon.init"), &text);
+        check_golden(
+            "demodaemon.init",
+            include_str!("../../tests/golden/demodaemon.init"),
+            &text,
+        );
     }
 
     #[test]
@@ -58,6 +62,9 @@ mod tests {
         let text = render(&demo_config(), &inv);
         assert!(text.contains("\nDAEMON=\"/opt/my app/bin/d\\$x\"\n"), "{text}");
         // Inside double quotes `\\` is one backslash: ARGS holds `'\''`.
-        assert!(text.contains(r#"ARGS="-c '/etc/my daemon'\\''s.toml' 100%""#), "{text}");
+        assert!(
+            text.contains(r#"ARGS="-c '/etc/my daemon'\\''s.toml' 100%""#),
+            "{text}"
+        );
     }
 }

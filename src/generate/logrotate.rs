@@ -77,7 +77,11 @@ mod tests {
     #[test]
     fn matches_golden() {
         let text = render(&demo_config(), &demo_invocation());
-        check_golden("demodaemon.logrotate", include_str!("../../tests/golden/demodaemon.logrotate"), &text);
+        check_golden(
+            "demodaemon.logrotate",
+            include_str!("../../tests/golden/demodaemon.logrotate"),
+            &text,
+        );
     }
 
     #[test]
@@ -100,9 +104,15 @@ mod tests {
         let toml = "[daemon]\nuser = \"daemon\"\nlogfile = \"/var/log/d.log\"\n";
         let cfg = Config::parse("d", toml, Path::new("/etc/d.toml")).unwrap();
         let gid = User::from_name("daemon").unwrap().unwrap().gid;
-        let group = Group::from_gid(gid).unwrap().map(|g| g.name).unwrap_or_else(|| "root".into());
+        let group = Group::from_gid(gid)
+            .unwrap()
+            .map(|g| g.name)
+            .unwrap_or_else(|| "root".into());
         let text = render(&cfg, &demo_invocation());
-        assert!(text.contains(&format!("\n\tsu daemon {group}\n\tcreate 0640 daemon {group}\n")), "{text}");
+        assert!(
+            text.contains(&format!("\n\tsu daemon {group}\n\tcreate 0640 daemon {group}\n")),
+            "{text}"
+        );
     }
 
     #[test]
@@ -116,7 +126,9 @@ mod tests {
         let text = render(&cfg, &inv);
         assert!(text.contains("\n\"/var/log/my d/d.log\" {\n"), "{text}");
         assert!(
-            text.contains("\n\t\t'/opt/my app/d' -c '/etc/100% d.toml' reopen-logs >/dev/null 2>&1 || true\n"),
+            text.contains(
+                "\n\t\t'/opt/my app/d' -c '/etc/100% d.toml' reopen-logs >/dev/null 2>&1 || true\n"
+            ),
             "{text}"
         );
     }

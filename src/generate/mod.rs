@@ -11,7 +11,7 @@
 //! test fails when it drifts. After an intended change, refresh them with
 //! `ROOKERY_BLESS=1 cargo test --lib generate` and review the diff.
 //!
-//! [`write`] puts a rendered file where the operator asked (`--output PATH`,
+//! [`write()`] puts a rendered file where the operator asked (`--output PATH`,
 //! `--stdout`, or the system location) and returns what to tell them next.
 
 mod initd;
@@ -148,8 +148,12 @@ pub fn write(kind: Kind, cfg: &Config, inv: &Invocation, out: &Output) -> Result
         notes.push(format!("to use it, install it as {}", default.display()));
     }
     match kind {
-        Kind::Init => notes.push(format!("enable at boot: update-rc.d {name} defaults  (or: chkconfig --add {name})")),
-        Kind::Systemd => notes.push(format!("systemctl daemon-reload && systemctl enable --now {name}")),
+        Kind::Init => notes.push(format!(
+            "enable at boot: update-rc.d {name} defaults  (or: chkconfig --add {name})"
+        )),
+        Kind::Systemd => notes.push(format!(
+            "systemctl daemon-reload && systemctl enable --now {name}"
+        )),
         Kind::Logrotate if cfg.daemon.logfile.is_some() => {
             notes.push(format!("check it with: logrotate -d {}", default.display()));
         }
@@ -170,7 +174,10 @@ fn warnings(kind: Kind, cfg: &Config, inv: &Invocation) -> Vec<String> {
         ));
     }
     if inv.exe.to_str().is_none() {
-        w.push(format!("warning: {} is not valid UTF-8 and was written lossily", inv.exe.display()));
+        w.push(format!(
+            "warning: {} is not valid UTF-8 and was written lossily",
+            inv.exe.display()
+        ));
     }
     match kind {
         Kind::Init if name.len() > COMM_MAX => w.push(format!(
@@ -197,10 +204,12 @@ fn warnings(kind: Kind, cfg: &Config, inv: &Invocation) -> Vec<String> {
 fn write_file(path: &Path, text: &str, mode: u32) -> Result<(), GenerateError> {
     let file_name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
     let tmp = path.with_file_name(format!(".{file_name}.rookery-{}.tmp", std::process::id()));
-    let err = |action: &'static str| move |source| GenerateError::File {
-        action,
-        path: path.to_path_buf(),
-        source,
+    let err = |action: &'static str| {
+        move |source| GenerateError::File {
+            action,
+            path: path.to_path_buf(),
+            source,
+        }
     };
     let mut file = fs::OpenOptions::new()
         .write(true)
@@ -213,7 +222,9 @@ fn write_file(path: &Path, text: &str, mode: u32) -> Result<(), GenerateError> {
         .and_then(|()| file.sync_all())
         .map_err(err("write"))
         // The umask may have cleared bits of `mode`.
-        .and_then(|()| fs::set_permissions(&tmp, fs::Permissions::from_mode(mode)).map_err(err("set the mode of")))
+        .and_then(|()| {
+            fs::set_permissions(&tmp, fs::Permissions::from_mode(mode)).map_err(err("set the mode of"))
+        })
         .and_then(|()| fs::rename(&tmp, path).map_err(err("rename into place")));
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
@@ -325,7 +336,9 @@ stop_timeout = "10s"
     /// text is `expected` (from `include_str!`); with `ROOKERY_BLESS=1`,
     /// writes `actual` there instead.
     pub(super) fn check_golden(name: &str, expected: &str, actual: &str) {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/golden")
+            .join(name);
         if std::env::var_os("ROOKERY_BLESS").is_some_and(|v| v == "1") {
             fs::write(&path, actual).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
             return;
@@ -384,14 +397,27 @@ stop_timeout = "10s"
     #[test]
     fn default_paths() {
         assert_eq!(default_path(Kind::Init, "x"), Path::new("/etc/init.d/x"));
-        assert_eq!(default_path(Kind::Systemd, "x"), Path::new("/etc/systemd/system/x.service"));
-        assert_eq!(default_path(Kind::Logrotate, "x"), Path::new("/etc/logrotate.d/x"));
+        assert_eq!(
+            default_path(Kind::Systemd, "x"),
+            Path::new("/etc/systemd/system/x.service")
+        );
+        assert_eq!(
+            default_path(Kind::Logrotate, "x"),
+            Path::new("/etc/logrotate.d/x")
+        );
     }
 
     #[test]
     fn write_sets_mode_and_reports() {
+        struct Cleanup(PathBuf);
+        impl Drop for Cleanup {
+            fn drop(&mut self) {
+                let _ = fs::remove_dir_all(&self.0);
+            }
+        }
         let dir = std::env::temp_dir().join(format!("rookery-generate-unit-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
+        let _cleanup = Cleanup(dir.clone());
         let cfg = demo_config();
         for kind in [Kind::Init, Kind::Systemd] {
             let path = dir.join(format!("{kind:?}"));
@@ -402,7 +428,10 @@ stop_timeout = "10s"
             let notes = write(kind, &cfg, &demo_invocation(), &out).unwrap();
             assert_eq!(notes[0], format!("wrote {}", path.display()));
             assert!(notes.iter().any(|n| n.contains("install it as")), "{notes:?}");
-            assert_eq!(fs::read_to_string(&path).unwrap(), render(kind, &cfg, &demo_invocation()));
+            assert_eq!(
+                fs::read_to_string(&path).unwrap(),
+                render(kind, &cfg, &demo_invocation())
+            );
             let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, kind.mode(), "{kind}");
         }
@@ -413,7 +442,6 @@ stop_timeout = "10s"
         let e = write(Kind::Logrotate, &cfg, &demo_invocation(), &missing).unwrap_err();
         assert!(e.to_string().starts_with("cannot create "), "{e}");
         assert!(e.to_string().contains("no/such/dir/x"), "{e}");
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

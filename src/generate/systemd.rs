@@ -47,7 +47,10 @@ pub(super) fn render(cfg: &Config, inv: &Invocation) -> String {
             ));
         }
     }
-    let watchdog = d.watchdog.map(|w| format!("WatchdogSec={}\n", timespan(w))).unwrap_or_default();
+    let watchdog = d
+        .watchdog
+        .map(|w| format!("WatchdogSec={}\n", timespan(w)))
+        .unwrap_or_default();
     let stop = cfg.workers.stop_timeout + STOP_MARGIN;
     let stop_secs = stop.as_secs() + u64::from(stop.subsec_nanos() > 0);
     fill(
@@ -188,7 +191,11 @@ mod tests {
     #[test]
     fn matches_golden() {
         let text = render(&demo_config(), &demo_invocation());
-        check_golden("demodaemon.service", include_str!("../../tests/golden/demodaemon.service"), &text);
+        check_golden(
+            "demodaemon.service",
+            include_str!("../../tests/golden/demodaemon.service"),
+            &text,
+        );
     }
 
     #[test]
@@ -215,7 +222,10 @@ mod tests {
             text.contains("\nExecStart=\"/opt/my app/d\" -c \"/etc/50%% off.toml\" --no-daemon start\n"),
             "{text}"
         );
-        assert!(text.contains("\nExecReload=\"/opt/my app/d\" -c \"/etc/50%% off.toml\" reload\n"), "{text}");
+        assert!(
+            text.contains("\nExecReload=\"/opt/my app/d\" -c \"/etc/50%% off.toml\" reload\n"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -234,9 +244,14 @@ mod tests {
         let text = render(&cfg, &demo_invocation());
         assert!(text.contains("\nUser=daemon\n"), "{text}");
         assert!(!text.contains("Group="), "{text}");
-        assert!(!text.contains("RuntimeDirectory=") && !text.contains("LogsDirectory="), "{text}");
         assert!(
-            text.contains("\n# The pidfile, control socket directory /srv/d must exist and be writable by daemon.\n"),
+            !text.contains("RuntimeDirectory=") && !text.contains("LogsDirectory="),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "\n# The pidfile, control socket directory /srv/d must exist and be writable by daemon.\n"
+            ),
             "{text}"
         );
         assert!(text.contains("\n# The log file directory /srv/log must exist and be writable by daemon.\n"));

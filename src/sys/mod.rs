@@ -99,7 +99,7 @@ unsafe impl SharedCell for crate::scoreboard::Cell {}
 /// SIGALRM if it has not exited within `secs`.
 pub fn alarm_on_signal(signal: i32, secs: u32) -> std::io::Result<()> {
     let action = move || {
-        // SAFETY (of the call): alarm(2) is async-signal-safe.
+        // SAFETY: alarm(2) is async-signal-safe and takes a plain integer.
         unsafe {
             libc::alarm(secs);
         }
@@ -121,8 +121,8 @@ pub fn child_setup(
 ) {
     use std::os::unix::process::CommandExt;
     let hook = move || {
-        // Only async-signal-safe calls here: prctl, getppid, fcntl, _exit.
-        // SAFETY (of the calls): each is a plain system call on integers.
+        // SAFETY: only async-signal-safe system calls on integers here
+        // (prctl, getppid, fcntl, _exit); nothing allocates or locks.
         unsafe {
             if libc::prctl(libc::PR_SET_PDEATHSIG, pdeathsig as libc::c_ulong, 0, 0, 0) != 0 {
                 return Err(std::io::Error::last_os_error());

@@ -45,10 +45,7 @@ fn put_reserve_delete_round_trip_binary_body() {
     let body = b"line one\r\nline two\r\n\0\xff\xfe end\r\n".to_vec();
 
     let id = client.put(&body, 100, Duration::ZERO, TTR).expect("put");
-    let job = client
-        .reserve_timeout(SEC)
-        .expect("reserve")
-        .expect("a job");
+    let job = client.reserve_timeout(SEC).expect("reserve").expect("a job");
     assert_eq!(job, Job { id, body });
 
     let stats = client.stats_job(id).expect("stats-job");
@@ -74,10 +71,7 @@ fn put_reserve_delete_round_trip_binary_body() {
     let empty = client
         .put(b"", 0, Duration::ZERO, Duration::ZERO)
         .expect("put empty");
-    let job = client
-        .reserve_timeout(SEC)
-        .expect("reserve")
-        .expect("a job");
+    let job = client.reserve_timeout(SEC).expect("reserve").expect("a job");
     assert_eq!(
         job,
         Job {
@@ -110,13 +104,8 @@ fn reserve_timeout_on_empty_tube_returns_none() {
 fn release_with_delay_comes_back_later() {
     let server = Beanstalkd::start();
     let mut client = connect(&server, "release");
-    let id = client
-        .put(b"retry me", 10, Duration::ZERO, TTR)
-        .expect("put");
-    let job = client
-        .reserve_timeout(SEC)
-        .expect("reserve")
-        .expect("a job");
+    let id = client.put(b"retry me", 10, Duration::ZERO, TTR).expect("put");
+    let job = client.reserve_timeout(SEC).expect("reserve").expect("a job");
     assert_eq!(job.id, id);
 
     client.release(id, 20, SEC).expect("release");
@@ -130,8 +119,7 @@ fn release_with_delay_comes_back_later() {
         "delayed job reserved early"
     );
 
-    let job =
-        reserve_within(&mut client, Duration::from_secs(5)).expect("job back after its delay");
+    let job = reserve_within(&mut client, Duration::from_secs(5)).expect("job back after its delay");
     assert_eq!(job.id, id);
     assert_eq!(state(&mut client, id), "reserved");
     // Releasing a job this connection does not hold is NOT_FOUND.
@@ -147,19 +135,13 @@ fn bury_then_kick() {
     let server = Beanstalkd::start();
     let mut client = connect(&server, "bury");
     let id = client.put(b"poison", 0, Duration::ZERO, TTR).expect("put");
-    client
-        .reserve_timeout(SEC)
-        .expect("reserve")
-        .expect("a job");
+    client.reserve_timeout(SEC).expect("reserve").expect("a job");
 
     client.bury(id, 7).expect("bury");
     assert_eq!(state(&mut client, id), "buried");
     assert_eq!(client.stats_job(id).unwrap().get_u64("pri"), Some(7));
     assert_eq!(
-        client
-            .stats_tube("bury")
-            .unwrap()
-            .get_u64("current-jobs-buried"),
+        client.stats_tube("bury").unwrap().get_u64("current-jobs-buried"),
         Some(1)
     );
     assert_eq!(
@@ -169,19 +151,13 @@ fn bury_then_kick() {
     );
     assert!(matches!(
         client.bury(id, 0),
-        Err(Error::NotFound {
-            command: "bury",
-            ..
-        })
+        Err(Error::NotFound { command: "bury", .. })
     ));
 
     assert_eq!(client.kick(10).expect("kick"), 1);
     assert_eq!(state(&mut client, id), "ready");
     assert_eq!(client.kick(10).expect("kick"), 0);
-    let job = client
-        .reserve_timeout(SEC)
-        .expect("reserve")
-        .expect("kicked job");
+    let job = client.reserve_timeout(SEC).expect("reserve").expect("kicked job");
     assert_eq!(job.id, id);
     assert_eq!(job.body, b"poison");
 }
@@ -192,9 +168,7 @@ fn stats_tube_counts_jobs_by_state() {
     let mut client = connect(&server, "counts");
     client.put(b"a", 0, Duration::ZERO, TTR).expect("put");
     client.put(b"b", 0, Duration::ZERO, TTR).expect("put");
-    client
-        .put(b"c", 0, Duration::from_secs(60), TTR)
-        .expect("put");
+    client.put(b"c", 0, Duration::from_secs(60), TTR).expect("put");
 
     let stats = client.stats_tube("counts").expect("stats-tube");
     assert_eq!(stats.get("name"), Some("counts"));
@@ -204,10 +178,7 @@ fn stats_tube_counts_jobs_by_state() {
     assert_eq!(stats.get_u64("total-jobs"), Some(3));
     assert_eq!(stats.get_u64("current-watching"), Some(1));
 
-    client
-        .reserve_timeout(SEC)
-        .expect("reserve")
-        .expect("a job");
+    client.reserve_timeout(SEC).expect("reserve").expect("a job");
     let stats = client.stats_tube("counts").expect("stats-tube");
     assert_eq!(stats.get_u64("current-jobs-ready"), Some(1));
     assert_eq!(stats.get_u64("current-jobs-reserved"), Some(1));
@@ -233,15 +204,11 @@ fn job_whose_ttr_expires_comes_back() {
     let server = Beanstalkd::start();
     let mut client = connect(&server, "ttr");
     let id = client.put(b"slow", 0, Duration::ZERO, SEC).expect("put");
-    let job = client
-        .reserve_timeout(SEC)
-        .expect("reserve")
-        .expect("a job");
+    let job = client.reserve_timeout(SEC).expect("reserve").expect("a job");
     assert_eq!(job.id, id);
     // Not deleted: within a second of the TTR the server answers
     // DEADLINE_SOON (None), then the job times out and is reserved again.
-    let again =
-        reserve_within(&mut client, Duration::from_secs(3)).expect("job back after its TTR");
+    let again = reserve_within(&mut client, Duration::from_secs(3)).expect("job back after its TTR");
     assert_eq!(again.id, id);
     assert_eq!(client.stats_job(id).unwrap().get_u64("timeouts"), Some(1));
 }
@@ -251,17 +218,11 @@ fn touch_and_closed_connection_releases_jobs() {
     let server = Beanstalkd::start();
     let mut worker = connect(&server, "touch");
     let id = worker.put(b"held", 0, Duration::ZERO, TTR).expect("put");
-    worker
-        .reserve_timeout(SEC)
-        .expect("reserve")
-        .expect("a job");
+    worker.reserve_timeout(SEC).expect("reserve").expect("a job");
     worker.touch(id).expect("touch");
     assert!(matches!(
         worker.touch(id + 1000),
-        Err(Error::NotFound {
-            command: "touch",
-            ..
-        })
+        Err(Error::NotFound { command: "touch", .. })
     ));
 
     // A worker that dies gives its reserved jobs back at once.
@@ -317,9 +278,6 @@ fn invalid_tube_names_are_refused_before_sending() {
         let err = client.use_tube(bad).unwrap_err();
         assert!(matches!(err, Error::InvalidTube(_)), "{bad:?}: {err}");
     }
-    assert!(matches!(
-        client.ignore("names"),
-        Err(Error::NotIgnored { .. })
-    ));
+    assert!(matches!(client.ignore("names"), Err(Error::NotIgnored { .. })));
     client.use_tube("names").expect("connection still usable");
 }

@@ -81,7 +81,11 @@ fn init_script_is_plain_posix_sh() {
         exe: PathBuf::from("/opt/my app/bin/demo$daemon"),
         args: vec!["-c".into(), "/etc/it's 100% demo.toml".into()],
     };
-    let script = dir.file("demodaemon", &render(Kind::Init, &config("demodaemon", DEMO_TOML), &inv), 0o755);
+    let script = dir.file(
+        "demodaemon",
+        &render(Kind::Init, &config("demodaemon", DEMO_TOML), &inv),
+        0o755,
+    );
     for shell in ["sh", "/usr/bin/dash"] {
         let out = run(shell, &[Path::new("-n"), &script], &[]);
         assert!(out.status.success(), "{shell} -n failed: {}", text(&out.stderr));
@@ -100,28 +104,45 @@ fn init_script_passes_arguments_and_maps_exit_codes() {
     );
     let inv = Invocation {
         exe: fake.clone(),
-        args: vec!["-c".into(), "/etc/it's a \"demo\" $HOME.toml".into(), "-w".into(), "3".into()],
+        args: vec![
+            "-c".into(),
+            "/etc/it's a \"demo\" $HOME.toml".into(),
+            "-w".into(),
+            "3".into(),
+        ],
     };
     // A name with no /etc/default file on any machine.
     let cfg = config("rookery-it-no-such-default", DEMO_TOML);
     let script = dir.file("init", &render(Kind::Init, &cfg, &inv), 0o755);
 
     let dash = |action: &str, exit: &str| {
-        let out = run("/usr/bin/dash", &[&script, Path::new(action)], &[("FAKE_EXIT", exit)]);
+        let out = run(
+            "/usr/bin/dash",
+            &[&script, Path::new(action)],
+            &[("FAKE_EXIT", exit)],
+        );
         (out.status.code(), text(&out.stdout), text(&out.stderr))
     };
 
     let (code, stdout, _) = dash("status", "0");
     assert_eq!(code, Some(0));
     assert_eq!(stdout, "-c\n/etc/it's a \"demo\" $HOME.toml\n-w\n3\nstatus\n");
-    assert_eq!(dash("status", "3").0, Some(3), "status passes 'not running' through");
+    assert_eq!(
+        dash("status", "3").0,
+        Some(3),
+        "status passes 'not running' through"
+    );
     assert_eq!(dash("status", "70").0, Some(4), "status: unknown");
 
     let (code, stdout, _) = dash("start", "0");
     assert_eq!((code, stdout.lines().last()), (Some(0), Some("start")));
     assert_eq!(dash("start", "1").0, Some(1));
     assert_eq!(dash("start", "78").0, Some(6), "config error: not configured");
-    assert_eq!(dash("start", "77").0, Some(4), "no permission: insufficient privilege");
+    assert_eq!(
+        dash("start", "77").0,
+        Some(4),
+        "no permission: insufficient privilege"
+    );
     assert_eq!(dash("stop", "3").0, Some(0), "stopping a stopped daemon succeeds");
     assert_eq!(dash("restart", "0").1.lines().last(), Some("restart"));
     assert_eq!(dash("reload", "3").0, Some(7), "reload when not running");
@@ -135,7 +156,11 @@ fn init_script_passes_arguments_and_maps_exit_codes() {
 
     fs::remove_file(&fake).unwrap();
     assert_eq!(dash("start", "0").0, Some(5), "not installed");
-    assert_eq!(dash("status", "0").0, Some(4), "status unknown when not installed");
+    assert_eq!(
+        dash("status", "0").0,
+        Some(4),
+        "status unknown when not installed"
+    );
 }
 
 /// `systemd-analyze verify` on `unit`: it must succeed and say nothing about
@@ -156,11 +181,18 @@ fn systemd_unit_verifies() {
         exe: std::env::current_exe().unwrap(),
         args: vec!["-c".into(), "/etc/demodaemon.toml".into()],
     };
-    let unit = dir.file("demodaemon.service", &render(Kind::Systemd, &config("demodaemon", DEMO_TOML), &inv), 0o644);
+    let unit = dir.file(
+        "demodaemon.service",
+        &render(Kind::Systemd, &config("demodaemon", DEMO_TOML), &inv),
+        0o644,
+    );
     verify_unit(&unit);
 
     // No account, no watchdog, directories outside /run and /var/log.
-    let plain = config("demodaemon", "[daemon]\npidfile = \"/srv/d/d.pid\"\nlogfile = \"-\"\n");
+    let plain = config(
+        "demodaemon",
+        "[daemon]\npidfile = \"/srv/d/d.pid\"\nlogfile = \"-\"\n",
+    );
     let unit = dir.file("plain.service", &render(Kind::Systemd, &plain, &inv), 0o644);
     verify_unit(&unit);
 }
@@ -175,18 +207,29 @@ fn systemd_unit_with_spaces_and_percent_verifies() {
         exe,
         args: vec!["-c".into(), "/etc/it's a \"demo\" $HOME %i.toml".into()],
     };
-    let unit = dir.file("spaces.service", &render(Kind::Systemd, &config("demodaemon", DEMO_TOML), &inv), 0o644);
+    let unit = dir.file(
+        "spaces.service",
+        &render(Kind::Systemd, &config("demodaemon", DEMO_TOML), &inv),
+        0o644,
+    );
     verify_unit(&unit);
 }
 
 /// `logrotate -d -f` (a forced dry run) on `snippet`: exit 0, no errors.
 fn check_logrotate(dir: &TempDir, snippet: &Path) {
     let state = dir.path().join("logrotate.state");
-    let out = run("logrotate", &[Path::new("-d"), Path::new("-f"), Path::new("-s"), &state, snippet], &[]);
+    let out = run(
+        "logrotate",
+        &[Path::new("-d"), Path::new("-f"), Path::new("-s"), &state, snippet],
+        &[],
+    );
     let stderr = text(&out.stderr);
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "logrotate -d failed:\n{stdout}{stderr}");
-    assert!(!stderr.contains("error:") && !stdout.contains("error:"), "{stdout}{stderr}");
+    assert!(
+        !stderr.contains("error:") && !stdout.contains("error:"),
+        "{stdout}{stderr}"
+    );
 }
 
 #[test]
@@ -196,13 +239,21 @@ fn logrotate_snippet_passes_a_dry_run() {
         exe: PathBuf::from("/usr/local/bin/demodaemon"),
         args: vec!["-c".into(), "/etc/demodaemon.toml".into()],
     };
-    let snippet = dir.file("demo.logrotate", &render(Kind::Logrotate, &config("demodaemon", DEMO_TOML), &inv), 0o644);
+    let snippet = dir.file(
+        "demo.logrotate",
+        &render(Kind::Logrotate, &config("demodaemon", DEMO_TOML), &inv),
+        0o644,
+    );
     check_logrotate(&dir, &snippet);
 
     // A log file that exists, in a directory with a space, no account.
     let log = dir.file("my logs/d.log", "a line\n", 0o640);
     let toml = format!("[daemon]\nlogfile = {:?}\n", log.display().to_string());
-    let snippet = dir.file("spaces.logrotate", &render(Kind::Logrotate, &config("d", &toml), &inv), 0o644);
+    let snippet = dir.file(
+        "spaces.logrotate",
+        &render(Kind::Logrotate, &config("d", &toml), &inv),
+        0o644,
+    );
     check_logrotate(&dir, &snippet);
 
     // No log file: a comment alone is still a valid snippet.

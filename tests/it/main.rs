@@ -1,5 +1,10 @@
-//! The integration tests: one binary, one module per area.
+//! The integration tests: one binary, one module per area. Every test runs
+//! built binaries as real processes (no fork inside this harness).
 
 mod beanstalk_client;
+mod config_errors;
+mod core;
+mod generate;
 mod servers;
 mod titles;
+mod util;

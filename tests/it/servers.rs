@@ -97,11 +97,7 @@ struct Server {
 }
 
 impl Server {
-    fn start(
-        name: &str,
-        command: impl Fn(u16, &Path) -> Command,
-        ready: impl Fn(u16) -> bool,
-    ) -> Server {
+    fn start(name: &str, command: impl Fn(u16, &Path) -> Command, ready: impl Fn(u16) -> bool) -> Server {
         let mut failures = Vec::new();
         for _ in 0..ATTEMPTS {
             let dir = TempDir::new(name);
@@ -176,8 +172,7 @@ impl TempDir {
     pub fn new(prefix: &str) -> TempDir {
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let path =
-            std::env::temp_dir().join(format!("rookery-{prefix}-{}-{n}", std::process::id()));
+        let path = std::env::temp_dir().join(format!("rookery-{prefix}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
         TempDir(path)

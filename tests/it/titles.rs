@@ -42,10 +42,7 @@ fn titledemo() -> &'static Path {
             build.args(["--profile", profile]);
         }
         let status = build.status().expect("run cargo build --example titledemo");
-        assert!(
-            status.success(),
-            "cargo build --example titledemo: {status}"
-        );
+        assert!(status.success(), "cargo build --example titledemo: {status}");
         let path = profile_dir.join("examples").join("titledemo");
         assert!(path.is_file(), "{} was not built", path.display());
         path
@@ -172,17 +169,11 @@ fn title_longer_than_the_command_line_uses_the_environment_area() {
     let args: Vec<String> = ["a", "short", "command", "line"].map(String::from).to_vec();
     let words: Vec<String> = (0..60).map(|i| format!("word{i}")).collect();
     let title = format!("titledemo: long title {}", words.join(" "));
-    assert!(
-        title.len() > argv_len(&args),
-        "the title must not fit in argv"
-    );
+    assert!(title.len() > argv_len(&args), "the title must not fit in argv");
 
     let mut demo = Demo::spawn(
         &args,
-        &[
-            ("TITLEDEMO_TITLE", &title),
-            ("TITLEDEMO_COMM", "tdemo-comm"),
-        ],
+        &[("TITLEDEMO_TITLE", &title), ("TITLEDEMO_COMM", "tdemo-comm")],
     );
     demo.assert_title(&title, "tdemo-comm");
 }

@@ -1,0 +1,371 @@
+//! The fixture for real-process tests.
+//!
+//! Each test gets a [`Daemon`]: a fresh temporary directory holding its
+//! config, pidfile, socket and log, and the path of a built binary (the demo
+//! daemon or `rookery`). Tests never fork inside this multi-threaded
+//! harness: they run those binaries as processes and watch them through
+//! `/proc`, the pidfile and the log, polling with generous deadlines.
+//! `Drop` kills whatever a test left running (parent and workers) and
+//! removes the directory.
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Generous: these machines are shared and noisy.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Builds the examples and binaries once per test run; returns target/debug.
+pub fn target_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "--examples", "--bins", "--manifest-path"])
+            .arg(manifest.join("Cargo.toml"))
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "cargo build --examples --bins failed");
+        // tests/it binary lives in target/debug/deps.
+        let exe = std::env::current_exe().expect("current_exe");
+        exe.parent()
+            .and_then(Path::parent)
+            .expect("target/debug")
+            .to_path_buf()
+    })
+}
+
+/// A built example binary.
+pub fn example(name: &str) -> PathBuf {
+    target_dir().join("examples").join(name)
+}
+
+/// The `rookery` binary.
+pub fn rookery_bin() -> PathBuf {
+    target_dir().join("rookery")
+}
+
+/// A fresh directory, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "rookery-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = fs::remove_dir_all(&p);
+        fs::create_dir_all(&p).expect("create temp dir");
+        TempDir(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Polls `f` until it is true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
+
+/// The one-letter state of a process (`R`, `S`, `Z`, ...), if it exists.
+pub fn proc_state(pid: i32) -> Option<char> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 2..].chars().next()
+}
+
+/// Alive: exists and is not a zombie (PID 1 reaps orphans late here).
+pub fn alive(pid: i32) -> bool {
+    matches!(proc_state(pid), Some(s) if s != 'Z' && s != 'X')
+}
+
+/// The parent pid of a process.
+pub fn ppid(pid: i32) -> Option<i32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 2..]
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Live children of `parent`.
+pub fn children_of(parent: i32) -> Vec<i32> {
+    let mut v: Vec<i32> = fs::read_dir("/proc")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+                .filter(|p| ppid(*p) == Some(parent) && alive(*p))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// `/proc/PID/cmdline` as one string (NULs as spaces, trailing ones cut).
+pub fn cmdline(pid: i32) -> String {
+    let raw = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    String::from_utf8_lossy(&raw)
+        .trim_end_matches('\0')
+        .replace('\0', " ")
+}
+
+/// A line of `/proc/PID/status`, e.g. `Uid`.
+pub fn status_field(pid: i32, key: &str) -> Option<String> {
+    let s = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}:")).map(|v| v.trim().to_string()))
+}
+
+pub fn kill(pid: i32, sig: i32) {
+    // SIGKILL etc. through the real `kill` program: no unsafe in tests.
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+/// Runs a command with a watchdog; a stuck command fails the test.
+pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let pid = child.id() as i32;
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let d2 = done.clone();
+    let watchdog = std::thread::spawn(move || {
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            if d2.load(Ordering::SeqCst) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        kill(pid, 9);
+    });
+    let out = wait_output(&mut child);
+    done.store(true, Ordering::SeqCst);
+    let _ = watchdog.join();
+    out
+}
+
+fn wait_output(child: &mut Child) -> Output {
+    let mut stdout = Vec::new();
+    let mut stderr = Vec::new();
+    use std::io::Read;
+    let mut so = child.stdout.take();
+    let mut se = child.stderr.take();
+    let t = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        if let Some(s) = se.as_mut() {
+            let _ = s.read_to_end(&mut b);
+        }
+        b
+    });
+    if let Some(s) = so.as_mut() {
+        let _ = s.read_to_end(&mut stdout);
+    }
+    stderr.extend(t.join().unwrap_or_default());
+    let status = child.wait().expect("wait");
+    Output {
+        status,
+        stdout,
+        stderr,
+    }
+}
+
+/// A daemon under test, in its own directory.
+pub struct Daemon {
+    pub dir: TempDir,
+    pub exe: PathBuf,
+    pub config: PathBuf,
+    pub pidfile: PathBuf,
+    pub logfile: PathBuf,
+    pub socket: PathBuf,
+    /// Foreground children started by the test, killed on drop.
+    pub foreground: Vec<Child>,
+    /// Every pid seen as parent or worker, killed on drop if still alive.
+    seen: std::cell::RefCell<Vec<i32>>,
+}
+
+impl Daemon {
+    /// The demo daemon with `extra` TOML appended to a config that puts
+    /// every file in the test's directory. `extra` may add keys to
+    /// `[workers]` and `[app]` (those sections are opened last, in that
+    /// order: start `extra` with `[workers]` or `[app]` lines as needed).
+    pub fn demo(extra: &str) -> Daemon {
+        Daemon::with(example("demodaemon"), "demodaemon", extra)
+    }
+
+    /// The `rookery` command supervisor, likewise.
+    pub fn rookery(extra: &str) -> Daemon {
+        Daemon::with(rookery_bin(), "rookery", extra)
+    }
+
+    pub fn with(exe: PathBuf, name: &str, extra: &str) -> Daemon {
+        let dir = TempDir::new(name);
+        let p = dir.path();
+        let config = p.join("daemon.toml");
+        let (pidfile, logfile, socket) = (p.join("d.pid"), p.join("d.log"), p.join("d.sock"));
+        let text = format!(
+            "[daemon]\nname = \"{name}\"\npidfile = \"{}\"\nlogfile = \"{}\"\nloglevel = \"debug\"\n\n{extra}\n",
+            pidfile.display(),
+            logfile.display()
+        );
+        fs::write(&config, text).expect("write config");
+        Daemon {
+            dir,
+            exe,
+            config,
+            pidfile,
+            logfile,
+            socket,
+            foreground: Vec::new(),
+            seen: Default::default(),
+        }
+    }
+
+    /// Replaces the config file's text (same paths header).
+    pub fn rewrite_config(&self, extra: &str) {
+        let text = format!(
+            "[daemon]\nname = \"{}\"\npidfile = \"{}\"\nlogfile = \"{}\"\nloglevel = \"debug\"\n\n{extra}\n",
+            self.exe.file_name().unwrap().to_string_lossy(),
+            self.pidfile.display(),
+            self.logfile.display()
+        );
+        fs::write(&self.config, text).expect("write config");
+    }
+
+    /// `exe -c config ARGS`.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.exe);
+        c.arg("-c")
+            .arg(&self.config)
+            .args(args)
+            .current_dir(self.dir.path());
+        c
+    }
+
+    /// Runs `exe -c config ARGS` to completion (with a watchdog).
+    pub fn run(&self, args: &[&str]) -> Output {
+        run_with_timeout(&mut self.cmd(args), Duration::from_secs(60))
+    }
+
+    /// `start` in daemon mode; asserts it succeeded; returns the parent pid.
+    pub fn start(&self) -> i32 {
+        let out = self.run(&["start"]);
+        assert!(
+            out.status.success(),
+            "start failed: {}\n{}\nlog:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        let pid = self.pid().expect("pidfile after start");
+        self.seen.borrow_mut().push(pid);
+        pid
+    }
+
+    /// Starts in the foreground (`-n`) as a child of the test.
+    pub fn spawn_foreground(&mut self, args: &[&str]) -> i32 {
+        let mut c = self.cmd(&["--no-daemon"]);
+        c.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = c.spawn().expect("spawn foreground daemon");
+        let pid = child.id() as i32;
+        self.seen.borrow_mut().push(pid);
+        self.foreground.push(child);
+        pid
+    }
+
+    /// The pid in the pidfile.
+    pub fn pid(&self) -> Option<i32> {
+        fs::read_to_string(&self.pidfile).ok()?.trim().parse().ok()
+    }
+
+    /// Live workers of the parent.
+    pub fn workers(&self, parent: i32) -> Vec<i32> {
+        let w = children_of(parent);
+        self.seen.borrow_mut().extend(&w);
+        w
+    }
+
+    /// Waits until the parent has exactly `n` live workers that are ready
+    /// (their titles say "worker").
+    pub fn wait_workers(&self, parent: i32, n: usize) -> Vec<i32> {
+        let mut last = Vec::new();
+        let ok = wait_until(DEADLINE, || {
+            last = self.workers(parent);
+            last.len() == n && last.iter().all(|p| cmdline(*p).contains("worker"))
+        });
+        assert!(
+            ok,
+            "expected {n} workers of {parent}, have {last:?}\nlog:\n{}",
+            self.log()
+        );
+        last
+    }
+
+    /// The whole log (empty if none yet).
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.logfile).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle`.
+    pub fn wait_log(&self, needle: &str) -> bool {
+        wait_until(DEADLINE, || self.log().contains(needle))
+    }
+
+    /// Waits until the log contains `needle` at least `n` times.
+    pub fn wait_log_count(&self, needle: &str, n: usize) -> bool {
+        wait_until(DEADLINE, || self.log().matches(needle).count() >= n)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        for c in &mut self.foreground {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let mut pids = self.seen.borrow().clone();
+        if let Some(p) = self.pid() {
+            pids.push(p);
+            pids.extend(children_of(p));
+        }
+        for p in pids {
+            if alive(p) && cmdline(p).contains(self.exe.file_name().unwrap().to_str().unwrap_or("")) {
+                kill(p, 9);
+            }
+        }
+    }
+}
