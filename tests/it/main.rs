@@ -4,7 +4,11 @@
 mod beanstalk_client;
 mod config_errors;
 mod core;
+mod external;
 mod generate;
+mod health;
+mod operations;
+mod queues;
 mod servers;
 mod titles;
 mod util;

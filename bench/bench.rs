@@ -1,0 +1,2 @@
+//! rookery's benchmark (in progress).
+fn main() {}
