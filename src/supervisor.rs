@@ -262,10 +262,14 @@ impl<'h> Supervisor<'h> {
             let n = self.pool.size();
             info!("ready: {n} workers running");
             notify_systemd(&[sd_notify::NotifyState::Ready]);
+            let fd = self.startup.raw_fd();
             self.startup.send(
                 exit::OK,
                 &format!("started with {n} workers (pid {})", std::process::id()),
             );
+            // The pipe is closed now and its number may be reused by a file
+            // workers need (a reopened log): stop closing it in new workers.
+            self.parent_only.retain(|f| Some(*f) != fd);
         }
     }
 
