@@ -316,6 +316,38 @@ impl Config {
         Ok(config)
     }
 
+    /// Where the daemon configured by `path` keeps its pidfile and control
+    /// socket, read leniently: the defaults, with only `daemon.name`,
+    /// `daemon.pidfile` and `daemon.control_socket` taken from the file and
+    /// any other key or value ignored. `None` if the file is not TOML at all.
+    ///
+    /// `reload` uses it when the config has errors, to reach the running
+    /// daemon anyway: the daemon re-reads the file, logs the errors and keeps
+    /// running, and answers with them.
+    pub fn locate(name: &str, path: Option<&Path>, overrides: &Overrides) -> Option<Config> {
+        let mut c = Config::defaults(name);
+        if let Some(path) = path {
+            let table: toml::Table = toml::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
+            let abs = absolute(path);
+            let base = abs.parent().map_or_else(|| PathBuf::from("/"), Path::to_path_buf);
+            let daemon = table.get("daemon").and_then(toml::Value::as_table);
+            let key = |k: &str| daemon.and_then(|d| d.get(k)).and_then(toml::Value::as_str);
+            if let Some(n) = key("name").filter(|n| !n.is_empty() && !n.contains('/')) {
+                c = Config::defaults(n);
+            }
+            if let Some(p) = key("pidfile") {
+                c.daemon.pidfile = base.join(p);
+                c.daemon.control_socket = socket_beside(&c.daemon.pidfile);
+            }
+            if let Some(p) = key("control_socket") {
+                c.daemon.control_socket = base.join(p);
+            }
+            c.source = Some(abs);
+        }
+        c.apply(overrides).ok()?;
+        Some(c)
+    }
+
     /// Parses and validates TOML `text`; `path` names it in errors and
     /// anchors relative paths.
     pub fn parse(name: &str, text: &str, path: &Path) -> Result<Config, ConfigError> {

@@ -124,13 +124,17 @@ impl Server {
         let listener = bound?;
         listener.set_nonblocking(true)?;
         if let Some((uid, gid)) = owner {
-            nix::unistd::fchownat(
+            if let Err(e) = nix::unistd::fchownat(
                 nix::fcntl::AT_FDCWD,
                 path,
                 Some(uid),
                 Some(gid),
                 nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-            )?;
+            ) {
+                // Not a Server yet, so no Drop removes it: do it here.
+                let _ = std::fs::remove_file(path);
+                return Err(e.into());
+            }
         }
         let owner = owner.map_or_else(|| nix::unistd::geteuid().as_raw(), |(u, _)| u.as_raw());
         Ok(Server {

@@ -152,6 +152,15 @@ impl<W: Worker> Daemon<W> {
         let config = match load() {
             Ok(c) => c,
             Err(e) => {
+                // `reload` of a broken config still goes to a running daemon:
+                // it logs the errors, keeps its config, and answers with them.
+                if matches!(command, Command::Reload) {
+                    if let Some(c) = Config::locate(&name, config_path.as_deref(), &overrides)
+                        .filter(|c| matches!(pidfile::running(&c.daemon.pidfile), Ok(Some(_))))
+                    {
+                        return control_call(&c, &Request::Reload);
+                    }
+                }
                 for p in &e.problems {
                     say(&name, format!("config error: {p}"));
                 }
@@ -278,6 +287,22 @@ impl<W: Worker> Daemon<W> {
         if let Err(e) = preflight(&config) {
             say(&name, format!("config error: {e}"));
             return exit::CONFIG;
+        }
+        // A non-root start cannot become another account: say so now, on the
+        // operator's terminal, before anything is opened or detached.
+        match privileges::resolve(config.daemon.user.as_deref(), config.daemon.group.as_deref()) {
+            Ok(Some(acct)) => {
+                let user = config.daemon.user.clone().unwrap_or_else(|| acct.uid.to_string());
+                if let Err(e) = privileges::check(acct, &user) {
+                    say(&name, e);
+                    return exit::NOPERM;
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                say(&name, format!("config error: {e}"));
+                return exit::CONFIG;
+            }
         }
         let mut report = StartupReport::none();
         if !no_daemon {
@@ -573,17 +598,18 @@ fn status(config: &Config, json: bool) -> u8 {
                 say(name, format!("unexpected answer: {other:?}"));
                 exit::SOFTWARE
             }
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                println!("{name} is running (pid {pid})");
+                say(name, refused(&config.daemon.control_socket, &e));
+                exit::NOPERM
+            }
             Err(e) => {
                 // Running (the lock is held), but not answering: say so.
                 println!(
                     "{name} is running (pid {pid}); no detail: control socket {}: {e}",
                     config.daemon.control_socket.display()
                 );
-                if e.kind() == std::io::ErrorKind::PermissionDenied {
-                    exit::NOPERM
-                } else {
-                    exit::OK
-                }
+                exit::OK
             }
         },
     }
@@ -608,6 +634,10 @@ fn control_call(config: &Config, req: &Request) -> u8 {
             say(name, format!("unexpected answer: {other:?}"));
             exit::SOFTWARE
         }
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            say(name, refused(&config.daemon.control_socket, &e));
+            exit::NOPERM
+        }
         Err(e) => {
             say(
                 name,
@@ -616,13 +646,19 @@ fn control_call(config: &Config, req: &Request) -> u8 {
                     config.daemon.control_socket.display()
                 ),
             );
-            if e.kind() == std::io::ErrorKind::PermissionDenied {
-                exit::NOPERM
-            } else {
-                exit::FAILURE
-            }
+            exit::FAILURE
         }
     }
+}
+
+/// The message for a caller the control socket's permissions keep out (it
+/// is 0600 and owned by the daemon's user): the same words the daemon uses
+/// when its `SO_PEERCRED` check refuses someone.
+fn refused(socket: &Path, e: &std::io::Error) -> String {
+    format!(
+        "permission denied: only root and the daemon's user may control it (control socket {}: {e})",
+        socket.display()
+    )
 }
 
 fn signal_running(config: &Config, sig: nix::sys::signal::Signal) -> u8 {

@@ -251,10 +251,23 @@ impl Pool {
     /// Starting a worker for `slot` failed before it ran (fork or exec
     /// failed): a failure like a crash, with back-off.
     pub fn spawn_failed(&mut self, slot: u32, now: Instant, error: &dyn fmt::Display) {
-        error!("worker {slot}: cannot start: {error}");
-        if self.slots.contains_key(&slot) {
-            self.record_failure(now);
-            self.schedule_restart(slot, now, false);
+        if !self.slots.contains_key(&slot) {
+            error!("worker {slot}: cannot start: {error}");
+            return;
+        }
+        self.record_failure(now);
+        if self.stopping {
+            error!("worker {slot}: cannot start: {error}");
+            return;
+        }
+        let delay = self.schedule_restart(slot, now, false);
+        let retry = format!("retrying in {}", humantime::format_duration(round_ms(delay)));
+        if self.crash.in_loop {
+            self.crash.suppressed += 1;
+            debug!("worker {slot}: cannot start: {error}; {retry}");
+            self.crash_summary(now);
+        } else {
+            error!("worker {slot}: cannot start: {error}; {retry}");
         }
     }
 
@@ -996,6 +1009,38 @@ mod tests {
         );
         assert!(s.pool.is_finished());
         assert!(s.pool.failed());
+    }
+
+    #[test]
+    fn a_command_that_cannot_start_backs_off_and_counts_as_a_failure() {
+        let mut c = cfg(1);
+        c.backoff_initial = Duration::from_millis(10);
+        c.backoff_max = Duration::from_millis(40);
+        c.crash_limit = 4;
+        c.on_crash_loop = OnCrashLoop::Exit;
+        let mut s = Sim {
+            pool: Pool::new(c),
+            now: Instant::now(),
+            next_pid: 100,
+            log: Vec::new(),
+        };
+        s.pool.start();
+        let mut delays = Vec::new();
+        for _ in 0..4 {
+            assert_eq!(s.pool.take_actions(), vec![Action::Spawn { slot: 1 }]);
+            s.pool.spawn_failed(1, s.now, &"command not found: x");
+            let Some(due) = s.pool.next_deadline() else { break };
+            delays.push((due - s.now).as_millis());
+            s.now = due;
+            s.pool.tick(s.now);
+        }
+        assert_eq!(delays, vec![10, 20, 40], "backs off, no spin");
+        assert!(
+            s.pool.is_stopping() && s.pool.failed(),
+            "the 4th failure is a crash loop"
+        );
+        assert!(s.pool.take_actions().is_empty());
+        assert!(s.pool.is_finished());
     }
 
     #[test]

@@ -65,20 +65,29 @@ pub fn resolve(user: Option<&str>, group: Option<&str>) -> Result<Option<Account
     Ok(Some(Account { uid, gid }))
 }
 
+/// Whether this process can run as `acct`: it already does, or it is root
+/// and can switch. Called before the daemon opens anything, so a non-root
+/// start with another account configured fails at once with
+/// [`PrivilegeError::NotRoot`] rather than on the first `chown`.
+pub fn check(acct: Account, user: &str) -> Result<(), PrivilegeError> {
+    let me = Uid::effective();
+    if me.is_root() || (me == acct.uid && Gid::effective() == acct.gid) {
+        return Ok(());
+    }
+    Err(PrivilegeError::NotRoot {
+        user: user.into(),
+        uid: me.as_raw(),
+    })
+}
+
 /// Drops to `acct`: supplementary groups, then gid, then uid. Afterwards
 /// the process cannot regain root (real, effective and saved ids all
 /// change, since setuid as root sets all three).
 pub fn drop_to(acct: Account, user: &str) -> Result<(), PrivilegeError> {
-    let me = Uid::effective();
-    if me == acct.uid && Gid::effective() == acct.gid {
+    if Uid::effective() == acct.uid && Gid::effective() == acct.gid {
         return Ok(());
     }
-    if !me.is_root() {
-        return Err(PrivilegeError::NotRoot {
-            user: user.into(),
-            uid: me.as_raw(),
-        });
-    }
+    check(acct, user)?;
     let fail = |what, errno| PrivilegeError::Failed {
         user: user.into(),
         what,

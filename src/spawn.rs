@@ -95,6 +95,11 @@ impl<W: Worker> Spawner for ForkSpawner<W> {
 /// Runs `workers.command` in each worker process.
 pub(crate) struct CommandSpawner;
 
+/// The descriptor number of the notify pipe in an external worker (as
+/// `ROOKERY_NOTIFY_FD`): fixed and below 10, so that `echo done >&3` works
+/// in every shell (dash cannot redirect to descriptors above 9).
+const NOTIFY_FD: RawFd = 3;
+
 /// Finds `program` the way a shell would: as given if it has a slash, else
 /// in `$PATH`.
 pub(crate) fn resolve_program(program: &str) -> io::Result<PathBuf> {
@@ -110,8 +115,12 @@ pub(crate) fn resolve_program(program: &str) -> io::Result<PathBuf> {
         Ok(p.to_path_buf())
     };
     if program.contains('/') {
-        return check(Path::new(program))
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot execute {program}: {e}")));
+        return check(Path::new(program)).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => {
+                io::Error::new(e.kind(), format!("command not found: {program} (no such file)"))
+            }
+            _ => io::Error::new(e.kind(), format!("cannot execute {program}: {e}")),
+        });
     }
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
     let mut last = None;
@@ -152,7 +161,7 @@ impl Spawner for CommandSpawner {
             .env("ROOKERY_WORKER_SLOT", cx.slot.to_string())
             .env("ROOKERY_WORKER_ID", cx.id.to_string())
             .env("ROOKERY_PARENT_PID", cx.parent.to_string())
-            .env("ROOKERY_NOTIFY_FD", notify_w.as_raw_fd().to_string())
+            .env("ROOKERY_NOTIFY_FD", NOTIFY_FD.to_string())
             .env_remove("NOTIFY_SOCKET")
             .env_remove("WATCHDOG_USEC")
             .env_remove("WATCHDOG_PID")
@@ -167,7 +176,7 @@ impl Spawner for CommandSpawner {
             &mut cmd,
             cx.parent.as_raw(),
             cx.config.workers.stop_signal as i32,
-            Some(notify_w.as_raw_fd()),
+            Some((notify_w.as_raw_fd(), NOTIFY_FD)),
         );
         let mut child = cmd
             .spawn()
@@ -203,3 +212,38 @@ impl Spawner for CommandSpawner {
 }
 
 use std::os::unix::process::CommandExt;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn programs_that_cannot_run_are_named_clearly() {
+        let e = resolve_program("rookery-surely-no-such-program").unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+        assert!(e
+            .to_string()
+            .starts_with("command not found: rookery-surely-no-such-program"));
+
+        let e = resolve_program("/nonexistent/prog").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "command not found: /nonexistent/prog (no such file)"
+        );
+
+        let dir = std::env::temp_dir().join(format!("rookery-spawn-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("plain");
+        std::fs::write(&file, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = resolve_program(file.to_str().unwrap()).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::PermissionDenied);
+        assert!(e.to_string().ends_with("plain is not executable"), "{e}");
+        let e = resolve_program(dir.to_str().unwrap()).unwrap_err();
+        assert!(e.to_string().ends_with("is not executable"), "a directory: {e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        assert_eq!(resolve_program("sh").unwrap().file_name().unwrap(), "sh");
+    }
+}

@@ -18,7 +18,7 @@ use nix::unistd::Pid;
 use tracing::{debug, error, info, warn};
 
 use crate::cli::ScaleSpec;
-use crate::config::{Config, ConfigError, Mode};
+use crate::config::{Config, ConfigError, Mode, WorkersConfig};
 use crate::control::{self, BackoffStatus, Request, Response, Status, WorkerStatus};
 use crate::daemonize::StartupReport;
 use crate::exit;
@@ -57,12 +57,13 @@ struct Output {
 }
 
 impl Output {
-    /// Reads what is available; returns complete lines. At EOF or error,
-    /// the partial line is flushed too and `open` turns false.
-    fn read_lines(&mut self, lines: &mut Vec<String>) -> bool {
+    /// Reads what is available, at most `reads` chunks (so one chatty
+    /// worker cannot hold up the loop); returns complete lines. At EOF or
+    /// error, the partial line is flushed too and `open` turns false.
+    fn read_lines(&mut self, lines: &mut Vec<String>, reads: usize) -> bool {
         let mut chunk = [0u8; 8192];
         let mut open = true;
-        for _ in 0..16 {
+        for _ in 0..reads {
             match nix::unistd::read(&self.fd, &mut chunk) {
                 Ok(0) => {
                     open = false;
@@ -79,11 +80,18 @@ impl Output {
             self.split(lines);
         }
         self.split(lines);
-        if !open && !self.buf.is_empty() {
+        if !open {
+            self.flush(lines);
+        }
+        open
+    }
+
+    /// The partial line, if any, as a line of its own.
+    fn flush(&mut self, lines: &mut Vec<String>) {
+        if !self.buf.is_empty() {
             lines.push(String::from_utf8_lossy(&self.buf).into_owned());
             self.buf.clear();
         }
-        open
     }
 
     fn split(&mut self, lines: &mut Vec<String>) {
@@ -98,6 +106,27 @@ impl Output {
             lines.push(format!("{} [line continues]", String::from_utf8_lossy(&part)));
         }
     }
+}
+
+/// The period of health checks, if any check is enabled.
+fn check_period(w: &WorkersConfig) -> Option<Duration> {
+    let mut p: Option<Duration> = None;
+    let mut consider = |d: Duration| p = Some(p.map_or(d, |x| x.min(d)));
+    if w.max_memory > 0 || !w.max_lifetime.is_zero() {
+        consider(w.check_interval);
+    }
+    if !w.heartbeat_timeout.is_zero() {
+        // Not `clamp`: it panics when check_interval is under 50ms.
+        consider(
+            (w.heartbeat_timeout / 2)
+                .max(Duration::from_millis(50))
+                .min(w.check_interval),
+        );
+    }
+    if w.mode == Mode::Dynamic {
+        consider(Duration::from_secs(1).min(w.check_interval));
+    }
+    p
 }
 
 /// Where the supervisor gets a fresh config on reload.
@@ -207,6 +236,9 @@ impl<'h> Supervisor<'h> {
             &self.config.daemon.name,
             self.config.source.as_deref(),
         ));
+        // `comm` (pidof, killall, start-stop-daemon --name) stays the name,
+        // not the title's first 15 bytes ("demodaemon: par").
+        titles::set_comm(&self.config.daemon.name);
         info!(
             "starting {} workers ({})",
             self.config.workers.count,
@@ -350,7 +382,7 @@ impl<'h> Supervisor<'h> {
             )
         };
         for (pid, idx) in ready_pipes {
-            self.read_worker_pipe(pid, idx);
+            self.read_worker_pipe(pid, idx, false);
         }
         if msg_ready {
             self.read_messages();
@@ -416,17 +448,18 @@ impl<'h> Supervisor<'h> {
                 Ok(_) => continue,
             };
             let now = Instant::now();
-            // Drain what it wrote before it died.
+            // Drain what it wrote before it died, partial lines included
+            // (a process it left behind may hold the pipes open: no EOF).
             if let Some((n, notify)) = self
                 .workers
                 .get(&pid)
                 .map(|h| (h.output.len(), h.notify.is_some()))
             {
                 for i in 0..n {
-                    self.read_worker_pipe(pid, i);
+                    self.read_worker_pipe(pid, i, true);
                 }
                 if notify {
-                    self.read_worker_pipe(pid, usize::MAX);
+                    self.read_worker_pipe(pid, usize::MAX, true);
                 }
             }
             // Its last messages (an init error) may still be in the pipe.
@@ -435,10 +468,16 @@ impl<'h> Supervisor<'h> {
                 continue;
             };
             self.board.release(h.cell);
-            let was_starting = self.starting && !self.pool.is_active(pid);
+            // Until every first worker is ready, any death fails the start:
+            // a daemon whose workers die at once must not look started.
+            let was_ready = self.pool.is_active(pid);
             if let Some(exit) = self.pool.exited(pid, status, now) {
-                if was_starting && self.startup_error.is_none() && !exit.requested {
-                    let why = h.init_error.clone().unwrap_or_else(|| status.to_string());
+                if self.starting && self.startup_error.is_none() && !exit.requested {
+                    let why = match (&h.init_error, was_ready) {
+                        (Some(e), _) => e.clone(),
+                        (None, true) => format!("{status} right after init"),
+                        (None, false) => status.to_string(),
+                    };
                     self.startup_error = Some(format!("worker {} failed to start: {why}", h.slot));
                     self.pool.stop(now);
                 }
@@ -479,8 +518,10 @@ impl<'h> Supervisor<'h> {
         }
     }
 
-    /// Output and notify lines of an external worker.
-    fn read_worker_pipe(&mut self, pid: Pid, idx: usize) {
+    /// Output and notify lines of an external worker; `last`: it has
+    /// exited, so read all that is left (up to 1 MiB) and the partial line.
+    fn read_worker_pipe(&mut self, pid: Pid, idx: usize, last: bool) {
+        let reads = if last { 128 } else { 16 };
         let Some(h) = self.workers.get_mut(&pid) else {
             return;
         };
@@ -490,7 +531,10 @@ impl<'h> Supervisor<'h> {
             let Some(n) = h.notify.as_mut().filter(|n| n.open) else {
                 return;
             };
-            n.open = n.read_lines(&mut lines);
+            n.open = n.read_lines(&mut lines, reads);
+            if last {
+                n.flush(&mut lines);
+            }
             let cell = self.board.cell(h.cell);
             let mut recycle = None;
             for l in &lines {
@@ -518,7 +562,10 @@ impl<'h> Supervisor<'h> {
             return;
         };
         let stderr = o.stderr;
-        o.open = o.read_lines(&mut lines);
+        o.open = o.read_lines(&mut lines, reads);
+        if last {
+            o.flush(&mut lines);
+        }
         for l in &lines {
             if stderr {
                 warn!("worker {slot} stderr: {l}");
@@ -640,25 +687,8 @@ impl<'h> Supervisor<'h> {
         }
     }
 
-    /// The period of health checks, if any check is enabled.
-    fn check_period(&self) -> Option<Duration> {
-        let w = &self.config.workers;
-        let mut p: Option<Duration> = None;
-        let mut consider = |d: Duration| p = Some(p.map_or(d, |x| x.min(d)));
-        if w.max_memory > 0 || !w.max_lifetime.is_zero() {
-            consider(w.check_interval);
-        }
-        if !w.heartbeat_timeout.is_zero() {
-            consider((w.heartbeat_timeout / 2).clamp(Duration::from_millis(50), w.check_interval));
-        }
-        if w.mode == Mode::Dynamic {
-            consider(Duration::from_secs(1).min(w.check_interval));
-        }
-        p
-    }
-
     fn schedule_checks(&mut self) {
-        self.next_check = self.check_period().map(|p| Instant::now() + p);
+        self.next_check = check_period(&self.config.workers).map(|p| Instant::now() + p);
     }
 
     fn health_check(&mut self, now: Instant) {
@@ -913,5 +943,78 @@ impl<'h> Supervisor<'h> {
             notes.push("no changes".into());
         }
         Ok(format!("configuration reloaded ({})", notes.join("; ")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An `Output` reading the far end of a pipe whose near end is returned.
+    fn piped() -> (Output, OwnedFd) {
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_NONBLOCK).unwrap();
+        let o = Output {
+            fd: r,
+            stderr: false,
+            buf: Vec::new(),
+            open: true,
+        };
+        (o, w)
+    }
+
+    #[test]
+    fn output_is_split_into_lines_and_the_partial_one_waits_for_eof() {
+        let (mut o, w) = piped();
+        nix::unistd::write(&w, b"one\r\ntwo\nthr").unwrap();
+        let mut lines = Vec::new();
+        assert!(o.read_lines(&mut lines, 16));
+        assert_eq!(lines, ["one", "two"]);
+        nix::unistd::write(&w, b"ee\nfour").unwrap();
+        drop(w);
+        lines.clear();
+        assert!(!o.read_lines(&mut lines, 16), "EOF closes it");
+        assert_eq!(lines, ["three", "four"], "the partial line is kept at EOF");
+    }
+
+    #[test]
+    fn a_partial_line_can_be_flushed_without_eof() {
+        let (mut o, w) = piped();
+        nix::unistd::write(&w, b"no newline").unwrap();
+        let mut lines = Vec::new();
+        assert!(o.read_lines(&mut lines, 16));
+        assert!(lines.is_empty());
+        o.flush(&mut lines);
+        assert_eq!(lines, ["no newline"]);
+        o.flush(&mut lines);
+        assert_eq!(lines.len(), 1);
+    }
+
+    #[test]
+    fn a_line_without_end_is_cut_and_the_buffer_stays_small() {
+        let (mut o, w) = piped();
+        let chunk = vec![b'x'; 4096];
+        let mut lines = Vec::new();
+        for _ in 0..(3 * MAX_LINE / chunk.len()) {
+            nix::unistd::write(&w, &chunk).unwrap();
+            o.read_lines(&mut lines, 16);
+            assert!(o.buf.len() < MAX_LINE);
+        }
+        assert_eq!(lines.len(), 3);
+        for l in &lines {
+            assert_eq!(l, &format!("{} [line continues]", "x".repeat(MAX_LINE)));
+        }
+    }
+
+    #[test]
+    fn check_periods() {
+        let mut w = Config::defaults("t").workers;
+        assert_eq!(check_period(&w), None, "no check enabled: no timer");
+        w.max_memory = 1;
+        assert_eq!(check_period(&w), Some(Duration::from_secs(5)));
+        w.heartbeat_timeout = Duration::from_millis(300);
+        assert_eq!(check_period(&w), Some(Duration::from_millis(150)));
+        // A check interval under the 50ms floor wins and does not panic.
+        w.check_interval = Duration::from_millis(10);
+        assert_eq!(check_period(&w), Some(Duration::from_millis(10)));
     }
 }

@@ -156,6 +156,7 @@ impl<W: Worker> Context<W> {
     /// Marks the worker busy with a job (shown by `status` and the title).
     pub fn begin_job(&mut self) {
         self.cell.set(Activity::Busy);
+        self.refresh_title(false);
     }
     /// Reports one finished job: counts it, marks the worker idle, and
     /// asks the parent for a replacement once `workers.max_jobs` is reached.
@@ -200,6 +201,8 @@ impl<W: Worker> Context<W> {
             self.cell.jobs(),
             busy,
         ));
+        // `set` cut `comm` from the title; keep it the daemon's name.
+        titles::set_comm(&self.name);
     }
 }
 

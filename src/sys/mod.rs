@@ -110,29 +110,50 @@ pub fn alarm_on_signal(signal: i32, secs: u32) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Prepares `cmd` so that, between `fork` and `exec`, the child asks for
+/// Prepares `cmd` so that, between `fork` and `exec`, the child unblocks
+/// every signal (the parent blocks the ones it reads from its signalfd, a
+/// mask that `Command` passes on to the program otherwise: its stop signal
+/// and parent-death signal would stay pending for ever), asks for
 /// `pdeathsig` when its parent dies, exits if the parent (`parent`) is
-/// already gone, and keeps `inherit` open across `exec`.
+/// already gone, and gets `inherit = (fd, target)`: descriptor `fd` of the
+/// parent, open across `exec` as descriptor `target` (a small fixed number,
+/// so that shells like dash, which only redirect to descriptors 0 to 9, can
+/// write to it).
 pub fn child_setup(
     cmd: &mut std::process::Command,
     parent: i32,
     pdeathsig: i32,
-    inherit: Option<std::os::fd::RawFd>,
+    inherit: Option<(std::os::fd::RawFd, std::os::fd::RawFd)>,
 ) {
     use std::os::unix::process::CommandExt;
     let hook = move || {
-        // SAFETY: only async-signal-safe system calls on integers here
-        // (prctl, getppid, fcntl, _exit); nothing allocates or locks.
+        // SAFETY: only async-signal-safe system calls on integers and a
+        // local sigset_t here (sigemptyset, sigprocmask, prctl, getppid,
+        // fcntl, dup2, _exit); nothing allocates or locks. The child has one
+        // thread, so sigprocmask is well defined. Standard I/O is already in
+        // place on 0-2 when this runs, so `target` (3 or more) replaces no
+        // descriptor the child needs.
         unsafe {
+            let mut none = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+            if libc::sigemptyset(none.as_mut_ptr()) != 0
+                || libc::sigprocmask(libc::SIG_SETMASK, none.as_ptr(), std::ptr::null_mut()) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
             if libc::prctl(libc::PR_SET_PDEATHSIG, pdeathsig as libc::c_ulong, 0, 0, 0) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             if libc::getppid() != parent {
                 libc::_exit(crate::exit::WORKER_SETUP_FAILED);
             }
-            if let Some(fd) = inherit {
-                let flags = libc::fcntl(fd, libc::F_GETFD);
-                if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+            if let Some((fd, target)) = inherit {
+                if fd == target {
+                    let flags = libc::fcntl(fd, libc::F_GETFD);
+                    if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                } else if libc::dup2(fd, target) < 0 {
+                    // dup2 leaves the new descriptor without FD_CLOEXEC.
                     return Err(std::io::Error::last_os_error());
                 }
             }
@@ -140,8 +161,9 @@ pub fn child_setup(
         Ok(())
     };
     // SAFETY: the hook runs in the forked child before exec and makes only
-    // async-signal-safe system calls (prctl, getppid, fcntl, _exit); it
-    // allocates nothing and takes no lock. `last_os_error` reads errno only.
+    // async-signal-safe calls (sigemptyset, sigprocmask, prctl, getppid,
+    // fcntl, dup2, _exit); it allocates nothing and takes no lock.
+    // `last_os_error` reads errno only.
     unsafe {
         cmd.pre_exec(hook);
     }

@@ -249,3 +249,27 @@ fn the_demo_runs_without_any_config() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("count = 4"), "{text}");
 }
+
+#[test]
+fn a_symlinked_pidfile_or_log_is_never_followed() {
+    let d = Daemon::demo(FAST);
+    let target = d.dir.path().join("victim");
+    fs::write(&target, "precious\n").unwrap();
+    std::os::unix::fs::symlink(&target, &d.pidfile).unwrap();
+    let out = d.run(&["start"]);
+    assert_ne!(out.status.code(), Some(0), "started through a symlinked pidfile");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("pidfile") && err.contains(&d.pidfile.display().to_string()),
+        "{err}"
+    );
+    assert_eq!(fs::read_to_string(&target).unwrap(), "precious\n");
+
+    fs::remove_file(&d.pidfile).unwrap();
+    std::os::unix::fs::symlink(&target, &d.logfile).unwrap();
+    let out = d.run(&["start"]);
+    assert_ne!(out.status.code(), Some(0), "started through a symlinked log file");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("log file"));
+    assert_eq!(fs::read_to_string(&target).unwrap(), "precious\n");
+    assert!(d.pid().is_none() || !alive(d.pid().unwrap()));
+}

@@ -1,1 +1,390 @@
-//! (in progress)
+//! The `rookery` command supervisor on real commands (mostly `sh -c`):
+//! output capture, process groups, environment, the notify protocol,
+//! commands that cannot run, and the parent-death signal.
+
+use std::collections::HashSet;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
+
+use crate::health::{cpu_time, pos, status_json, status_workers, stop, wait_gone};
+use crate::util::*;
+
+/// `rookery -c CONFIG run -w N -- sh -c SCRIPT` (daemonized); the parent pid.
+fn run_sh(d: &Daemon, workers: u32, script: &str) -> i32 {
+    let n = workers.to_string();
+    let out = d.run(&["run", "-w", &n, "--", "sh", "-c", script]);
+    assert!(
+        out.status.success(),
+        "run failed: {}{}\nlog:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        d.log()
+    );
+    d.pid().expect("pidfile after run")
+}
+
+/// Waits for exactly `n` live workers of `parent` (external workers have
+/// no rookery title) and returns them.
+fn wait_children(d: &Daemon, parent: i32, n: usize) -> Vec<i32> {
+    let mut last = Vec::new();
+    assert!(
+        wait_until(DEADLINE, || {
+            last = d.workers(parent);
+            last.len() == n
+        }),
+        "expected {n} workers, have {last:?}\nlog:\n{}",
+        d.log()
+    );
+    last
+}
+
+/// The pid of the worker in `slot`, from `status --json`.
+fn pid_of_slot(d: &Daemon, slot: u64) -> i32 {
+    let v = status_json(d);
+    status_workers(&v)
+        .iter()
+        .find(|w| w["slot"] == slot && w["state"] == "running")
+        .and_then(|w| w["pid"].as_i64())
+        .unwrap_or_else(|| panic!("no running worker in slot {slot}: {v}")) as i32
+}
+
+#[test]
+fn run_captures_output_by_slot_and_gives_each_worker_its_environment() {
+    let d = Daemon::rookery("");
+    let parent = run_sh(
+        &d,
+        4,
+        "echo \"out slot=$ROOKERY_WORKER_SLOT id=$ROOKERY_WORKER_ID parent=$ROOKERY_PARENT_PID\"; \
+         echo \"err slot=$ROOKERY_WORKER_SLOT\" >&2; exec sleep 60",
+    );
+    wait_children(&d, parent, 4);
+    assert!(d.wait_log_count(" out slot=", 4), "{}", d.log());
+    assert!(d.wait_log_count(" stderr: err slot=", 4), "{}", d.log());
+    let log = d.log();
+    let mut ids = HashSet::new();
+    for slot in 1..=4 {
+        let prefix = format!("parent: worker {slot}: out slot={slot} id=");
+        let line = log[pos(&log, &prefix)..].lines().next().unwrap();
+        let rest = &line[prefix.len()..];
+        let (id, par) = rest.split_once(" parent=").expect("id and parent");
+        assert!(ids.insert(id.to_string()), "worker id {id} is not unique:\n{log}");
+        assert_eq!(par, parent.to_string(), "{line}");
+        assert!(log.contains(&format!(
+            "WARN [{parent}] parent: worker {slot} stderr: err slot={slot}"
+        )));
+    }
+    stop(&d);
+}
+
+#[test]
+fn a_partial_last_line_is_not_lost_when_the_worker_exits() {
+    // Slot 2 leaves a process behind that holds the pipe open: no EOF.
+    let d = Daemon::rookery("[workers]\nrestart = \"never\"\n");
+    // Both exit at once and are not restarted: the daemon ends by itself.
+    let out = d.run(&[
+        "run",
+        "-w",
+        "2",
+        "--",
+        "sh",
+        "-c",
+        "if [ \"$ROOKERY_WORKER_SLOT\" = 2 ]; then sleep 3 & fi; echo whole; printf 'tail of %s' \"$ROOKERY_WORKER_SLOT\"",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        d.wait_log("parent: stopped"),
+        "the daemon did not end:\n{}",
+        d.log()
+    );
+    let log = d.log();
+    for slot in 1..=2 {
+        assert!(log.contains(&format!("parent: worker {slot}: whole\n")), "{log}");
+        assert!(
+            log.contains(&format!("parent: worker {slot}: tail of {slot}\n")),
+            "{log}"
+        );
+    }
+}
+
+#[test]
+fn a_huge_line_is_logged_in_pieces_and_the_parent_memory_stays_bounded() {
+    let d = Daemon::rookery("");
+    // 16 MiB without a newline: kept whole, it alone would pass the bound.
+    let parent = run_sh(
+        &d,
+        1,
+        "head -c 16777216 /dev/zero | tr '\\0' x; echo; echo after-the-long-line; exec sleep 60",
+    );
+    assert!(d.wait_log("worker 1: after-the-long-line"), "no end marker");
+    let peak = status_field(parent, "VmHWM").expect("VmHWM");
+    let kib: u64 = peak.trim_end_matches(" kB").trim().parse().unwrap();
+    assert!(kib < 16 * 1024, "parent peak RSS {kib} KiB");
+    let log = d.log();
+    let pieces: Vec<&str> = log.lines().filter(|l| l.ends_with(" [line continues]")).collect();
+    assert!(pieces.len() >= 1000, "{} pieces", pieces.len());
+    assert!(pieces
+        .iter()
+        .all(|l| l.len() < 16 * 1024 + 200 && l.contains("worker 1: xxxx")));
+    let xs: usize = log
+        .lines()
+        .filter(|l| l.contains("parent: worker 1: x"))
+        .map(|l| l.bytes().filter(|b| *b == b'x').count())
+        .sum();
+    assert!(xs >= 16 * 1024 * 1024, "bytes lost: {xs}");
+    stop(&d);
+}
+
+#[test]
+fn the_stop_signal_reaches_the_whole_process_group() {
+    let d = Daemon::rookery("[workers]\nstop_timeout = \"10s\"\n");
+    let parent = run_sh(&d, 2, "sleep 60 & sleep 60 & wait");
+    let workers = wait_children(&d, parent, 2);
+    let mut all = workers.clone();
+    for w in &workers {
+        let mut kids = Vec::new();
+        assert!(wait_until(DEADLINE, || {
+            kids = children_of(*w);
+            kids.len() == 2
+        }));
+        all.extend(kids);
+    }
+    let t0 = Instant::now();
+    stop(&d);
+    // By the stop signal itself, not the SIGKILL 10 s later.
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "stop took {:?}",
+        t0.elapsed()
+    );
+    assert!(!d.log().contains("sending SIGKILL"), "{}", d.log());
+    assert!(
+        wait_until(DEADLINE, || all.iter().all(|p| !alive(*p))),
+        "survivors: {:?}",
+        all.iter()
+            .filter(|p| alive(**p))
+            .map(|p| cmdline(*p))
+            .collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn sigkill_at_stop_timeout_reaches_the_whole_process_group() {
+    let d = Daemon::rookery("[workers]\nstop_timeout = \"1s\"\n");
+    let parent = run_sh(&d, 1, "trap '' TERM; sleep 60 & sleep 60 & wait");
+    let w = wait_children(&d, parent, 1)[0];
+    let mut all = vec![w];
+    let mut kids = Vec::new();
+    assert!(wait_until(DEADLINE, || {
+        kids = children_of(w);
+        kids.len() == 2
+    }));
+    all.extend(kids);
+    let t0 = Instant::now();
+    stop(&d);
+    assert!(
+        t0.elapsed() >= Duration::from_millis(900),
+        "TERM was not ignored?"
+    );
+    assert!(
+        d.log()
+            .contains(&format!("(pid {w}) did not stop within 1s; sending SIGKILL")),
+        "{}",
+        d.log()
+    );
+    assert!(
+        wait_until(DEADLINE, || all.iter().all(|p| !alive(*p))),
+        "survivors: {:?}",
+        all.iter().filter(|p| alive(**p)).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn notify_lines_update_jobs_and_activity_in_status() {
+    let d = Daemon::rookery("");
+    let parent = run_sh(
+        &d,
+        1,
+        "while :; do echo busy >&\"$ROOKERY_NOTIFY_FD\"; sleep 0.3; \
+         echo done >&\"$ROOKERY_NOTIFY_FD\"; sleep 0.3; done",
+    );
+    wait_children(&d, parent, 1);
+    let mut last = serde_json::Value::Null;
+    for want in ["busy", "idle"] {
+        assert!(
+            wait_until(DEADLINE, || {
+                last = status_json(&d);
+                status_workers(&last).iter().any(|w| w["activity"] == want)
+            }),
+            "never {want}: {last}"
+        );
+    }
+    assert!(
+        wait_until(DEADLINE, || {
+            last = status_json(&d);
+            status_workers(&last)
+                .iter()
+                .any(|w| w["jobs"].as_u64() >= Some(2))
+        }),
+        "jobs not counted: {last}"
+    );
+    stop(&d);
+}
+
+#[test]
+fn max_jobs_recycles_an_external_worker_through_done_lines() {
+    let d = Daemon::rookery("[workers]\nmax_jobs = 3\n");
+    let parent = run_sh(
+        &d,
+        1,
+        "while :; do sleep 0.05; echo done >&\"$ROOKERY_NOTIFY_FD\"; done",
+    );
+    let w1 = wait_children(&d, parent, 1)[0];
+    assert!(
+        d.wait_log(&format!(
+            "worker 1 (pid {w1}) recycled: max_jobs reached (3 jobs)"
+        )),
+        "{}",
+        d.log()
+    );
+    wait_gone(&d, w1);
+    let log = d.log();
+    let started = pos(&log, "worker 1: replacement pid ");
+    let stopping = pos(&log, &format!("stopping old pid {w1}"));
+    assert!(started < stopping, "{log}");
+    let now = wait_children(&d, parent, 1);
+    assert_ne!(now[0], w1);
+    stop(&d);
+}
+
+#[test]
+fn heartbeat_timeout_applies_to_an_external_worker_once_it_has_sent_one() {
+    let d = Daemon::rookery("[workers]\nheartbeat_timeout = \"300ms\"\nstop_timeout = \"2s\"\n");
+    let parent = run_sh(
+        &d,
+        2,
+        "if [ \"$ROOKERY_WORKER_SLOT\" = 1 ]; then echo heartbeat >&\"$ROOKERY_NOTIFY_FD\"; fi; exec sleep 60",
+    );
+    wait_children(&d, parent, 2);
+    let (w1, w2) = (pid_of_slot(&d, 1), pid_of_slot(&d, 2));
+    assert!(d.wait_log(&format!("worker 1 (pid {w1}) is hung")), "{}", d.log());
+    wait_gone(&d, w1);
+    // Its replacement beats once and hangs too: two timeouts have passed.
+    let hung = |slot: u32| {
+        let prefix = format!("worker {slot} (pid ");
+        d.log()
+            .lines()
+            .filter(|l| l.contains(&prefix) && l.contains(") is hung"))
+            .count()
+    };
+    assert!(wait_until(DEADLINE, || hung(1) >= 2), "{}", d.log());
+    assert!(alive(w2), "the silent worker that never spoke was stopped");
+    assert_eq!(hung(2), 0, "{}", d.log());
+    stop(&d);
+}
+
+#[test]
+fn a_command_that_cannot_be_executed_fails_the_start_clearly() {
+    let d = Daemon::rookery("");
+    let out = d.run(&["run", "--", "rookery-no-such-command"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("command not found: rookery-no-such-command"),
+        "{err}"
+    );
+    assert!(d.log().contains("command not found"), "{}", d.log());
+
+    let script = d.dir.path().join("not-executable.sh");
+    fs::write(&script, "#!/bin/sh\nexec sleep 60\n").unwrap();
+    let out = d.run(&["run", "--", script.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is not executable"), "{err}");
+    assert!(d.pid().is_none());
+}
+
+#[test]
+fn a_command_that_stops_being_executable_backs_off_without_spinning() {
+    let bin = TempDir::new("extbin");
+    let script = bin.path().join("rookery-test-worker");
+    let write_script = |mode: u32| {
+        fs::write(&script, "#!/bin/sh\nexec sleep 60\n").unwrap();
+        fs::set_permissions(&script, fs::Permissions::from_mode(mode)).unwrap();
+    };
+    write_script(0o755);
+    let d = Daemon::rookery(
+        "[workers]\ncount = 1\nbackoff_initial = \"10ms\"\nbackoff_max = \"200ms\"\n\
+         command = [\"rookery-test-worker\"]\n",
+    );
+    let path = format!(
+        "{}:{}",
+        bin.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = run_with_timeout(d.cmd(&["start"]).env("PATH", &path), Duration::from_secs(60));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let parent = d.pid().unwrap();
+    let w = wait_children(&d, parent, 1)[0];
+
+    fs::remove_file(&script).unwrap();
+    kill(w, 9);
+    let failure = "worker 1: cannot start: command not found: rookery-test-worker";
+    assert!(d.wait_log_count(failure, 3), "{}", d.log());
+    let window = Duration::from_secs(2);
+    let (t0, cpu0, n0) = (Instant::now(), cpu_time(parent), d.log().matches(failure).count());
+    std::thread::sleep(window); // the measured window, not an assertion
+    let (cpu1, n1) = (cpu_time(parent), d.log().matches(failure).count());
+    let wall = t0.elapsed();
+    let n = n1 - n0;
+    assert!(n >= 2, "not retried: {n}");
+    assert!(
+        n <= (wall.as_millis() / 200) as usize + 3,
+        "{n} attempts in {wall:?}"
+    );
+    assert!(
+        cpu1 - cpu0 < wall / 10,
+        "parent CPU {:?} in {wall:?}",
+        cpu1 - cpu0
+    );
+    assert!(d.log().contains("crash loop: "), "failures are counted");
+
+    write_script(0o644);
+    assert!(d.wait_log("rookery-test-worker is not executable"), "{}", d.log());
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+    let back = wait_children(&d, parent, 1);
+    assert_ne!(back[0], w);
+    stop(&d);
+}
+
+#[test]
+fn a_command_in_the_config_file_runs_with_start() {
+    let d = Daemon::rookery(
+        "[workers]\ncount = 2\ncommand = [\"sh\", \"-c\", \"echo hello from $ROOKERY_WORKER_SLOT; exec sleep 60\"]\n",
+    );
+    let parent = d.start();
+    wait_children(&d, parent, 2);
+    assert!(
+        d.wait_log("worker 1: hello from 1") && d.wait_log("worker 2: hello from 2"),
+        "{}",
+        d.log()
+    );
+    let v = status_json(&d);
+    assert_eq!(status_workers(&v).len(), 2, "{v}");
+    stop(&d);
+}
+
+#[test]
+fn killing_the_parent_takes_external_workers_down() {
+    let d = Daemon::rookery("");
+    let out = d.run(&["run", "-w", "3", "--", "sleep", "60"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let parent = d.pid().unwrap();
+    let workers = wait_children(&d, parent, 3);
+    kill(parent, 9);
+    assert!(
+        wait_until(DEADLINE, || workers.iter().all(|w| !alive(*w))),
+        "orphans: {:?}",
+        workers.iter().filter(|w| alive(**w)).collect::<Vec<_>>()
+    );
+}

@@ -1,1 +1,329 @@
-//! (in progress)
+//! Worker health on real processes: hang detection, recycling (max_jobs,
+//! max_memory, max_lifetime), crash loops, busy/idle and the dynamic pool.
+//! The misbehaving workers are `examples/testworker.rs`, driven by `[app]`.
+
+use std::time::{Duration, Instant};
+
+use crate::util::*;
+
+/// The test worker daemon with `extra` config.
+fn testworker(extra: &str) -> Daemon {
+    Daemon::with(example("testworker"), "testworker", extra)
+}
+
+/// `status --json` of a running daemon (`Null` if it did not answer).
+pub(crate) fn status_json(d: &Daemon) -> serde_json::Value {
+    let out = d.run(&["status", "--json"]);
+    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+}
+
+/// The workers array of a status (empty if none).
+pub(crate) fn status_workers(v: &serde_json::Value) -> Vec<serde_json::Value> {
+    v["workers"].as_array().cloned().unwrap_or_default()
+}
+
+/// CPU time (user + system) of `pid` so far.
+pub(crate) fn cpu_time(pid: i32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/PID/stat");
+    // Fields after "comm)": state is index 0, utime 11, stime 12.
+    let rest: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split_whitespace().collect();
+    let ticks: u64 = rest[11].parse::<u64>().unwrap() + rest[12].parse::<u64>().unwrap();
+    Duration::from_secs_f64(ticks as f64 / clock_ticks() as f64)
+}
+
+fn clock_ticks() -> u64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100)
+}
+
+/// Byte offset of `needle` in `log`, failing the test with the log if absent.
+pub(crate) fn pos(log: &str, needle: &str) -> usize {
+    log.find(needle)
+        .unwrap_or_else(|| panic!("{needle:?} not in the log:\n{log}"))
+}
+
+/// Waits until `pid` has exited (zombies count as exited).
+pub(crate) fn wait_gone(d: &Daemon, pid: i32) {
+    assert!(
+        wait_until(DEADLINE, || !alive(pid)),
+        "pid {pid} still alive\nlog:\n{}",
+        d.log()
+    );
+}
+
+/// Stops the daemon and checks that it went.
+pub(crate) fn stop(d: &Daemon) {
+    let out = d.run(&["stop"]);
+    assert!(
+        out.status.success(),
+        "stop failed: {}\nlog:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        d.log()
+    );
+}
+
+#[test]
+fn a_worker_that_stops_heartbeating_is_logged_as_hung_stopped_and_replaced() {
+    let d = testworker(
+        "[workers]\ncount = 1\nheartbeat_timeout = \"300ms\"\nstop_timeout = \"2s\"\n\n\
+         [app]\njob_interval = \"10ms\"\nhang_after_jobs = 5\n",
+    );
+    let parent = d.start();
+    let w1 = d.wait_workers(parent, 1)[0];
+    assert!(
+        d.wait_log(&format!("worker 1 (pid {w1}) is hung: no heartbeat for")),
+        "{}",
+        d.log()
+    );
+    wait_gone(&d, w1);
+    let mut now = Vec::new();
+    assert!(
+        wait_until(DEADLINE, || {
+            now = d.workers(parent);
+            now.len() == 1 && now[0] != w1
+        }),
+        "no replacement: {now:?}\n{}",
+        d.log()
+    );
+    let log = d.log();
+    assert!(pos(&log, "hanging after 5 jobs") < pos(&log, &format!("(pid {w1}) is hung")));
+    assert!(
+        pos(&log, &format!("(pid {w1}) is hung")) < pos(&log, &format!("(pid {w1}) stopped")),
+        "{log}"
+    );
+    stop(&d);
+}
+
+#[test]
+fn max_jobs_recycles_and_the_replacement_starts_before_the_old_worker_stops() {
+    let d = testworker("[workers]\ncount = 1\nmax_jobs = 20\n\n[app]\njob_interval = \"5ms\"\n");
+    let parent = d.start();
+    let w1 = d.wait_workers(parent, 1)[0];
+    assert!(
+        d.wait_log(&format!("(pid {w1}) exited after stop request")),
+        "{}",
+        d.log()
+    );
+    let log = d.log();
+    let recycled = pos(&log, &format!("worker 1 (pid {w1}) recycled: max_jobs reached ("));
+    // "worker 1: replacement pid W2 started (max_jobs reached (20 jobs))"
+    let started = pos(&log, "worker 1: replacement pid ");
+    let w2: i32 = log[started..]
+        .trim_start_matches("worker 1: replacement pid ")
+        .split(' ')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("replacement pid");
+    assert!(
+        log[started..]
+            .lines()
+            .next()
+            .unwrap()
+            .contains("(max_jobs reached ("),
+        "{log}"
+    );
+    let stopping = pos(&log, &format!("pid {w2} ready, stopping old pid {w1}"));
+    assert!(recycled < started && started < stopping, "{log}");
+    assert!(stopping < pos(&log, &format!("(pid {w1}) exited after stop request")));
+    let n: u64 = log[recycled..]
+        .split("max_jobs reached (")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap();
+    assert!(
+        (20..=22).contains(&n),
+        "max_jobs 20 with at most 10% jitter, got {n}"
+    );
+    stop(&d);
+}
+
+#[test]
+fn max_memory_recycles_with_the_rss_logged() {
+    let d = testworker(
+        "[workers]\ncount = 1\nmax_memory = \"40MiB\"\ncheck_interval = \"200ms\"\n\n\
+         [app]\njob_interval = \"10ms\"\nleak_per_job = 1048576\n",
+    );
+    let parent = d.start();
+    let w1 = d.wait_workers(parent, 1)[0];
+    let needle = format!("worker 1 (pid {w1}) recycled: rss ");
+    assert!(d.wait_log(&needle), "{}", d.log());
+    let log = d.log();
+    let line = log[pos(&log, &needle)..].lines().next().unwrap();
+    assert!(line.ends_with("MiB over max_memory 40.0 MiB"), "{line}");
+    let rss: f64 = line
+        .split("rss ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap();
+    assert!(rss > 40.0, "{line}");
+    wait_gone(&d, w1);
+    assert!(wait_until(DEADLINE, || d
+        .workers(parent)
+        .iter()
+        .any(|w| *w != w1)));
+    stop(&d);
+}
+
+#[test]
+fn max_lifetime_recycles() {
+    let d = testworker("[workers]\ncount = 2\nmax_lifetime = \"1s\"\ncheck_interval = \"200ms\"\n");
+    let parent = d.start();
+    let first = d.wait_workers(parent, 2);
+    let t0 = Instant::now();
+    for w in &first {
+        assert!(
+            d.wait_log(&format!("(pid {w}) recycled: max_lifetime reached (1s)")),
+            "{}",
+            d.log()
+        );
+        wait_gone(&d, *w);
+    }
+    assert!(t0.elapsed() >= Duration::from_millis(800), "recycled too early");
+    let now = d.wait_workers(parent, 2);
+    assert!(now.iter().all(|w| !first.contains(w)), "{first:?} -> {now:?}");
+    stop(&d);
+}
+
+/// The largest `restarts` of any slot in a status.
+fn restarts(v: &serde_json::Value) -> u64 {
+    let waiting = v["backing_off"].as_array().cloned().unwrap_or_default();
+    status_workers(v)
+        .iter()
+        .chain(waiting.iter())
+        .filter_map(|w| w["restarts"].as_u64())
+        .max()
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_crash_loop_backs_off_is_logged_once_then_summarised_and_costs_the_parent_little() {
+    let d = Daemon::rookery(
+        "[workers]\ncount = 1\nbackoff_initial = \"10ms\"\nbackoff_max = \"200ms\"\n\
+         crash_limit = 3\ncrash_window = \"1s\"\ncommand = [\"sh\", \"-c\", \"exit 1\"]\n",
+    );
+    // At the default level (info), as an operator would run it.
+    let out = d.run(&["-l", "info", "start"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let parent = d.pid().unwrap();
+    assert!(d.wait_log("crash loop: "), "{}", d.log());
+
+    let window = Duration::from_secs(3);
+    let (t0, cpu0, r0) = (Instant::now(), cpu_time(parent), restarts(&status_json(&d)));
+    std::thread::sleep(window); // the measured window, not an assertion
+    let (cpu1, r1) = (cpu_time(parent), restarts(&status_json(&d)));
+    let wall = t0.elapsed();
+
+    let n = r1 - r0;
+    let bound = (wall.as_millis() / 200) as u64 + 3;
+    assert!(n >= 3, "still restarting: {n} restarts in {wall:?}");
+    assert!(
+        n <= bound,
+        "{n} restarts in {wall:?}: more than back-off allows ({bound})"
+    );
+    let cpu = cpu1 - cpu0;
+    assert!(cpu < wall / 10, "parent used {cpu:?} of CPU in {wall:?}");
+
+    assert!(d.wait_log("crash loop continues: "), "{}", d.log());
+    let log = d.log();
+    assert_eq!(log.matches("crash loop: ").count(), 1, "{log}");
+    assert!(!log.contains("crash loop over"), "{log}");
+    let logged_exits = log.matches("exited: exit status 1").count();
+    assert!(
+        logged_exits <= 3,
+        "every restart was logged ({logged_exits}):\n{log}"
+    );
+    stop(&d);
+}
+
+#[test]
+fn on_crash_loop_exit_stops_the_daemon_with_a_failure() {
+    let d = testworker(
+        "[workers]\ncount = 2\nbackoff_initial = \"10ms\"\nbackoff_max = \"50ms\"\n\
+         crash_limit = 4\non_crash_loop = \"exit\"\n\n[app]\njob_interval = \"30ms\"\ncrash_after = 1\n",
+    );
+    let out = d.run(&["--no-daemon"]);
+    assert_eq!(out.status.code(), Some(1), "{}", d.log());
+    let log = d.log();
+    assert!(log.contains("crashing after 1 jobs"), "{log}");
+    assert!(
+        log.contains("crash loop: 4 worker failures within 1m; stopping the daemon"),
+        "{log}"
+    );
+    assert!(pos(&log, "crash loop: ") < pos(&log, "parent: stopped"));
+    assert!(d.pid().is_none(), "pidfile left behind");
+}
+
+#[test]
+fn busy_and_idle_show_in_status_and_in_worker_titles() {
+    let d = testworker("[workers]\ncount = 2\n\n[app]\nbusy_ms = 300\njob_interval = \"300ms\"\n");
+    let parent = d.start();
+    let workers = d.wait_workers(parent, 2);
+    for want in ["busy", "idle"] {
+        let mut last = serde_json::Value::Null;
+        assert!(
+            wait_until(DEADLINE, || {
+                last = status_json(&d);
+                status_workers(&last).iter().any(|w| w["activity"] == want)
+            }),
+            "no worker {want} in status: {last}"
+        );
+        assert!(
+            wait_until(DEADLINE, || workers
+                .iter()
+                .any(|w| cmdline(*w).ends_with(&format!(" {want}")))),
+            "no worker title says {want}: {:?}",
+            workers.iter().map(|w| cmdline(*w)).collect::<Vec<_>>()
+        );
+    }
+    let v = status_json(&d);
+    assert!(status_workers(&v).iter().all(|w| w["jobs"].as_u64().is_some()));
+    stop(&d);
+}
+
+#[test]
+fn a_dynamic_pool_grows_under_busy_workers_and_shrinks_when_they_go_idle() {
+    let d = testworker(
+        "[workers]\nmode = \"dynamic\"\nmin = 1\nmax = 6\nmin_idle = 1\nmax_idle = 2\n\
+         idle_timeout = \"300ms\"\ncheck_interval = \"200ms\"\n\n\
+         [app]\njob_interval = \"1ms\"\nbusy_ms = 4000\nidle_after_jobs = 1\n",
+    );
+    let parent = d.start();
+    let size = |v: &serde_json::Value| v["size"].as_u64().unwrap_or(0);
+    let mut peak = 0;
+    let mut last = serde_json::Value::Null;
+    // Every worker takes one long job at once: no idle worker, so it grows.
+    assert!(
+        wait_until(DEADLINE, || {
+            last = status_json(&d);
+            peak = peak.max(size(&last));
+            peak >= 6
+        }),
+        "did not grow to max: {last}\n{}",
+        d.log()
+    );
+    // Their jobs end and they stay idle: it retires down to max_idle.
+    assert!(
+        wait_until(DEADLINE, || {
+            last = status_json(&d);
+            peak = peak.max(size(&last));
+            size(&last) == 2 && d.workers(parent).len() == 2
+        }),
+        "did not shrink: {last}\n{}",
+        d.log()
+    );
+    assert_eq!(peak, 6, "never above max");
+    let log = d.log();
+    assert!(log.contains("(< min_idle 1); starting 1 more"), "{log}");
+    assert!(log.contains("(> max_idle 2); retiring"), "{log}");
+    assert!(
+        status_workers(&last).iter().all(|w| w["activity"] == "idle"),
+        "{last}"
+    );
+    stop(&d);
+}

@@ -88,6 +88,60 @@ impl RedisServer {
     }
 }
 
+/// A gearmand (Gearman job server) listening on 127.0.0.1, in the
+/// foreground, logging into its directory.
+pub struct Gearmand {
+    /// The TCP port it listens on.
+    pub port: u16,
+    _server: Server,
+}
+
+impl Gearmand {
+    /// Starts `gearmand` (from `PATH`, or `/usr/sbin`, where Debian puts it)
+    /// and waits until its admin protocol answers `version`.
+    pub fn start() -> Gearmand {
+        let exe = ["/usr/sbin/gearmand", "/usr/local/sbin/gearmand"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .unwrap_or("gearmand");
+        let server = Server::start(
+            "gearmand",
+            |port, dir| {
+                let mut cmd = Command::new(exe);
+                cmd.arg("--listen=127.0.0.1").arg(format!("--port={port}"));
+                cmd.arg(format!("--log-file={}", dir.join("gearmand.log").display()));
+                cmd.arg(format!("--pid-file={}", dir.join("gearmand.pid").display()));
+                cmd.arg("--threads=1");
+                cmd
+            },
+            |port| probe_with(port, b"version\n", |line| line.starts_with("OK ")),
+        );
+        Gearmand {
+            port: server.port,
+            _server: server,
+        }
+    }
+
+    /// How many workers are registered for `function` (admin `status`).
+    pub fn workers(&self, function: &str) -> Option<u32> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        stream.write_all(b"status\n").ok()?;
+        // Lines of FUNCTION<TAB>TOTAL<TAB>RUNNING<TAB>AVAILABLE_WORKERS, then ".".
+        for line in BufReader::new(stream).lines() {
+            let line = line.ok()?;
+            if line == "." {
+                return Some(0);
+            }
+            let f: Vec<&str> = line.split('\t').collect();
+            if f.len() == 4 && f[0] == function {
+                return f[3].parse().ok();
+            }
+        }
+        None
+    }
+}
+
 /// A running child process, its port and its directory.
 struct Server {
     port: u16,
@@ -153,6 +207,12 @@ fn free_port() -> u16 {
 
 /// Whether the server on `port` answers `request` with `expected`.
 fn probe(port: u16, request: &[u8], expected: &str) -> bool {
+    probe_with(port, request, |line| line == expected)
+}
+
+/// Whether the server on `port` answers `request` with a line that `ok`
+/// accepts.
+fn probe_with(port: u16, request: &[u8], ok: impl Fn(&str) -> bool) -> bool {
     let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
         return false;
     };
@@ -161,7 +221,7 @@ fn probe(port: u16, request: &[u8], expected: &str) -> bool {
         return false;
     }
     let mut line = String::new();
-    BufReader::new(stream).read_line(&mut line).is_ok() && line == expected
+    BufReader::new(stream).read_line(&mut line).is_ok() && ok(&line)
 }
 
 /// A fresh directory under the system temp dir, removed on drop.
@@ -206,4 +266,11 @@ fn redis_fixture_answers_ping() {
     let pong: String = redis::cmd("PING").query(&mut conn).expect("PING");
     assert_eq!(pong, "PONG");
     assert!(server.addr().ends_with(&server.port.to_string()));
+}
+
+#[test]
+fn gearmand_fixture_answers() {
+    let server = Gearmand::start();
+    assert!(probe_with(server.port, b"version\n", |l| l.starts_with("OK ")));
+    assert_eq!(server.workers("nothing-registered"), Some(0));
 }

@@ -1,0 +1,179 @@
+//! What the queue examples share: the payload format, the work done for a
+//! job (a hash), and the append-only results file.
+//!
+//! Included with `#[path]` by `beanstalk_worker`, `redis_worker`, their
+//! producers and the integration tests (which recompute every hash), so
+//! there is one definition of a job.
+//!
+//! A payload is `<id> <kind> <filler>` in ASCII: `id` is unique per job
+//! (the producer numbers them), `kind` says how the job behaves, and the
+//! filler pads it to the requested size. A worker hashes the whole payload
+//! with 64-bit FNV-1a and appends `job_id<TAB>payload_id<TAB>hash` to a
+//! file of its own, so a test can check that every job was done, and how
+//! many times.
+
+#![allow(dead_code)] // each includer uses a different part
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+/// How a job behaves when a worker takes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Done on the first attempt.
+    Ok,
+    /// Fails with a transient error on its first attempt (the worker
+    /// releases it with a delay), succeeds on the next.
+    Flaky,
+    /// Fails with a permanent error on every attempt (the worker buries it
+    /// or moves it to a dead-letter list).
+    Poison,
+}
+
+impl Kind {
+    /// The word in the payload.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Ok => "ok",
+            Kind::Flaky => "flaky",
+            Kind::Poison => "poison",
+        }
+    }
+}
+
+impl std::str::FromStr for Kind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Kind, String> {
+        match s {
+            "ok" => Ok(Kind::Ok),
+            "flaky" => Ok(Kind::Flaky),
+            "poison" => Ok(Kind::Poison),
+            _ => Err(format!("unknown job kind {s:?} (expected ok, flaky or poison)")),
+        }
+    }
+}
+
+/// The default payload size in bytes.
+pub const DEFAULT_SIZE: usize = 64;
+
+/// The payload of job `id`: `<id> <kind> <filler>`, padded with a filler
+/// derived from the id to at least `size` bytes.
+pub fn payload(id: u64, kind: Kind, size: usize) -> Vec<u8> {
+    let mut p = format!("{id} {} ", kind.as_str()).into_bytes();
+    let mut x = id.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    while p.len() < size {
+        // xorshift: cheap, deterministic filler.
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        p.push(b'a' + (x % 26) as u8);
+    }
+    p
+}
+
+/// A parsed payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Payload {
+    /// The producer's id of the job.
+    pub id: u64,
+    /// How it behaves.
+    pub kind: Kind,
+}
+
+/// Parses `<id> <kind> ...`; `None` for anything else (a permanent error).
+pub fn parse(body: &[u8]) -> Option<Payload> {
+    let text = std::str::from_utf8(body).ok()?;
+    let mut words = text.splitn(3, ' ');
+    let id = words.next()?.parse().ok()?;
+    let kind = words.next()?.parse().ok()?;
+    Some(Payload { id, kind })
+}
+
+/// The work: 64-bit FNV-1a of the payload.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// One result line: `job_id<TAB>payload_id<TAB>hash` (hash in hex).
+pub fn result_line(job_id: u64, payload_id: u64, hash: u64) -> String {
+    format!("{job_id}\t{payload_id}\t{hash:016x}\n")
+}
+
+/// Parses a result line (without its newline) into (job id, payload id,
+/// hash).
+pub fn parse_result_line(line: &str) -> Option<(u64, u64, u64)> {
+    let mut f = line.split('\t');
+    let job = f.next()?.parse().ok()?;
+    let payload = f.next()?.parse().ok()?;
+    let hash = u64::from_str_radix(f.next()?, 16).ok()?;
+    f.next().is_none().then_some((job, payload, hash))
+}
+
+/// The results file of one worker process: `<dir>/<pid>.tsv`, opened with
+/// `O_APPEND`; each line is one `write`, so a line is either wholly there
+/// or not at all, even if the process is killed.
+pub struct Results {
+    file: File,
+    path: PathBuf,
+}
+
+impl Results {
+    /// Creates `dir` if needed and opens this process's file in it.
+    pub fn open(dir: &Path) -> io::Result<Results> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| io::Error::new(e.kind(), format!("create {}: {e}", dir.display())))?;
+        let path = dir.join(format!("{}.tsv", std::process::id()));
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| io::Error::new(e.kind(), format!("open {}: {e}", path.display())))?;
+        Ok(Results { file, path })
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends one result line with a single `write`.
+    pub fn record(&mut self, job_id: u64, payload_id: u64, hash: u64) -> io::Result<()> {
+        let line = result_line(job_id, payload_id, hash);
+        let n = self.file.write(line.as_bytes())?;
+        if n == line.len() {
+            Ok(())
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                format!("short write to {}", self.path.display()),
+            ))
+        }
+    }
+}
+
+/// Humantime strings ("250ms", "2s") for `Duration` fields of settings:
+/// `#[serde(with = "queue_job::duration")]`.
+pub mod duration {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    /// Parses a humantime string.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// What a bare consumer loop (no rookery) did, printed for the benchmark
+/// as `jobs=N seconds=S jobs_per_sec=R`.
+pub fn bare_report(jobs: u64, elapsed: std::time::Duration) -> String {
+    let secs = elapsed.as_secs_f64();
+    let rate = if secs > 0.0 { jobs as f64 / secs } else { 0.0 };
+    format!("jobs={jobs} seconds={secs:.3} jobs_per_sec={rate:.1}")
+}

@@ -1,0 +1,137 @@
+//! A worker daemon built to misbehave on request: the fixture of the
+//! integration tests (`tests/it/health.rs`). It is not a template; copy
+//! `demodaemon.rs` to start a real daemon.
+//!
+//! Each worker waits `job_interval` (idle), then runs one job that keeps it
+//! busy for `busy_ms`, reporting both through `ctx.begin_job()` and
+//! `Step::Worked`, so heartbeats, job counts and busy/idle reach the
+//! scoreboard exactly as in a real daemon. The `[app]` knobs make it fail
+//! in the ways the supervisor must handle:
+//!
+//! | key | effect |
+//! |---|---|
+//! | `job_interval = "10ms"` | idle gap before each job |
+//! | `busy_ms = 0` | how long each job keeps the worker busy |
+//! | `idle_after_jobs = N` | after N jobs, stay idle for good |
+//! | `hang_after_jobs = N` | after N jobs, block in `run` without heartbeats (until a stop request) |
+//! | `leak_per_job = BYTES` | allocate, touch and keep this much memory per job |
+//! | `crash_after = N` | after N jobs (0: at once), fail the way `crash_with` says |
+//! | `crash_with = "exit"` | `exit` (status 7), `panic`, or `error` (return an error from `run`) |
+//!
+//! ```text
+//! cargo run --example testworker -- --no-daemon -w 2
+//! ```
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use rookery::{BoxError, Context, Step, Worker};
+use serde::Deserialize;
+use tracing::info;
+
+/// The `[app]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct Settings {
+    #[serde(deserialize_with = "duration")]
+    job_interval: Duration,
+    busy_ms: u64,
+    idle_after_jobs: Option<u64>,
+    hang_after_jobs: Option<u64>,
+    leak_per_job: usize,
+    crash_after: Option<u64>,
+    crash_with: CrashWith,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            job_interval: Duration::from_millis(10),
+            busy_ms: 0,
+            idle_after_jobs: None,
+            hang_after_jobs: None,
+            leak_per_job: 0,
+            crash_after: None,
+            crash_with: CrashWith::Exit,
+        }
+    }
+}
+
+/// How `crash_after` fails.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum CrashWith {
+    Exit,
+    Panic,
+    Error,
+}
+
+fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
+/// One worker process.
+struct TestWorker {
+    jobs: u64,
+    leaked: Vec<Vec<u8>>,
+}
+
+impl Worker for TestWorker {
+    type Settings = Settings;
+    type Args = rookery::NoArgs;
+
+    fn init(_ctx: &mut Context<Self>) -> Result<Self, BoxError> {
+        Ok(TestWorker {
+            jobs: 0,
+            leaked: Vec::new(),
+        })
+    }
+
+    fn run(&mut self, ctx: &mut Context<Self>) -> Result<Step, BoxError> {
+        let s = ctx.settings().clone();
+        if s.crash_after.is_some_and(|n| self.jobs >= n) {
+            info!("crashing after {} jobs ({:?})", self.jobs, s.crash_with);
+            match s.crash_with {
+                CrashWith::Exit => std::process::exit(7),
+                CrashWith::Panic => panic!("testworker: crash_after reached"),
+                CrashWith::Error => return Err("crash_after reached".into()),
+            }
+        }
+        if s.hang_after_jobs.is_some_and(|n| self.jobs >= n) {
+            info!("hanging after {} jobs", self.jobs);
+            // No heartbeat from here on; only a stop request ends the wait.
+            while ctx.sleep(Duration::from_secs(3600)) {}
+            return Ok(Step::Idle);
+        }
+        if !ctx.sleep(s.job_interval) {
+            return Ok(Step::Idle);
+        }
+        if s.idle_after_jobs.is_some_and(|n| self.jobs >= n) {
+            return Ok(Step::Idle);
+        }
+        ctx.begin_job();
+        if s.leak_per_job > 0 {
+            // Touch every page so the memory is resident, not just reserved.
+            self.leaked.push(vec![0x5a; s.leak_per_job]);
+        }
+        if s.busy_ms > 0 {
+            // Busy, with heartbeats, until done or asked to stop.
+            let end = std::time::Instant::now() + Duration::from_millis(s.busy_ms);
+            while let Some(left) = end.checked_duration_since(std::time::Instant::now()) {
+                ctx.heartbeat();
+                if !ctx.sleep(left.min(Duration::from_millis(100))) {
+                    break;
+                }
+            }
+        }
+        self.jobs += 1;
+        Ok(Step::Worked)
+    }
+}
+
+fn main() -> ExitCode {
+    rookery::Daemon::<TestWorker>::new("testworker")
+        .about("rookery's test fixture: a worker that hangs, leaks or crashes on request")
+        .run()
+}
