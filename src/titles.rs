@@ -54,8 +54,8 @@ pub fn init() {
     proctitle::init();
 }
 
-/// Sets the title `ps` and `top -c` show for this process, and its `comm`
-/// name to the title's first 15 bytes (see [`set_comm`] to choose another).
+/// Sets the title `ps` and `top -c` show for this process (a memory write,
+/// no system call). `comm` is set separately, once, with [`set_comm`].
 ///
 /// Titles longer than the space claimed by [`init`] are cut; a title stops
 /// at its first NUL. In a forked child this changes only the child's title.

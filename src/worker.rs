@@ -201,8 +201,6 @@ impl<W: Worker> Context<W> {
             self.cell.jobs(),
             busy,
         ));
-        // `set` cut `comm` from the title; keep it the daemon's name.
-        titles::set_comm(&self.name);
     }
 }
 

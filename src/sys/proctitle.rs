@@ -227,13 +227,15 @@ fn move_argv(layout: &Layout, area: &Area) {
 ///
 /// Titles longer than the area (the original command line and environment)
 /// are cut, at a character boundary; a title stops at its first NUL.
-/// `comm` becomes the title's first 15 bytes; call [`set_comm`] afterwards
-/// to choose another. Without a successful [`init`], only `comm` is set.
+/// `comm` is left alone (set it once with [`set_comm`]: a title that
+/// changes on every job then costs no system call). Without a successful
+/// [`init`], there is no area and `comm` gets the title's first 15 bytes.
 /// In a forked child, changes only the child's title.
 pub fn set(title: &str) {
-    set_comm(title);
     let guard = AREA.lock().unwrap_or_else(|e| e.into_inner());
     let Some(area) = *guard else {
+        drop(guard);
+        set_comm(title);
         return;
     };
     // SAFETY: `init` moved every string the process uses out of
