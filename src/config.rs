@@ -574,7 +574,8 @@ fn log_target(base: &Path, p: &Path) -> Option<PathBuf> {
     }
 }
 
-fn absolute(p: &Path) -> PathBuf {
+/// `p` made absolute against the current directory.
+pub(crate) fn absolute(p: &Path) -> PathBuf {
     if p.is_absolute() {
         p.to_path_buf()
     } else {

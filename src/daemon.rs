@@ -9,7 +9,7 @@ use clap::{CommandFactory, FromArgMatches};
 use tracing::{error, info};
 
 use crate::cli::{Cli, Command, ScaleSpec};
-use crate::config::{Config, ConfigError, Overrides};
+use crate::config::{absolute, Config, ConfigError, Overrides};
 use crate::control::{self, Request, Response};
 use crate::daemonize::{self, Launch, StartupReport};
 use crate::exit;
@@ -483,16 +483,6 @@ fn load_owned(
     overrides: Overrides,
 ) -> impl Fn() -> Result<Config, ConfigError> {
     move || Config::load(&name, path.as_deref(), &overrides)
-}
-
-fn absolute(p: &Path) -> PathBuf {
-    if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        std::env::current_dir()
-            .map(|d| d.join(p))
-            .unwrap_or_else(|_| p.to_path_buf())
-    }
 }
 
 /// Checks, before daemonizing, what would make the daemon fail at once, so
