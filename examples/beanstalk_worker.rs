@@ -252,14 +252,15 @@ fn bare(config: Option<&Path>, run_for: Duration) -> ExitCode {
         .and_then(|c| c.app::<Settings>());
     let result = settings.map_err(BoxError::from).and_then(|s| {
         let mut consumer = Consumer::connect(&s)?;
-        let (start, mut jobs) = (Instant::now(), 0u64);
+        let (start, mut jobs, mut busy) = (Instant::now(), 0u64, Duration::ZERO);
         while start.elapsed() < run_for {
             if let Some(job) = consumer.reserve()? {
                 consumer.handle(&job)?;
                 jobs += 1;
+                busy = start.elapsed();
             }
         }
-        Ok::<_, BoxError>(queue_job::bare_report(jobs, start.elapsed()))
+        Ok::<_, BoxError>(queue_job::bare_report(jobs, busy))
     });
     match result {
         Ok(report) => {

@@ -52,9 +52,9 @@
 //! parent's event loop, and would miss exactly that last case.
 //!
 //! A host that never comes back leaves its lists behind: move them by
-//! hand (`LMOVE <list> <queue> RIGHT RIGHT` until nil), or start a worker
-//! there with the same `host` setting (the hostname by default), which
-//! recovers them.
+//! hand (`LMOVE <list> <queue> RIGHT RIGHT` until nil), or, once it is
+//! certainly gone, start a worker elsewhere with its `host` setting (the
+//! hostname by default), which recovers them.
 //!
 //! ```text
 //! redis-server --port 6379 &
@@ -204,7 +204,7 @@ impl Consumer {
     fn handle(&mut self, item: &[u8]) -> Result<Outcome, BoxError> {
         let Some(payload) = queue_job::parse(item) else {
             warn!("unreadable payload; moving it to {}:dead", self.queue);
-            return Ok(self.finish(item, Some("dead"), Outcome::Dead)?);
+            return Ok(self.finish(item, Outcome::Dead)?);
         };
         debug!("payload {} started", payload.id);
         match payload.kind {
@@ -213,7 +213,7 @@ impl Consumer {
                     "payload {}: permanent error; moving it to {}:dead",
                     payload.id, self.queue
                 );
-                return Ok(self.finish(item, Some("dead"), Outcome::Dead)?);
+                return Ok(self.finish(item, Outcome::Dead)?);
             }
             Kind::Flaky => {
                 let attempts: u64 = redis::cmd("HINCRBY")
@@ -223,7 +223,7 @@ impl Consumer {
                     .query(&mut self.con)?;
                 if attempts == 1 {
                     warn!("payload {}: transient error; retrying later", payload.id);
-                    return Ok(self.finish(item, Some(""), Outcome::Requeued)?);
+                    return Ok(self.finish(item, Outcome::Requeued)?);
                 }
             }
             Kind::Ok => {}
@@ -237,7 +237,7 @@ impl Consumer {
                 "payload {}: cannot record its result ({e}); retrying later",
                 payload.id
             );
-            return Ok(self.finish(item, Some(""), Outcome::Requeued)?);
+            return Ok(self.finish(item, Outcome::Requeued)?);
         }
         if payload.kind == Kind::Flaky {
             redis::cmd("HDEL")
@@ -245,25 +245,24 @@ impl Consumer {
                 .arg(payload.id)
                 .query::<()>(&mut self.con)?;
         }
-        Ok(self.finish(item, None, Outcome::Done)?)
+        Ok(self.finish(item, Outcome::Done)?)
     }
 
-    /// Removes `item` from the processing list and, in the same
-    /// transaction, pushes it onto `<queue>:<to>` (`Some("")`: the queue
-    /// itself, at the producers' end).
-    fn finish(&mut self, item: &[u8], to: Option<&str>, outcome: Outcome) -> RedisResult<Outcome> {
-        let Some(to) = to else {
-            redis::cmd("LREM")
-                .arg(&self.processing)
-                .arg(1)
-                .arg(item)
-                .query::<()>(&mut self.con)?;
-            return Ok(outcome);
-        };
-        let target = if to.is_empty() {
-            self.queue.clone()
-        } else {
-            format!("{}:{to}", self.queue)
+    /// Removes `item` from the processing list: done with it (`Done`), or,
+    /// in the same transaction, pushed back onto the producers' end of the
+    /// queue (`Requeued`) or onto the dead-letter list (`Dead`).
+    fn finish(&mut self, item: &[u8], outcome: Outcome) -> RedisResult<Outcome> {
+        let target = match outcome {
+            Outcome::Done => {
+                redis::cmd("LREM")
+                    .arg(&self.processing)
+                    .arg(1)
+                    .arg(item)
+                    .query::<()>(&mut self.con)?;
+                return Ok(outcome);
+            }
+            Outcome::Requeued => self.queue.clone(),
+            Outcome::Dead => format!("{}:dead", self.queue),
         };
         redis::pipe()
             .atomic()
@@ -404,15 +403,16 @@ fn bare(config: Option<&Path>, run_for: Duration) -> ExitCode {
         rookery::config::Config::load("redis_worker", config, &overrides).and_then(|c| c.app::<Settings>());
     let result = settings.map_err(BoxError::from).and_then(|s| {
         let mut consumer = Consumer::connect(&s)?;
-        let (start, mut jobs) = (Instant::now(), 0u64);
+        let (start, mut jobs, mut busy) = (Instant::now(), 0u64, Duration::ZERO);
         while start.elapsed() < run_for {
             if let Some(item) = consumer.take()? {
                 consumer.handle(&item)?;
                 jobs += 1;
+                busy = start.elapsed();
             }
         }
         consumer.close()?;
-        Ok::<_, BoxError>(queue_job::bare_report(jobs, start.elapsed()))
+        Ok::<_, BoxError>(queue_job::bare_report(jobs, busy))
     });
     match result {
         Ok(report) => {

@@ -171,7 +171,9 @@ pub mod duration {
 }
 
 /// What a bare consumer loop (no rookery) did, printed for the benchmark
-/// as `jobs=N seconds=S jobs_per_sec=R`.
+/// as `jobs=N seconds=S jobs_per_sec=R`, where `seconds` runs from the
+/// start to the end of the last job (an idle tail, once the queue ran
+/// dry, is not counted).
 pub fn bare_report(jobs: u64, elapsed: std::time::Duration) -> String {
     let secs = elapsed.as_secs_f64();
     let rate = if secs > 0.0 { jobs as f64 / secs } else { 0.0 };
