@@ -93,12 +93,25 @@ pub fn worker_title(
     jobs: u64,
     busy: bool,
 ) -> String {
-    let state = if busy { "busy" } else { "idle" };
+    worker_title_from_head(&worker_title_head(name, slot, started, rss_bytes), jobs, busy)
+}
+
+/// The part of [`worker_title`] that changes only when the memory figure
+/// is re-read: `demodaemon: worker 3 started 2026-11-23 21:19:34 UTC rss 12.3 MiB`.
+/// Formatting the time and the size is most of a title's cost, so a worker
+/// keeps this and builds its per-job title with [`worker_title_from_head`].
+pub fn worker_title_head(name: &str, slot: u32, started: SystemTime, rss_bytes: u64) -> String {
     format!(
-        "{name}: worker {slot} started {} rss {} jobs {jobs} {state}",
+        "{name}: worker {slot} started {} rss {}",
         format_time(started),
         format_bytes(rss_bytes),
     )
+}
+
+/// A worker's title from its [`worker_title_head`]: cheap enough for every job.
+pub fn worker_title_from_head(head: &str, jobs: u64, busy: bool) -> String {
+    let state = if busy { "busy" } else { "idle" };
+    format!("{head} jobs {jobs} {state}")
 }
 
 /// `2026-11-23 21:19:34 UTC`.

@@ -89,6 +89,8 @@ pub struct Context<W: Worker> {
     started: SystemTime,
     title_at: Instant,
     rss: u64,
+    /// The title up to the memory figure (see [`titles::worker_title_head`]).
+    title_head: String,
 }
 
 impl<W: Worker> Context<W> {
@@ -188,16 +190,16 @@ impl<W: Worker> Context<W> {
 
     fn refresh_title(&mut self, reread: bool) {
         let due = self.title_at.elapsed() >= self.config.workers.title_interval;
-        if reread || due {
+        if reread || due || self.title_head.is_empty() {
             self.rss = titles::rss_bytes(None).unwrap_or(self.rss);
             self.title_at = Instant::now();
+            // Formatting the time and size costs more than the rest of a
+            // trivial job's bookkeeping: done only when the size is re-read.
+            self.title_head = titles::worker_title_head(&self.name, self.slot, self.started, self.rss);
         }
         let busy = self.cell.activity() == Activity::Busy;
-        titles::set(&titles::worker_title(
-            &self.name,
-            self.slot,
-            self.started,
-            self.rss,
+        titles::set(&titles::worker_title_from_head(
+            &self.title_head,
             self.cell.jobs(),
             busy,
         ));
@@ -284,6 +286,7 @@ fn child_life<W: Worker>(s: ChildSetup<'_, W>) -> i32 {
         started: SystemTime::now(),
         title_at: Instant::now(),
         rss: 0,
+        title_head: String::new(),
     };
     ctx.refresh_title(true);
     let mut worker = match W::init(&mut ctx) {
