@@ -305,9 +305,19 @@ fn child_life<W: Worker>(s: ChildSetup<'_, W>) -> i32 {
 
     let iteration_delay = ctx.config.workers.iteration_delay;
     let idle_delay = ctx.config.workers.idle_delay;
+    // The parent's death raises the stop flag (PR_SET_PDEATHSIG); getppid()
+    // is checked too, but at most every 100 ms, so a trivial job pays no
+    // system call for it.
+    let mut parent_checked = Instant::now();
     let code = loop {
-        if ctx.should_stop() || nix::unistd::getppid() != ctx.parent {
+        if ctx.should_stop() {
             break 0;
+        }
+        if parent_checked.elapsed() >= Duration::from_millis(100) {
+            parent_checked = Instant::now();
+            if nix::unistd::getppid() != ctx.parent {
+                break 0;
+            }
         }
         ctx.reported_in_call = false;
         ctx.cell.beat();
