@@ -402,10 +402,8 @@ fn beanstalk_two_hosts_share_a_tube_and_survive_losing_one() {
 
     // Host A dies mid-job: kill -9 its parent and every worker at once.
     // Their connections close, so beanstalkd puts the jobs they held back
-    // into the ready queue at once. (A machine that vanishes without
-    // closing its connections relies on the TTR instead; beanstalkd 1.12
-    // does not reliably time out jobs of a silent open connection, see
-    // docs/queues.md, so this test does not freeze host A.)
+    // into the ready queue at once. (A host that freezes with its
+    // connections open relies on the TTR instead: the next test.)
     assert!(
         wait_until(DEADLINE, || tube_counts(&addr, "shared")[1] > 3),
         "host A holds no job"
@@ -430,6 +428,54 @@ fn beanstalk_two_hosts_share_a_tube_and_survive_losing_one() {
     assert!(dups <= workers_a.len(), "{dups} duplicates");
     assert!(alive(pb), "the other host's daemon died");
     b.wait_workers(pb, 3);
+    assert!(b.run(&["stop"]).status.success());
+}
+
+/// Known failure, kept to be run with `--ignored`: with beanstalkd 1.12 the
+/// jobs held by the SIGSTOPped workers stay reserved (for 60 s and more,
+/// TTR 2 s), although a minimal two-connection reproduction (reserve, stay
+/// silent, another connection reserves after the TTR) releases them on
+/// time. Not yet isolated; until it is, a frozen host's jobs come back only
+/// when its connections close (see docs/queues.md).
+#[test]
+#[ignore = "beanstalkd 1.12 keeps a frozen pool's jobs reserved past their TTR; not yet isolated"]
+fn beanstalk_jobs_of_a_frozen_host_come_back_after_their_ttr() {
+    const JOBS: u64 = 1500;
+    let server = Beanstalkd::start();
+    let addr = server.addr();
+    put_jobs(&server, "frozen", JOBS, 0, "ok", "2s");
+    let app = "job_time = \"5ms\"";
+    let (a, results_a) = beanstalk_daemon(&server, "frozen", 3, app);
+    let (b, results_b) = beanstalk_daemon(&server, "frozen", 3, app);
+    let (pa, pb) = (a.start(), b.start());
+    let workers_a = a.wait_workers(pa, 3);
+    b.wait_workers(pb, 3);
+    assert!(
+        wait_until(DEADLINE, || tube_counts(&addr, "frozen")[1] > 3),
+        "host A holds no job"
+    );
+    // Host A freezes (a hung machine, a partition that keeps the TCP
+    // connections open): its connections stay open and silent, so only the
+    // jobs' TTR gives back what it held.
+    for p in [&pa].into_iter().chain(&workers_a) {
+        kill(*p, 19); // SIGSTOP
+    }
+    let both = [results_a.as_path(), results_b.as_path()];
+    let mut last = [0; 4];
+    let finished = wait_until(Duration::from_secs(60), || {
+        last = tube_counts(&addr, "frozen");
+        last == [0; 4] && done_ids(&read_results(&both)).len() as u64 == JOBS
+    });
+    assert!(
+        finished,
+        "not finished while host A is frozen: tube (ready, reserved, delayed, buried) = {last:?}"
+    );
+    let frozen: HashSet<i32> = workers_a.iter().copied().collect();
+    let dups = check_exactly_once_but_for(&read_results(&both), JOBS, &frozen);
+    assert!(dups <= workers_a.len(), "{dups} duplicates");
+    for p in [&pa].into_iter().chain(&workers_a) {
+        kill(*p, 9);
+    }
     assert!(b.run(&["stop"]).status.success());
 }
 
