@@ -763,15 +763,19 @@ mod tests {
 
     impl Sim {
         fn new(c: WorkersConfig) -> Sim {
-            let mut s = Sim {
+            let mut s = Sim::unstarted(c);
+            s.pool.start();
+            s.run_actions();
+            s
+        }
+        /// A pool whose actions the test carries out itself.
+        fn unstarted(c: WorkersConfig) -> Sim {
+            Sim {
                 pool: Pool::new(c),
                 now: Instant::now(),
                 next_pid: 100,
                 log: Vec::new(),
-            };
-            s.pool.start();
-            s.run_actions();
-            s
+            }
         }
         /// Carries out spawns (fake pids, ready at once unless told) and
         /// records every action.
@@ -1018,12 +1022,7 @@ mod tests {
         c.backoff_max = Duration::from_millis(40);
         c.crash_limit = 4;
         c.on_crash_loop = OnCrashLoop::Exit;
-        let mut s = Sim {
-            pool: Pool::new(c),
-            now: Instant::now(),
-            next_pid: 100,
-            log: Vec::new(),
-        };
+        let mut s = Sim::unstarted(c);
         s.pool.start();
         let mut delays = Vec::new();
         for _ in 0..4 {
