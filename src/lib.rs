@@ -76,7 +76,9 @@
 //! Each worker asks the kernel for its stop signal when the parent dies
 //! (`PR_SET_PDEATHSIG`, set after the fork and checked against the
 //! recorded parent pid to close the race), and arms `alarm(stop_timeout)`
-//! when asked to stop, so an orphan that hangs still dies.
+//! when asked to stop, so an orphan that hangs still dies. The parent is a
+//! child subreaper: whatever a dead worker left running is re-parented to
+//! it, sent the stop signal, and killed after `stop_timeout`.
 //!
 //! Only [`sys`](crate) contains `unsafe` code; the rest of the crate
 //! denies it.
@@ -99,6 +101,7 @@ pub mod privileges;
 pub mod scoreboard;
 pub mod signals;
 mod spawn;
+mod strays;
 mod supervisor;
 mod sys;
 pub mod titles;

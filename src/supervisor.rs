@@ -27,6 +27,7 @@ use crate::pool::{Action, ExitStatus, Pool};
 use crate::scoreboard::{now_ms, Activity, Scoreboard};
 use crate::signals::Inbox;
 use crate::spawn::{SpawnContext, Spawner};
+use crate::strays::{self, Strays};
 use crate::titles;
 
 /// Longest line kept from a worker's output before it is cut.
@@ -149,6 +150,8 @@ pub(crate) struct Supervisor<'h> {
     /// Descriptors workers must close after fork.
     parent_only: Vec<RawFd>,
     workers: HashMap<Pid, Handle>,
+    /// Processes workers left behind, being stopped.
+    strays: Strays,
     started: Instant,
     next_id: u64,
     next_check: Option<Instant>,
@@ -219,6 +222,7 @@ impl<'h> Supervisor<'h> {
             reloader,
             parent_only,
             workers: HashMap::new(),
+            strays: Strays::default(),
             started: Instant::now(),
             next_id: 1,
             next_check: None,
@@ -239,6 +243,7 @@ impl<'h> Supervisor<'h> {
         // `comm` (pidof, killall, start-stop-daemon --name) stays the name,
         // not the title's first 15 bytes ("demodaemon: par").
         titles::set_comm(&self.config.daemon.name);
+        strays::become_subreaper();
         info!(
             "starting {} workers ({})",
             self.config.workers.count,
@@ -252,13 +257,14 @@ impl<'h> Supervisor<'h> {
         self.schedule_checks();
         loop {
             self.check_startup();
-            if self.pool.is_finished() {
+            if self.pool.is_finished() && self.strays.is_empty() {
                 break;
             }
             self.update_sd_status();
             self.wait_and_dispatch();
             let now = Instant::now();
             self.pool.tick(now);
+            self.strays.tick(now);
             if self.next_check.is_some_and(|t| t <= now) {
                 self.health_check(now);
                 self.schedule_checks();
@@ -318,6 +324,7 @@ impl<'h> Supervisor<'h> {
     fn timeout(&self) -> PollTimeout {
         let due = [
             self.pool.next_deadline(),
+            self.strays.next_deadline(),
             self.next_check,
             self.watchdog.map(|w| w.1),
         ]
@@ -437,9 +444,11 @@ impl<'h> Supervisor<'h> {
         }
     }
 
-    /// Reaps every exited child. Unknown children (orphans re-parented to
-    /// us when we are PID 1) are reaped too, so no zombie is ever left.
+    /// Reaps every exited child. Unknown children (strays, see
+    /// [`strays`]) are reaped too, so no zombie is ever left. After any
+    /// reap, looks for processes the dead left behind.
     fn reap(&mut self) {
+        let mut reaped = false;
         loop {
             let (pid, status) = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(pid, code)) => (pid, ExitStatus::Code(code)),
@@ -447,6 +456,7 @@ impl<'h> Supervisor<'h> {
                 Ok(WaitStatus::StillAlive) | Err(_) => break,
                 Ok(_) => continue,
             };
+            reaped = true;
             let now = Instant::now();
             // Drain what it wrote before it died, partial lines included
             // (a process it left behind may hold the pipes open: no EOF).
@@ -465,6 +475,7 @@ impl<'h> Supervisor<'h> {
             // Its last messages (an init error) may still be in the pipe.
             self.read_messages();
             let Some(h) = self.workers.remove(&pid) else {
+                self.strays.reaped(pid);
                 continue;
             };
             self.board.release(h.cell);
@@ -483,6 +494,12 @@ impl<'h> Supervisor<'h> {
                 }
                 self.hooks.on_worker_exit(&exit);
             }
+        }
+        if reaped {
+            let workers = &self.workers;
+            let w = &self.config.workers;
+            self.strays
+                .scan(|p| workers.contains_key(&p), w.stop_signal, w.stop_timeout);
         }
     }
 

@@ -388,3 +388,79 @@ fn killing_the_parent_takes_external_workers_down() {
         workers.iter().filter(|w| alive(**w)).collect::<Vec<_>>()
     );
 }
+
+/// Waits for the pid a script wrote to `file`.
+fn pid_in(d: &Daemon, file: &std::path::Path) -> i32 {
+    let mut pid = None;
+    assert!(
+        wait_until(DEADLINE, || {
+            pid = fs::read_to_string(file).ok().and_then(|s| s.trim().parse().ok());
+            pid.is_some()
+        }),
+        "{} never written\nlog:\n{}",
+        file.display(),
+        d.log()
+    );
+    pid.unwrap()
+}
+
+#[test]
+fn what_a_worker_leaves_behind_when_it_exits_is_stopped() {
+    let d = Daemon::rookery("[workers]\nstop_timeout = \"1s\"\n");
+    let (once, left) = (d.dir.path().join("once"), d.dir.path().join("left"));
+    // The first worker starts a helper that ignores SIGTERM and exits;
+    // its replacement just sleeps.
+    let script = format!(
+        "if [ ! -e {once} ]; then touch {once}; (trap '' TERM; exec sleep 300) & \
+         echo $! > {left}; exit 3; fi; exec sleep 300",
+        once = once.display(),
+        left = left.display()
+    );
+    let parent = run_sh(&d, 1, &script);
+    let helper = pid_in(&d, &left);
+    wait_gone(&d, helper);
+    let log = d.log();
+    assert!(
+        log.contains(&format!(
+            "process {helper} (sleep) was left behind by a worker; sending SIGTERM"
+        )),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!(
+            "process {helper} still running after the stop timeout; sending SIGKILL"
+        )),
+        "{log}"
+    );
+    assert!(alive(parent));
+    wait_children(&d, parent, 1);
+    stop(&d);
+}
+
+#[test]
+fn stop_does_not_return_before_what_workers_left_behind_is_gone() {
+    let d = Daemon::rookery("[workers]\nstop_timeout = \"1s\"\n");
+    let left = d.dir.path().join("left");
+    // The worker's helper ignores SIGTERM; the worker itself goes at once,
+    // so nothing kills the helper's process group at the stop timeout.
+    let script = format!(
+        "(trap '' TERM; exec sleep 300) & echo $! > {}; exec sleep 300",
+        left.display()
+    );
+    let parent = run_sh(&d, 1, &script);
+    let helper = pid_in(&d, &left);
+    assert_eq!(ppid(helper), Some(wait_children(&d, parent, 1)[0]));
+    stop(&d);
+    assert!(!alive(parent), "stop returned with the parent alive");
+    assert!(
+        !alive(helper),
+        "stop returned with the worker's helper still running\nlog:\n{}",
+        d.log()
+    );
+    assert!(
+        d.log()
+            .contains(&format!("process {helper} (sleep) was left behind")),
+        "{}",
+        d.log()
+    );
+}
