@@ -319,7 +319,8 @@ impl Config {
     /// Where the daemon configured by `path` keeps its pidfile and control
     /// socket, read leniently: the defaults, with only `daemon.name`,
     /// `daemon.pidfile` and `daemon.control_socket` taken from the file and
-    /// any other key or value ignored. `None` if the file is not TOML at all.
+    /// any other key or value ignored. A file that is not valid TOML is read
+    /// line by line for those keys. `None` if the file cannot be read.
     ///
     /// `reload` uses it when the config has errors, to reach the running
     /// daemon anyway: the daemon re-reads the file, logs the errors and keeps
@@ -327,7 +328,8 @@ impl Config {
     pub fn locate(name: &str, path: Option<&Path>, overrides: &Overrides) -> Option<Config> {
         let mut c = Config::defaults(name);
         if let Some(path) = path {
-            let table: toml::Table = toml::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
+            let text = std::fs::read_to_string(path).ok()?;
+            let table: toml::Table = toml::from_str(&text).unwrap_or_else(|_| daemon_lines(&text));
             let abs = absolute(path);
             let base = abs.parent().map_or_else(|| PathBuf::from("/"), Path::to_path_buf);
             let daemon = table.get("daemon").and_then(toml::Value::as_table);
@@ -559,6 +561,28 @@ fn state_dir(name: &str) -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(std::env::temp_dir);
     home.join(".local/state").join(name)
+}
+
+/// The `[daemon]` table of a file that is not valid TOML, read line by
+/// line: each `key = value` line under a `[daemon]` header that parses on
+/// its own is kept, anything else is skipped. Enough for `reload` to find a
+/// running daemon's socket when the new file has a syntax error.
+fn daemon_lines(text: &str) -> toml::Table {
+    let mut daemon = toml::Table::new();
+    let mut in_daemon = false;
+    for line in text.lines() {
+        let t = line.trim();
+        if t.starts_with('[') {
+            in_daemon = t.trim_start_matches('[').split(']').next().map(str::trim) == Some("daemon");
+        } else if in_daemon {
+            if let Ok(kv) = toml::from_str::<toml::Table>(t) {
+                daemon.extend(kv);
+            }
+        }
+    }
+    let mut table = toml::Table::new();
+    table.insert("daemon".into(), toml::Value::Table(daemon));
+    table
 }
 
 /// The control socket sits next to the pidfile: `x.pid` -> `x.sock`.
@@ -1015,5 +1039,17 @@ mod tests {
         let again = parse(&c.to_toml()).unwrap();
         assert_eq!(again.workers, c.workers);
         assert_eq!(again.app, c.app);
+    }
+
+    #[test]
+    fn daemon_keys_are_found_line_by_line_in_a_file_that_is_not_toml() {
+        let text = "# broken\n[daemon]\nname = \"x\"\npidfile = \"/run/x.pid\"\nbad = = 1\n\
+                    [workers]\npidfile = \"/elsewhere\"\ncount = [\n";
+        assert!(toml::from_str::<toml::Table>(text).is_err());
+        let t = daemon_lines(text);
+        let d = t["daemon"].as_table().unwrap();
+        assert_eq!(d.len(), 2, "{d:?}");
+        assert_eq!(d["name"].as_str(), Some("x"));
+        assert_eq!(d["pidfile"].as_str(), Some("/run/x.pid"));
     }
 }

@@ -778,6 +778,8 @@ fn an_invalid_reload_is_refused_and_the_daemon_keeps_its_workers() {
             "[workers]\ncount = 3\n\n[app]\njob_interval = \"soon\"\n",
             "job_interval",
         ),
+        // Not TOML at all: the daemon is still found, and reports it.
+        ("[workers]\ncount = = 3\n", "extra `=`"),
     ] {
         d.rewrite_config(broken);
         let out = d.run(&["reload"]);
