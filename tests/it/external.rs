@@ -411,8 +411,9 @@ fn what_a_worker_leaves_behind_when_it_exits_is_stopped() {
     // The first worker starts a helper that ignores SIGTERM and exits;
     // its replacement just sleeps.
     let script = format!(
-        "if [ ! -e {once} ]; then touch {once}; (trap '' TERM; exec sleep 300) & \
-         echo $! > {left}; exit 3; fi; exec sleep 300",
+        "if [ ! -e {once} ]; then touch {once}; \
+         sh -c 'trap \"\" TERM; echo $$ > {left}; exec sleep 300' & \
+         while [ ! -s {left} ]; do sleep 0.01; done; exit 3; fi; exec sleep 300",
         once = once.display(),
         left = left.display()
     );
@@ -420,10 +421,13 @@ fn what_a_worker_leaves_behind_when_it_exits_is_stopped() {
     let helper = pid_in(&d, &left);
     wait_gone(&d, helper);
     let log = d.log();
+    // Its name may still be `sh` if it was found before its `exec`.
+    let found = log
+        .lines()
+        .find(|l| l.contains(&format!("process {helper} (")))
+        .unwrap_or_else(|| panic!("{log}"));
     assert!(
-        log.contains(&format!(
-            "process {helper} (sleep) was left behind by a worker; sending SIGTERM"
-        )),
+        found.ends_with(") was left behind by a worker; sending SIGTERM"),
         "{log}"
     );
     assert!(
@@ -444,8 +448,9 @@ fn stop_does_not_return_before_what_workers_left_behind_is_gone() {
     // The worker's helper ignores SIGTERM; the worker itself goes at once,
     // so nothing kills the helper's process group at the stop timeout.
     let script = format!(
-        "(trap '' TERM; exec sleep 300) & echo $! > {}; exec sleep 300",
-        left.display()
+        "sh -c 'trap \"\" TERM; echo $$ > {left}; exec sleep 300' & \
+         while [ ! -s {left} ]; do sleep 0.01; done; exec sleep 300",
+        left = left.display()
     );
     let parent = run_sh(&d, 1, &script);
     let helper = pid_in(&d, &left);
