@@ -3,6 +3,10 @@
 //! The parent stays light: no user code runs in it unless a daemon asks for
 //! it by passing [`Hooks`] to [`crate::Daemon::hooks`]. Hooks run in the
 //! parent's single thread and must not start threads (the parent forks).
+//! Nor should they start processes: the parent reaps every child with
+//! `waitpid(-1)` (so `Command::output` would lose its child's status), and
+//! treats a child that is not a worker as a stray to stop (see
+//! `strays`).
 
 use crate::config::Config;
 use crate::pool::WorkerExit;
