@@ -97,6 +97,10 @@ struct Cli {
     /// bare loops at the same time).
     #[arg(long, default_value_t = 9)]
     h2h_reps: usize,
+    /// Throughput: do not pin the servers and the consumers to separate
+    /// CPUs.
+    #[arg(long)]
+    tput_no_pin: bool,
     /// Throughput: worker counts.
     #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
     tput_workers: Vec<u32>,
@@ -1042,6 +1046,40 @@ impl Drop for Server {
     }
 }
 
+/// The bench's CPU affinity on entry, restored on drop.
+struct Affinity(nix::sched::CpuSet);
+
+impl Affinity {
+    fn save() -> Result<Affinity> {
+        Ok(Affinity(nix::sched::sched_getaffinity(
+            nix::unistd::Pid::from_raw(0),
+        )?))
+    }
+    /// The CPUs the bench may use.
+    fn cpus(&self) -> Vec<usize> {
+        (0..nix::sched::CpuSet::count())
+            .filter(|c| self.0.is_set(*c).unwrap_or(false))
+            .collect()
+    }
+}
+
+impl Drop for Affinity {
+    fn drop(&mut self) {
+        let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &self.0);
+    }
+}
+
+/// Pins the calling thread, and so every process it starts from now on,
+/// to `cpus`.
+fn pin(cpus: &[usize]) -> Result<()> {
+    let mut set = nix::sched::CpuSet::new();
+    for c in cpus {
+        set.set(*c)?;
+    }
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)?;
+    Ok(())
+}
+
 /// How a queue is filled and its progress counted.
 trait Queue {
     fn name(&self) -> &'static str;
@@ -1533,6 +1571,16 @@ fn section_throughput(cli: &Cli, root: &Path, r: &mut Report) -> Result<()> {
         return Ok(());
     }
     let results = root.join("results");
+    // Servers on the first CPU, everything else (both consumer sides) on
+    // the others: as with a broker on its own host, no consumer shares
+    // the server's CPU, and which side the scheduler happens to put there
+    // stops deciding the figures.
+    let affinity = Affinity::save()?;
+    let cpus = affinity.cpus();
+    let pinned = cpus.len() >= 2 && !cli.tput_no_pin;
+    if pinned {
+        pin(&cpus[..1])?;
+    }
     let mut queues: Vec<Box<dyn Queue>> = Vec::new();
     match Beanstalk::start(root, dir) {
         Ok(b) => queues.push(Box::new(b)),
@@ -1541,6 +1589,18 @@ fn section_throughput(cli: &Cli, root: &Path, r: &mut Report) -> Result<()> {
     match Redis::start(root, dir) {
         Ok(q) => queues.push(Box::new(q)),
         Err(e) => r.note(format!("throughput on Redis not measured: {e}")),
+    }
+    if pinned {
+        pin(&cpus[1..])?;
+        r.tput.push(format!(
+            "Servers pinned to CPU {}, consumers (both sides) to CPU {}.\n",
+            cpus[0],
+            cpus[1..]
+                .iter()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        ));
     }
     r.tput.push(format!(
         "Trivial jobs; jobs/s counted by the server over a {} window after {} of warm-up; median of {} runs each, \
