@@ -67,7 +67,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::Parser;
 use redis::{Connection, RedisResult};
@@ -398,32 +398,17 @@ impl Worker for RedisWorker {
 
 /// `--bare`: the consumer loop alone, in this process, for `run_for`.
 fn bare(config: Option<&Path>, run_for: Duration) -> ExitCode {
-    let overrides = rookery::config::Overrides::default();
-    let settings =
-        rookery::config::Config::load("redis_worker", config, &overrides).and_then(|c| c.app::<Settings>());
-    let result = settings.map_err(BoxError::from).and_then(|s| {
-        let mut consumer = Consumer::connect(&s)?;
-        let (start, mut jobs, mut busy) = (Instant::now(), 0u64, Duration::ZERO);
-        while start.elapsed() < run_for {
-            if let Some(item) = consumer.take()? {
-                consumer.handle(&item)?;
-                jobs += 1;
-                busy = start.elapsed();
-            }
-        }
-        consumer.close()?;
-        Ok::<_, BoxError>(queue_job::bare_report(jobs, busy))
-    });
-    match result {
-        Ok(report) => {
-            println!("{report}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("redis_worker: {}", rookery::worker::error_chain(&*e));
-            ExitCode::FAILURE
-        }
-    }
+    queue_job::run_bare(
+        "redis_worker",
+        config,
+        run_for,
+        Consumer::connect,
+        |c: &mut Consumer| match c.take()? {
+            Some(item) => c.handle(&item).map(|_| true),
+            None => Ok(false),
+        },
+        |mut c| Ok(c.close()?),
+    )
 }
 
 fn main() -> ExitCode {

@@ -179,3 +179,43 @@ pub fn bare_report(jobs: u64, elapsed: std::time::Duration) -> String {
     let rate = if secs > 0.0 { jobs as f64 / secs } else { 0.0 };
     format!("jobs={jobs} seconds={secs:.3} jobs_per_sec={rate:.1}")
 }
+
+/// `--bare`, the benchmark's baseline: the consumer loop alone in this
+/// process, without rookery. Reads the `[app]` settings `S` of the config,
+/// `connect`s, calls `one` (take and handle at most one job; true if it
+/// did one) until `run_for` has passed, `finish`es, and prints
+/// [`bare_report`]. Returns the process's exit code.
+pub fn run_bare<S: serde::de::DeserializeOwned, C>(
+    name: &str,
+    config: Option<&Path>,
+    run_for: std::time::Duration,
+    connect: impl FnOnce(&S) -> Result<C, rookery::BoxError>,
+    mut one: impl FnMut(&mut C) -> Result<bool, rookery::BoxError>,
+    finish: impl FnOnce(C) -> Result<(), rookery::BoxError>,
+) -> std::process::ExitCode {
+    let overrides = rookery::config::Overrides::default();
+    let settings = rookery::config::Config::load(name, config, &overrides).and_then(|c| c.app::<S>());
+    let result = settings.map_err(rookery::BoxError::from).and_then(|s| {
+        let mut consumer = connect(&s)?;
+        let start = std::time::Instant::now();
+        let (mut jobs, mut busy) = (0u64, std::time::Duration::ZERO);
+        while start.elapsed() < run_for {
+            if one(&mut consumer)? {
+                jobs += 1;
+                busy = start.elapsed();
+            }
+        }
+        finish(consumer)?;
+        Ok(bare_report(jobs, busy))
+    });
+    match result {
+        Ok(report) => {
+            println!("{report}");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{name}: {}", rookery::worker::error_chain(&*e));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
