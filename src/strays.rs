@@ -8,7 +8,8 @@
 //! every orphan among its descendants is re-parented to it instead of init.
 //! Any child that is not one of its workers is a stray; it gets the
 //! workers' stop signal at once, and SIGKILL if still there after
-//! `stop_timeout`.
+//! `stop_timeout` (or, while the daemon stops, at the stop's own deadline,
+//! so `stop` takes no longer for it).
 //!
 //! Signalling a stray by pid is safe from pid reuse: a process stays the
 //! parent's child, and its pid stays taken, until the parent reaps it.
@@ -21,7 +22,7 @@
 //! The daemon does not exit before every stray has been reaped.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -44,9 +45,8 @@ pub(crate) fn become_subreaper() {
 impl Strays {
     /// Finds children of this process that `is_worker` does not claim and
     /// that are not already being stopped; sends each `signal` (and
-    /// SIGCONT, in case it was stopped) and gives it `grace` before SIGKILL.
-    pub(crate) fn scan(&mut self, is_worker: impl Fn(Pid) -> bool, signal: Signal, grace: Duration) {
-        let now = Instant::now();
+    /// SIGCONT, in case it was stopped), and SIGKILL at `kill_at`.
+    pub(crate) fn scan(&mut self, is_worker: impl Fn(Pid) -> bool, signal: Signal, kill_at: Instant) {
         for pid in children() {
             if is_worker(pid) || self.due.contains_key(&pid) {
                 continue;
@@ -58,7 +58,7 @@ impl Strays {
             );
             let _ = kill(pid, signal);
             let _ = kill(pid, Signal::SIGCONT);
-            self.due.insert(pid, Some(now + grace));
+            self.due.insert(pid, Some(kill_at));
         }
     }
 
@@ -127,6 +127,7 @@ fn comm(pid: Pid) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn ppid_of_self_is_the_real_parent() {

@@ -152,6 +152,8 @@ pub(crate) struct Supervisor<'h> {
     workers: HashMap<Pid, Handle>,
     /// Processes workers left behind, being stopped.
     strays: Strays,
+    /// Once the daemon is stopping: when its stop timeout runs out.
+    stop_deadline: Option<Instant>,
     started: Instant,
     next_id: u64,
     next_check: Option<Instant>,
@@ -223,6 +225,7 @@ impl<'h> Supervisor<'h> {
             parent_only,
             workers: HashMap::new(),
             strays: Strays::default(),
+            stop_deadline: None,
             started: Instant::now(),
             next_id: 1,
             next_check: None,
@@ -276,6 +279,9 @@ impl<'h> Supervisor<'h> {
                 }
             }
             self.execute();
+            if self.stop_deadline.is_none() && self.pool.is_stopping() {
+                self.stop_deadline = Some(now + self.config.workers.stop_timeout);
+            }
         }
         self.hooks.on_stop();
         let code = if let Some(e) = self.startup_error.take() {
@@ -498,8 +504,12 @@ impl<'h> Supervisor<'h> {
         if reaped {
             let workers = &self.workers;
             let w = &self.config.workers;
+            // While stopping, at the stop's own deadline: `stop` takes no
+            // longer for them.
+            let kill_at = self.stop_deadline;
+            let kill_at = kill_at.unwrap_or_else(|| Instant::now() + w.stop_timeout);
             self.strays
-                .scan(|p| workers.contains_key(&p), w.stop_signal, w.stop_timeout);
+                .scan(|p| workers.contains_key(&p), w.stop_signal, kill_at);
         }
     }
 

@@ -462,9 +462,37 @@ fn stop_does_not_return_before_what_workers_left_behind_is_gone() {
         "stop returned with the worker's helper still running\nlog:\n{}",
         d.log()
     );
+    assert!(d.log().contains(&format!("process {helper} (")), "{}", d.log());
+}
+
+#[test]
+fn what_workers_leave_behind_is_killed_by_the_stop_deadline_itself() {
+    let d = Daemon::rookery("[workers]\nstop_timeout = \"3s\"\n");
+    let left = d.dir.path().join("left");
+    // The worker takes 2.5 s to stop; its helper ignores SIGTERM. Found
+    // only when the worker exits, the helper must still be gone when the
+    // stop's 3 s are up, not 3 s after it was found.
+    let script = format!(
+        "trap 'sleep 2.5; exit 0' TERM; \
+         sh -c 'trap \"\" TERM; echo $$ > {left}; exec sleep 300' & \
+         while [ ! -s {left} ]; do sleep 0.01; done; sleep 300 & wait",
+        left = left.display()
+    );
+    let parent = run_sh(&d, 1, &script);
+    let helper = pid_in(&d, &left);
+    let t0 = Instant::now();
+    stop(&d);
+    let took = t0.elapsed();
+    assert!(!alive(parent) && !alive(helper), "{}", d.log());
     assert!(
+        took < Duration::from_millis(4500),
+        "stop took {took:?}, beyond its 3 s timeout\nlog:\n{}",
         d.log()
-            .contains(&format!("process {helper} (sleep) was left behind")),
+    );
+    assert!(
+        d.log().contains(&format!(
+            "process {helper} still running after the stop timeout; sending SIGKILL"
+        )),
         "{}",
         d.log()
     );
