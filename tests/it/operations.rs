@@ -842,7 +842,7 @@ fn poll_status(d: &Daemon, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec
 /// Triggers a reload with `trigger` after changing `[app]`, and checks the
 /// rolling replacement: every worker is replaced, one at a time, a new one
 /// ready before the old one is told to stop, so `status` never shows fewer
-/// than 3 running workers. Jobs take a second and a stopping worker
+/// than 3 running workers. Jobs take two seconds and a stopping worker
 /// finishes its job, so old workers stay visible (`stopping`) beside their
 /// replacements long enough for the poller to see them. Returns the new
 /// workers.
@@ -850,7 +850,7 @@ fn rolling_reload(d: &Daemon, parent: i32, job_interval: &str, trigger: impl FnO
     let old = d.wait_workers(parent, 3);
     let log_before = d.log().len();
     d.rewrite_config(&format!(
-        "[workers]\ncount = 3\nstop_timeout = \"5s\"\n\n[app]\njob_interval = \"{job_interval}\"\njob_time = \"1s\"\n"
+        "[workers]\ncount = 3\nstop_timeout = \"5s\"\n\n[app]\njob_interval = \"{job_interval}\"\njob_time = \"2s\"\n"
     ));
     let stop = Arc::new(AtomicBool::new(false));
     let poller = poll_status(d, stop.clone());
@@ -904,7 +904,7 @@ fn rolling_reload(d: &Daemon, parent: i32, job_interval: &str, trigger: impl FnO
 #[test]
 fn reload_and_sighup_replace_workers_one_at_a_time_without_losing_capacity() {
     let d = Daemon::demo(
-        "[workers]\ncount = 3\nstop_timeout = \"5s\"\n\n[app]\njob_interval = \"10ms\"\njob_time = \"1s\"\n",
+        "[workers]\ncount = 3\nstop_timeout = \"5s\"\n\n[app]\njob_interval = \"10ms\"\njob_time = \"2s\"\n",
     );
     let parent = d.start();
     rolling_reload(&d, parent, "20ms", || {
