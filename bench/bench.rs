@@ -1471,7 +1471,12 @@ fn lines_of(results: &Path, pids: &[i32]) -> u64 {
 /// the window, counted from each side's result files. Both sides ask the
 /// server in turn (beanstalkd and Redis serve waiting clients first come,
 /// first served), so a side that spends longer per job gets fewer.
-fn head_to_head(cli: &Cli, root: &Path, q: &mut dyn Queue, n: u32, results: &Path) -> Result<f64> {
+///
+/// Also returns the ratio of the two sides' CPU time (the rookery side
+/// including its parent) over the window, a diagnostic: with the consumers'
+/// CPUs saturated, each session gets an equal share, so a jobs ratio away
+/// from 1 with a CPU ratio of 1 is a per-job cost difference.
+fn head_to_head(cli: &Cli, root: &Path, q: &mut dyn Queue, n: u32, results: &Path) -> Result<(f64, f64)> {
     let extra = format!("[workers]\ncount = {n}\n\n{}", q.app(results));
     let name = exe_name(q);
     let exe = q.worker().to_path_buf();
@@ -1486,17 +1491,25 @@ fn head_to_head(cli: &Cli, root: &Path, q: &mut dyn Queue, n: u32, results: &Pat
         }
     };
     let pool = procfs::children(parent);
+    let mut pool_cpu = pool.clone();
+    pool_cpu.push(parent);
+    let cpu = |pids: &[i32]| pids.iter().map(|p| procfs::cpu_ns(*p).unwrap_or(0)).sum::<u64>();
     thread::sleep(WARMUP);
     let (p0, b0) = (lines_of(results, &pool), lines_of(results, &bare.ids));
+    let (pc0, bc0) = (cpu(&pool_cpu), cpu(&bare.ids));
     thread::sleep(cli.tput_window);
     let (p1, b1) = (lines_of(results, &pool), lines_of(results, &bare.ids));
+    let (pc1, bc1) = (cpu(&pool_cpu), cpu(&bare.ids));
     let dry = q.ready()? == 0;
     d.stop()?;
     finish_bare(q, bare)?;
     if dry {
         return Err(format!("{}: the queue ran dry during the window; fill more", q.name()).into());
     }
-    Ok((p1 - p0) as f64 / (b1 - b0).max(1) as f64)
+    Ok((
+        (p1 - p0) as f64 / (b1 - b0).max(1) as f64,
+        pc1.saturating_sub(pc0) as f64 / bc1.saturating_sub(bc0).max(1) as f64,
+    ))
 }
 
 /// The hidden first argument of the session-group mode.
@@ -1654,8 +1667,11 @@ fn section_throughput(cli: &Cli, root: &Path, r: &mut Report) -> Result<()> {
             for _ in 0..cli.h2h_reps {
                 let _ = fs::remove_dir_all(&results);
                 top_up(q, est, cli.tput_window + WARMUP)?;
-                let ratio = head_to_head(cli, root, q, n, &results)?;
-                eprintln!("    {} {n} head to head: rookery / bare {ratio:.3}", q.name());
+                let (ratio, cpu) = head_to_head(cli, root, q, n, &results)?;
+                eprintln!(
+                    "    {} {n} head to head: rookery / bare {ratio:.3} jobs, {cpu:.3} CPU time",
+                    q.name()
+                );
                 h2h.push(ratio);
             }
             let dist = |v: &[Rate], f: fn(&Rate) -> f64| Dist::new(v.iter().map(f).collect());
