@@ -59,6 +59,17 @@ pub enum OnCrashLoop {
     Exit,
 }
 
+/// When an external command counts as started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReadyMode {
+    /// Once it has stayed up for `min_uptime` after the spawn (the default).
+    Spawn,
+    /// Once it writes `ready` on its notify descriptor (s6's
+    /// notification-fd), within `ready_timeout`.
+    Notify,
+}
+
 /// How the pool is sized.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -147,6 +158,17 @@ pub struct WorkersConfig {
     pub idle_timeout: Duration,
     /// External command to supervise instead of an in-process worker.
     pub command: Option<Vec<String>>,
+    /// External commands: when a command counts as started.
+    pub ready: ReadyMode,
+    /// External commands with `ready = "notify"`: how long a command may
+    /// take to say `ready` before it counts as failed.
+    pub ready_timeout: Duration,
+    /// Rust workers: how long `init` may take before the worker counts as
+    /// failed and is killed (zero: no limit).
+    pub init_timeout: Duration,
+    /// External commands: the signal sent to each on `reopen-logs`
+    /// (`None`: none; their output is captured by the parent anyway).
+    pub reopen_signal: Option<Signal>,
 }
 
 /// The whole configuration, validated, plus the raw `[app]` table.
@@ -226,6 +248,10 @@ struct RawWorkers {
     max_idle: Option<i64>,
     idle_timeout: Option<String>,
     command: Option<Vec<String>>,
+    ready: Option<ReadyMode>,
+    ready_timeout: Option<String>,
+    init_timeout: Option<String>,
+    reopen_signal: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -295,6 +321,10 @@ impl Config {
                 max_idle: 4,
                 idle_timeout: Duration::from_secs(10),
                 command: None,
+                ready: ReadyMode::Spawn,
+                ready_timeout: Duration::from_secs(30),
+                init_timeout: Duration::from_secs(60),
+                reopen_signal: None,
             },
             app: toml::Table::new(),
         }
@@ -527,6 +557,17 @@ impl Config {
             let items: Vec<String> = c.iter().map(|s| q(s)).collect();
             out.push_str(&format!("command = [{}]\n", items.join(", ")));
         }
+        let ready = match w.ready {
+            ReadyMode::Spawn => "spawn",
+            ReadyMode::Notify => "notify",
+        };
+        out.push_str(&format!("ready = {}\n", q(ready)));
+        out.push_str(&format!("ready_timeout = {}\n", dur(w.ready_timeout)));
+        out.push_str(&format!("init_timeout = {}\n", dur(w.init_timeout)));
+        out.push_str(&format!(
+            "reopen_signal = {}\n",
+            q(w.reopen_signal.map_or("none", |s| s.as_str()))
+        ));
         if !self.app.is_empty() {
             let mut t = toml::Table::new();
             t.insert("app".into(), toml::Value::Table(self.app.clone()));
@@ -971,6 +1012,30 @@ impl Validator<'_> {
                 );
             } else {
                 x.command = Some(cmd);
+            }
+        }
+        if let Some(r) = w.ready {
+            x.ready = r;
+        }
+        x.ready_timeout = self.duration("workers.ready_timeout", w.ready_timeout, defaults.ready_timeout);
+        if x.ready_timeout.is_zero() {
+            self.problem("workers.ready_timeout", "must be greater than zero");
+            x.ready_timeout = defaults.ready_timeout;
+        }
+        x.init_timeout = self.duration("workers.init_timeout", w.init_timeout, defaults.init_timeout);
+        if let Some(s) = w.reopen_signal {
+            if s.eq_ignore_ascii_case("none") {
+                x.reopen_signal = None;
+            } else {
+                match parse_signal(&s) {
+                    Some(sig) if sig != Signal::SIGKILL && sig != Signal::SIGSTOP => {
+                        x.reopen_signal = Some(sig)
+                    }
+                    _ => self.problem(
+                        "workers.reopen_signal",
+                        format!("{s:?} is not a usable signal (expected e.g. \"USR1\", or \"none\")"),
+                    ),
+                }
             }
         }
         c.app = raw.app;

@@ -8,10 +8,20 @@ pub const FAILURE: u8 = 1;
 pub const NOT_RUNNING: u8 = 3;
 /// sysexits EX_USAGE: the command line is wrong.
 pub const USAGE: u8 = 64;
+/// sysexits EX_NOINPUT: an input file (the config) does not exist or cannot be read.
+pub const NOINPUT: u8 = 66;
+/// sysexits EX_UNAVAILABLE: a service the command needs is unavailable
+/// (the daemon does not answer on its control socket).
+pub const UNAVAILABLE: u8 = 69;
 /// sysexits EX_SOFTWARE: an internal error.
 pub const SOFTWARE: u8 = 70;
+/// sysexits EX_OSERR: an operating system error (fork, pipe, signals).
+pub const OSERR: u8 = 71;
 /// sysexits EX_CANTCREAT: an output file cannot be written.
 pub const CANTCREAT: u8 = 73;
+/// sysexits EX_TEMPFAIL: a temporary failure; trying again later may work
+/// (another instance still holds the lock).
+pub const TEMPFAIL: u8 = 75;
 /// sysexits EX_NOPERM: not allowed (control socket of another user).
 pub const NOPERM: u8 = 77;
 /// sysexits EX_CONFIG: the configuration is wrong.
