@@ -17,6 +17,7 @@
 //! | `leak_per_job = BYTES` | allocate, touch and keep this much memory per job |
 //! | `crash_after = N` | after N jobs (0: at once), fail the way `crash_with` says |
 //! | `crash_with = "exit"` | `exit` (status 7), `panic`, or `error` (return an error from `run`) |
+//! | `log_env = ["HOME"]` | in `init`, log `env NAME=VALUE` for each of these variables |
 //!
 //! ```text
 //! cargo run --example testworker -- --no-daemon -w 2
@@ -41,6 +42,7 @@ struct Settings {
     leak_per_job: usize,
     crash_after: Option<u64>,
     crash_with: CrashWith,
+    log_env: Vec<String>,
 }
 
 impl Default for Settings {
@@ -53,6 +55,7 @@ impl Default for Settings {
             leak_per_job: 0,
             crash_after: None,
             crash_with: CrashWith::Exit,
+            log_env: Vec::new(),
         }
     }
 }
@@ -81,7 +84,11 @@ impl Worker for TestWorker {
     type Settings = Settings;
     type Args = rookery::NoArgs;
 
-    fn init(_ctx: &mut Context<Self>) -> Result<Self, BoxError> {
+    fn init(ctx: &mut Context<Self>) -> Result<Self, BoxError> {
+        for k in &ctx.settings().log_env {
+            let v = std::env::var(k).unwrap_or_else(|_| "(unset)".into());
+            info!("env {k}={v}");
+        }
         Ok(TestWorker {
             jobs: 0,
             leaked: Vec::new(),

@@ -278,6 +278,13 @@ impl<W: Worker> Daemon<W> {
 
     fn start(&mut self, config: Config, no_daemon: bool, reloader: crate::supervisor::Reloader) -> u8 {
         let name = config.daemon.name.clone();
+        // Nothing the invoking shell left open (a deploy script's lock) is
+        // kept for the daemon's life or handed to workers: the daemon has
+        // opened nothing yet.
+        if let Err(e) = crate::sys::close_inherited_fds() {
+            say(&name, format!("cannot close inherited descriptors: {e}"));
+            return exit::OSERR;
+        }
         if let Err(e) = self.validate(&config) {
             for p in &e.problems {
                 say(&name, format!("config error: {p}"));
@@ -325,6 +332,10 @@ impl<W: Worker> Daemon<W> {
                 }
                 Ok(Launch::Daemon(r)) => report = r,
             }
+        } else if let Err(e) = daemonize::settle(&config.daemon.workdir, config.daemon.umask) {
+            // The same workdir and umask in the foreground as when detached.
+            say(&name, e);
+            return exit::OSERR;
         }
         self.daemon_main(config, no_daemon, &mut report, reloader)
     }
@@ -373,8 +384,14 @@ impl<W: Worker> Daemon<W> {
             }
             Err(e) => return fail(report, exit::CONFIG, e.to_string()),
         };
+        // The parent keeps its privileges (see `privileges`); only workers
+        // switch, to this identity, recorded once for the daemon's life.
+        match privileges::worker_identity(config.daemon.user.as_deref(), config.daemon.group.as_deref()) {
+            Ok(id) => privileges::set_workers(id),
+            Err(e) => return fail(report, exit::CONFIG, e.to_string()),
+        }
         let log = match &config.daemon.logfile {
-            Some(p) => match logging::open_log(p) {
+            Some(p) => match privileges::open_log_shared(p) {
                 Ok(f) => Some(f),
                 Err(e) => {
                     return fail(
@@ -386,52 +403,33 @@ impl<W: Worker> Daemon<W> {
             },
             None => None,
         };
-        let account = match privileges::resolve(config.daemon.user.as_deref(), config.daemon.group.as_deref())
-        {
-            Ok(a) => a,
-            Err(e) => return fail(report, exit::CONFIG, e.to_string()),
-        };
-        if let (Some(acct), Some(f)) = (account, &log) {
-            let _ = nix::unistd::fchown(f, Some(acct.uid), Some(acct.gid));
-        }
-        if let Some(acct) = account {
-            let _ = pid_lock.chown(acct.uid, acct.gid);
-        }
         logging::init(
             config.daemon.loglevel,
             config.daemon.logfile.as_deref(),
             log,
             no_daemon,
         );
-        let control =
-            match control::Server::bind(&config.daemon.control_socket, account.map(|a| (a.uid, a.gid))) {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    return fail(
-                        report,
-                        exit::CONFIG,
-                        format!(
-                            "cannot create control socket {}: {e}",
-                            config.daemon.control_socket.display()
-                        ),
-                    )
-                }
-            };
+        // The control socket belongs to the parent's own uid (0600), not to
+        // the workers' account: workers cannot use it.
+        let control = match control::Server::bind(&config.daemon.control_socket, None) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                return fail(
+                    report,
+                    exit::CONFIG,
+                    format!(
+                        "cannot create control socket {}: {e}",
+                        config.daemon.control_socket.display()
+                    ),
+                )
+            }
+        };
         if let Err(e) = self.hooks.on_start(&config) {
             let msg = format!("on_start hook failed: {}", crate::worker::error_chain(&*e));
             error!("{msg}");
             drop(control);
             pid_lock.remove();
             return fail(report, exit::FAILURE, msg);
-        }
-        if let Some(acct) = account {
-            let user = config.daemon.user.clone().unwrap_or_else(|| acct.uid.to_string());
-            if let Err(e) = privileges::drop_to(acct, &user) {
-                error!("{e}");
-                drop(control);
-                pid_lock.remove();
-                return fail(report, exit::CONFIG, e.to_string());
-            }
         }
         info!(
             "{name} {} starting (pid {}, config {})",

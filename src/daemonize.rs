@@ -56,6 +56,20 @@ impl StartupReport {
     }
 }
 
+/// Moves into `workdir` and sets the umask `mask`: what the daemon does in
+/// both modes, detached or in the foreground (`-n`, as systemd runs it), so
+/// that files it and its workers create get the same modes either way.
+pub fn settle(workdir: &Path, mask: u32) -> std::io::Result<()> {
+    chdir(workdir).map_err(|e| {
+        std::io::Error::new(
+            std::io::Error::from(e).kind(),
+            format!("cannot change to workdir {}: {e}", workdir.display()),
+        )
+    })?;
+    umask(Mode::from_bits_truncate(mask));
+    Ok(())
+}
+
 /// Detaches into the background. Returns in both the waiting command and
 /// the daemon. Must be called while the process is single-threaded.
 pub fn daemonize(workdir: &Path, mask: u32) -> std::io::Result<Launch> {
@@ -85,8 +99,7 @@ pub fn daemonize(workdir: &Path, mask: u32) -> std::io::Result<Launch> {
                 Forked::Parent(_) => std::process::exit(0),
                 Forked::Child => {}
             }
-            chdir(workdir)?;
-            umask(Mode::from_bits_truncate(mask));
+            settle(workdir, mask)?;
             let null = std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)

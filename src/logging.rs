@@ -214,7 +214,9 @@ pub fn reopen() -> io::Result<()> {
 fn reopen_locked(s: &mut Sink) -> io::Result<()> {
     reopen_flag().store(false, Ordering::SeqCst);
     if let Some(path) = s.path.clone() {
-        let f = open_log(&path)?;
+        // issue 9: a new file the privileged parent creates is given to the
+        // workers' account, so that workers can reopen it too.
+        let f = crate::privileges::open_log_shared(&path)?;
         s.file = Some(f);
     }
     Ok(())

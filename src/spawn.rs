@@ -172,10 +172,16 @@ impl Spawner for CommandSpawner {
         if cx.max_jobs > 0 {
             cmd.env("ROOKERY_MAX_JOBS", cx.max_jobs.to_string());
         }
+        // issue 9: the command runs as the workers' account (switched in
+        // child_setup), with that user's HOME, USER, LOGNAME and SHELL.
+        if let Some(w) = crate::privileges::workers() {
+            cmd.envs(w.env.iter().map(|(k, v)| (k, v)));
+        }
         sys::child_setup(
             &mut cmd,
             cx.parent.as_raw(),
             cx.config.workers.stop_signal as i32,
+            crate::privileges::command_ids(),
             Some((notify_w.as_raw_fd(), NOTIFY_FD)),
         );
         let mut child = cmd

@@ -232,6 +232,15 @@ fn child_life<W: Worker>(s: ChildSetup<'_, W>) -> i32 {
     for fd in s.close {
         let _ = nix::unistd::close(*fd);
     }
+    // issue 9: the parent keeps its privileges; a worker gives them up for
+    // good before it runs any worker code, and before PR_SET_PDEATHSIG
+    // below (a credential change clears it).
+    if let Err(e) = crate::privileges::become_worker(crate::privileges::workers()) {
+        error!("{e}");
+        let line = format!("fail {} {e}\n", std::process::id());
+        let _ = nix::unistd::write(s.to_parent, line.as_bytes());
+        return exit::WORKER_SETUP_FAILED;
+    }
     // The parent's handlers and mask are not ours.
     if signals::unblock_all().is_err() {
         return exit::WORKER_SETUP_FAILED;
@@ -254,9 +263,9 @@ fn child_life<W: Worker>(s: ChildSetup<'_, W>) -> i32 {
     for s in [Signal::SIGTTIN, Signal::SIGTTOU] {
         let _ = signal_hook::flag::register(s as i32, std::sync::Arc::new(Default::default()));
     }
-    // Die with the parent. Set after any credential change (which clears
-    // it; ours happened in the parent before the fork), then close the race
-    // where the parent died before the prctl.
+    // Die with the parent. Set after the credential change above (which
+    // clears it), then close the race where the parent died before the
+    // prctl.
     if nix::sys::prctl::set_pdeathsig(Some(w.stop_signal)).is_err() {
         return exit::WORKER_SETUP_FAILED;
     }

@@ -110,29 +110,140 @@ pub fn alarm_on_signal(signal: i32, secs: u32) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Prepares `cmd` so that, between `fork` and `exec`, the child unblocks
-/// every signal (the parent blocks the ones it reads from its signalfd, a
-/// mask that `Command` passes on to the program otherwise: its stop signal
-/// and parent-death signal would stay pending for ever), asks for
-/// `pdeathsig` when its parent dies, exits if the parent (`parent`) is
-/// already gone, and gets `inherit = (fd, target)`: descriptor `fd` of the
-/// parent, open across `exec` as descriptor `target` (a small fixed number,
-/// so that shells like dash, which only redirect to descriptors 0 to 9, can
-/// write to it).
+/// Closes every descriptor above 2 this process inherited (a deploy
+/// script's `flock` descriptor, a terminal's leftovers), so that the daemon
+/// neither keeps them open for its whole life nor hands them on.
+///
+/// Call it when the daemon starts, before it opens anything it keeps: no
+/// object of this process may own a descriptor above 2 at that point.
+pub fn close_inherited_fds() -> std::io::Result<()> {
+    // SAFETY: close_range(2) takes plain integers. It closes descriptors
+    // that no Rust object of this process owns (the caller's contract: the
+    // daemon has opened nothing yet), so no owner is left with a dangling
+    // descriptor.
+    let r = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    if r == 0 {
+        return Ok(());
+    }
+    // Kernels before 5.9: close what /proc lists.
+    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd > 2)
+        .collect();
+    for fd in fds {
+        // SAFETY: as above; the directory listed is closed by now, and
+        // closing an already closed descriptor only fails with EBADF.
+        unsafe {
+            libc::close(fd);
+        }
+    }
+    Ok(())
+}
+
+/// Marks every descriptor from `first` up close-on-exec, in a child between
+/// fork and exec. Only async-signal-safe system calls: close_range(2) with
+/// `CLOSE_RANGE_CLOEXEC` (Linux 5.11), else the entries of `/proc/self/fd`
+/// read with getdents64(2) into a buffer on the stack.
+///
+/// Marking rather than closing leaves std's own close-on-exec pipe (which
+/// reports a failed exec to the parent) working.
+///
+/// # Safety
+/// Call only in a forked child before exec (it changes descriptor flags that
+/// other threads of a multi-threaded process might rely on).
+unsafe fn cloexec_from(first: libc::c_uint) -> std::io::Result<()> {
+    // SAFETY: plain integers; the flag changes no descriptor's ownership.
+    let r = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) };
+    if r == 0 {
+        return Ok(());
+    }
+    // SAFETY: a NUL-terminated literal path; the descriptor is closed below.
+    let dir = unsafe {
+        libc::open(
+            c"/proc/self/fd".as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if dir < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut buf = [0u8; 4096];
+    loop {
+        // SAFETY: the kernel writes at most `buf.len()` bytes into `buf`.
+        let n = unsafe { libc::syscall(libc::SYS_getdents64, dir, buf.as_mut_ptr(), buf.len()) };
+        if n <= 0 {
+            // SAFETY: our own descriptor, opened above.
+            unsafe { libc::close(dir) };
+            return if n == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            };
+        }
+        let mut at = 0usize;
+        while at < n as usize {
+            // linux_dirent64: d_ino u64, d_off i64, d_reclen u16, d_type u8,
+            // then the NUL-terminated name, at offset 19.
+            if at + 19 > n as usize {
+                break;
+            }
+            let reclen = u16::from_ne_bytes([buf[at + 16], buf[at + 17]]) as usize;
+            if reclen < 19 || at + reclen > n as usize {
+                break;
+            }
+            let mut fd: libc::c_uint = 0;
+            let mut digits = 0;
+            for &b in buf[at + 19..at + reclen].iter().take_while(|b| **b != 0) {
+                if !b.is_ascii_digit() {
+                    digits = 0;
+                    break;
+                }
+                fd = fd.saturating_mul(10).saturating_add(u32::from(b - b'0'));
+                digits += 1;
+            }
+            if digits > 0 && fd >= first && fd as libc::c_int != dir {
+                // SAFETY: sets a flag on a descriptor number; no memory.
+                unsafe { libc::fcntl(fd as libc::c_int, libc::F_SETFD, libc::FD_CLOEXEC) };
+            }
+            at += reclen;
+        }
+    }
+}
+
+/// Prepares `cmd` so that, between `fork` and `exec`, the child:
+/// - unblocks every signal (the parent blocks the ones it reads from its
+///   signalfd, a mask that `Command` passes on to the program otherwise: its
+///   stop signal and parent-death signal would stay pending for ever);
+/// - switches for good to `ids = (uid, gid)` when given: supplementary groups
+///   (just `gid`), gid, uid, and checks that root cannot be regained (done
+///   here rather than with `Command::uid`/`gid`, which would leave no
+///   supplementary group at all, and before the parent-death signal, which a
+///   credential change clears);
+/// - asks for `pdeathsig` when its parent dies, and exits if the parent
+///   (`parent`) is already gone;
+/// - gets `inherit = (fd, target)`: descriptor `fd` of the parent, open
+///   across `exec` as descriptor `target` (a small fixed number, so that
+///   shells like dash, which only redirect to descriptors 0 to 9, can write
+///   to it);
+/// - keeps no other descriptor across `exec`: everything above 2 (and above
+///   `target`) is marked close-on-exec, whatever the parent (or a hook) left
+///   inheritable.
 pub fn child_setup(
     cmd: &mut std::process::Command,
     parent: i32,
     pdeathsig: i32,
+    ids: Option<(u32, u32)>,
     inherit: Option<(std::os::fd::RawFd, std::os::fd::RawFd)>,
 ) {
     use std::os::unix::process::CommandExt;
     let hook = move || {
         // SAFETY: only async-signal-safe system calls on integers and a
-        // local sigset_t here (sigemptyset, sigprocmask, prctl, getppid,
-        // fcntl, dup2, _exit); nothing allocates or locks. The child has one
-        // thread, so sigprocmask is well defined. Standard I/O is already in
-        // place on 0-2 when this runs, so `target` (3 or more) replaces no
-        // descriptor the child needs.
+        // local sigset_t or gid_t here (sigemptyset, sigprocmask, setgroups,
+        // setgid, setuid, prctl, getppid, fcntl, dup2, close_range, open,
+        // getdents64, close, _exit); nothing allocates or locks. The child has
+        // one thread, so sigprocmask and the credential calls are well
+        // defined. Standard I/O is already in place on 0-2 when this runs, so
+        // `target` (3 or more) replaces no descriptor the child needs.
         unsafe {
             let mut none = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
             if libc::sigemptyset(none.as_mut_ptr()) != 0
@@ -140,12 +251,27 @@ pub fn child_setup(
             {
                 return Err(std::io::Error::last_os_error());
             }
+            if let Some((uid, gid)) = ids {
+                if libc::geteuid() != uid || libc::getegid() != gid {
+                    let groups = [gid as libc::gid_t];
+                    if libc::setgroups(1, groups.as_ptr()) != 0
+                        || libc::setgid(gid) != 0
+                        || libc::setuid(uid) != 0
+                    {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    if uid != 0 && libc::setuid(0) == 0 {
+                        libc::_exit(crate::exit::WORKER_SETUP_FAILED);
+                    }
+                }
+            }
             if libc::prctl(libc::PR_SET_PDEATHSIG, pdeathsig as libc::c_ulong, 0, 0, 0) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             if libc::getppid() != parent {
                 libc::_exit(crate::exit::WORKER_SETUP_FAILED);
             }
+            let mut keep_below = 3;
             if let Some((fd, target)) = inherit {
                 if fd == target {
                     let flags = libc::fcntl(fd, libc::F_GETFD);
@@ -156,14 +282,15 @@ pub fn child_setup(
                     // dup2 leaves the new descriptor without FD_CLOEXEC.
                     return Err(std::io::Error::last_os_error());
                 }
+                keep_below = keep_below.max(target + 1);
             }
+            cloexec_from(keep_below as libc::c_uint)?;
         }
         Ok(())
     };
     // SAFETY: the hook runs in the forked child before exec and makes only
-    // async-signal-safe calls (sigemptyset, sigprocmask, prctl, getppid,
-    // fcntl, dup2, _exit); it allocates nothing and takes no lock.
-    // `last_os_error` reads errno only.
+    // async-signal-safe calls (listed in the hook); it allocates nothing and
+    // takes no lock. `last_os_error` reads errno only.
     unsafe {
         cmd.pre_exec(hook);
     }

@@ -8,6 +8,7 @@ mod external;
 mod generate;
 mod health;
 mod operations;
+mod privileges;
 mod queues;
 mod servers;
 mod titles;
