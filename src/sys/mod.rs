@@ -157,6 +157,16 @@ unsafe fn cloexec_from(first: libc::c_uint) -> std::io::Result<()> {
     if r == 0 {
         return Ok(());
     }
+    // SAFETY: the caller's contract, passed on.
+    unsafe { cloexec_listed(first) }
+}
+
+/// The fallback of [`cloexec_from`] for kernels before 5.11: the entries of
+/// `/proc/self/fd`, read with getdents64(2) into a buffer on the stack.
+///
+/// # Safety
+/// As [`cloexec_from`].
+unsafe fn cloexec_listed(first: libc::c_uint) -> std::io::Result<()> {
     // SAFETY: a NUL-terminated literal path; the descriptor is closed below.
     let dir = unsafe {
         libc::open(
@@ -293,5 +303,42 @@ pub fn child_setup(
     // takes no lock. `last_os_error` reads errno only.
     unsafe {
         cmd.pre_exec(hook);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A duplicate of stdin without FD_CLOEXEC (dup never sets it).
+    fn inheritable() -> i32 {
+        // SAFETY: dup(2) on descriptor 0, which the test process has.
+        let fd = unsafe { libc::dup(0) };
+        assert!(fd > 2);
+        fd
+    }
+
+    fn cloexec(fd: i32) -> bool {
+        // SAFETY: F_GETFD reads a flag of a descriptor we own.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        assert!(flags >= 0);
+        flags & libc::FD_CLOEXEC != 0
+    }
+
+    #[test]
+    fn the_proc_fallback_marks_every_descriptor_from_first_close_on_exec() {
+        let (low, high) = (inheritable(), inheritable());
+        let (first, later) = (low.min(high), low.max(high));
+        assert!(!cloexec(first) && !cloexec(later));
+        // SAFETY: only flags of descriptors from `first` up change: the two
+        // duplicates above and any the harness opened since (all already
+        // close-on-exec in Rust's std, so unchanged in effect).
+        unsafe { cloexec_listed(first as libc::c_uint) }.unwrap();
+        assert!(cloexec(first) && cloexec(later));
+        // SAFETY: our own duplicates.
+        unsafe {
+            libc::close(first);
+            libc::close(later);
+        }
     }
 }
