@@ -18,6 +18,7 @@
 //! | `crash_after = N` | after N jobs (0: at once), fail the way `crash_with` says |
 //! | `crash_with = "exit"` | `exit` (status 7), `panic`, or `error` (return an error from `run`) |
 //! | `log_env = ["HOME"]` | in `init`, log `env NAME=VALUE` for each of these variables |
+//! | `hook_file = "PATH"` | the parent's `on_start` hook opens PATH, inheritable (no close-on-exec), and keeps it open |
 //!
 //! ```text
 //! cargo run --example testworker -- --no-daemon -w 2
@@ -43,6 +44,7 @@ struct Settings {
     crash_after: Option<u64>,
     crash_with: CrashWith,
     log_env: Vec<String>,
+    hook_file: Option<std::path::PathBuf>,
 }
 
 impl Default for Settings {
@@ -56,6 +58,7 @@ impl Default for Settings {
             crash_after: None,
             crash_with: CrashWith::Exit,
             log_env: Vec::new(),
+            hook_file: None,
         }
     }
 }
@@ -137,8 +140,29 @@ impl Worker for TestWorker {
     }
 }
 
+/// The parent's hooks: `on_start` opens `hook_file`, as a daemon opens a
+/// listening socket for its workers to share.
+#[derive(Default)]
+struct TestHooks {
+    kept: Option<std::fs::File>,
+}
+
+impl rookery::Hooks for TestHooks {
+    fn on_start(&mut self, config: &rookery::config::Config) -> Result<(), BoxError> {
+        if let Some(path) = config.app::<Settings>()?.hook_file {
+            let file = std::fs::File::open(path)?;
+            // std opens with O_CLOEXEC; a descriptor meant for workers to
+            // inherit (across exec too) has it cleared.
+            nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()))?;
+            self.kept = Some(file);
+        }
+        Ok(())
+    }
+}
+
 fn main() -> ExitCode {
     rookery::Daemon::<TestWorker>::new("testworker")
         .about("rookery's test fixture: a worker that hangs, leaks or crashes on request")
+        .hooks(TestHooks::default())
         .run()
 }

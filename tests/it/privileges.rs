@@ -3,7 +3,9 @@
 //! workers (forked and external) to `daemon.user`, with that user's login
 //! environment; the workers' user cannot control or signal the parent; a
 //! root-only config still reloads; `umask` and `workdir` apply in the
-//! foreground too; no descriptor the invoking shell left open survives.
+//! foreground too; no descriptor the invoking shell left open survives, and
+//! external commands inherit nothing above 3 (forked workers still share what
+//! `Hooks::on_start` opened).
 //!
 //! The tests that switch users need root; run as anyone else they say so
 //! and pass without checking anything.
@@ -342,4 +344,48 @@ fn d_spawn(d: &Daemon, script: &str) -> std::process::Child {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("spawn sh")
+}
+
+#[test]
+fn what_on_start_opens_reaches_forked_workers_but_not_commands() {
+    for command in [None, Some("command = [\"sleep\", \"600\"]\n")] {
+        let d = Daemon::with(example("testworker"), "testworker", "");
+        let hook = d.dir.path().join("shared.txt");
+        fs::write(&hook, "").unwrap();
+        d.rewrite_config(&format!(
+            "[workers]\ncount = 2\n{}\n[app]\nhook_file = \"{}\"\n",
+            command.unwrap_or(""),
+            hook.display()
+        ));
+        let parent = d.start();
+        let mut workers = Vec::new();
+        assert!(
+            wait_until(DEADLINE, || {
+                workers = d.workers(parent);
+                workers.len() == 2
+                    && workers
+                        .iter()
+                        .all(|w| command.is_none() || cmdline(*w) == "sleep 600")
+            }),
+            "{command:?}: workers {workers:?}\nlog:\n{}",
+            d.log()
+        );
+        let has_hook = |pid: i32| fds(pid).values().any(|p| *p == hook);
+        assert!(has_hook(parent), "the hook's file is open in the parent");
+        for w in &workers {
+            match command {
+                // A forked worker shares what the hook opened for it.
+                None => assert!(has_hook(*w), "forked worker {w}: {:?}", fds(*w)),
+                // A command gets 0-2 and its notify descriptor, nothing else.
+                Some(_) => assert_eq!(
+                    fds(*w).keys().copied().collect::<Vec<_>>(),
+                    vec![0, 1, 2, 3],
+                    "command {w}: {:?}",
+                    fds(*w)
+                ),
+            }
+        }
+        let out = d.run(&["stop"]);
+        assert!(out.status.success(), "{}", show(&out));
+    }
 }
