@@ -184,13 +184,6 @@ fn warnings(kind: Kind, cfg: &Config, inv: &Invocation) -> Vec<String> {
             "warning: the name {name:?} is longer than {COMM_MAX} characters; the kernel keeps only the \
              first {COMM_MAX} as the process name, so start-stop-daemon --name, pidof and killall will not match it"
         )),
-        Kind::Systemd => {
-            if let Some(user) = &cfg.daemon.user {
-                for (dir, _) in systemd::unmanaged_dirs(cfg) {
-                    w.push(format!("warning: {} must exist and be writable by user {user}", dir.display()));
-                }
-            }
-        }
         Kind::Logrotate if cfg.daemon.logfile.is_none() => w.push(
             "note: daemon.logfile is not set (logging goes to stderr), so the snippet rotates nothing".to_string(),
         ),

@@ -4,9 +4,13 @@
 //! telling systemd when it is ready; `KillMode=mixed` sends the stop signal
 //! to the parent alone, which stops its workers, and SIGKILLs whatever is
 //! left after `TimeoutStopSec` (the configured `stop_timeout` plus a
-//! margin). With `User=`, the daemon cannot create its directories in `/run`
-//! or `/var/log`, so systemd does (`RuntimeDirectory=`, `LogsDirectory=`)
-//! when the paths allow it, and a comment names the others.
+//! margin). systemd creates the daemon's directories in `/run` and
+//! `/var/log` (`RuntimeDirectory=`, `LogsDirectory=`) when the paths allow it.
+//!
+//! There is no `User=` or `Group=` line, even with `daemon.user` set: the
+//! parent must start as root and keep it, and switches only its workers to
+//! that user (see `privileges`). A unit that ran the whole service as the
+//! user would hand the control socket, and the parent, to that user.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -25,27 +29,12 @@ pub(super) fn render(cfg: &Config, inv: &Invocation) -> String {
     let d = &cfg.daemon;
     let name = escape_specifiers(&d.name);
     let mut account = String::new();
-    if let Some(user) = &d.user {
-        account.push_str(&format!("User={}\n", escape_specifiers(user)));
-        if let Some(group) = &d.group {
-            account.push_str(&format!("Group={}\n", escape_specifiers(group)));
-        }
-    }
     let (runtime, logs) = managed_dirs(cfg);
     if runtime {
         account.push_str(&format!("RuntimeDirectory={name}\n"));
     }
     if logs {
         account.push_str(&format!("LogsDirectory={name}\n"));
-    }
-    if let Some(user) = &d.user {
-        for (dir, what) in unmanaged_dirs(cfg) {
-            account.push_str(&format!(
-                "# The {what} directory {} must exist and be writable by {}.\n",
-                comment_safe(&dir.to_string_lossy()),
-                comment_safe(user)
-            ));
-        }
     }
     let watchdog = d
         .watchdog
@@ -80,25 +69,6 @@ fn managed_dirs(cfg: &Config) -> (bool, bool) {
         }
     }
     (runtime, logs)
-}
-
-/// The daemon's directories systemd does not create, each with what it
-/// holds ("pidfile, control socket").
-pub(super) fn unmanaged_dirs(cfg: &Config) -> Vec<(PathBuf, String)> {
-    let mut out: Vec<(PathBuf, String)> = Vec::new();
-    for (dir, what) in daemon_dirs(cfg) {
-        if classify(cfg, &dir).is_some() {
-            continue;
-        }
-        match out.iter_mut().find(|(d, _)| *d == dir) {
-            Some((_, whats)) => {
-                whats.push_str(", ");
-                whats.push_str(what);
-            }
-            None => out.push((dir, what.to_string())),
-        }
-    }
-    out
 }
 
 enum Managed {
@@ -238,23 +208,15 @@ mod tests {
     }
 
     #[test]
-    fn user_without_systemd_managed_dirs_gets_a_comment() {
-        let toml = "[daemon]\nuser = \"daemon\"\npidfile = \"/srv/d/d.pid\"\nlogfile = \"/srv/log/d.log\"\n";
+    fn a_user_switches_only_the_workers_so_the_unit_runs_the_parent_as_root() {
+        let toml = "[daemon]\nuser = \"daemon\"\ngroup = \"daemon\"\npidfile = \"/srv/d/d.pid\"\nlogfile = \"/srv/log/d.log\"\n";
         let cfg = Config::parse("d", toml, Path::new("/etc/d.toml")).unwrap();
         let text = render(&cfg, &demo_invocation());
-        assert!(text.contains("\nUser=daemon\n"), "{text}");
-        assert!(!text.contains("Group="), "{text}");
+        assert!(!text.contains("User=") && !text.contains("Group="), "{text}");
         assert!(
             !text.contains("RuntimeDirectory=") && !text.contains("LogsDirectory="),
             "{text}"
         );
-        assert!(
-            text.contains(
-                "\n# The pidfile, control socket directory /srv/d must exist and be writable by daemon.\n"
-            ),
-            "{text}"
-        );
-        assert!(text.contains("\n# The log file directory /srv/log must exist and be writable by daemon.\n"));
         assert!(!text.contains("WatchdogSec"), "{text}");
     }
 
