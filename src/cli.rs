@@ -75,13 +75,13 @@ pub enum Command {
     /// Stop the running daemon gracefully and wait until it is gone.
     Stop {
         /// How long to wait (default: the configured stop_timeout plus 5s).
-        #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+        #[arg(long, value_parser = crate::config::parse_duration_arg, value_name = "DURATION")]
         timeout: Option<Duration>,
     },
     /// Stop, then start.
     Restart {
         /// How long to wait for the stop.
-        #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+        #[arg(long, value_parser = crate::config::parse_duration_arg, value_name = "DURATION")]
         timeout: Option<Duration>,
     },
     /// Exit 0 if running (and show its workers), 3 if not.

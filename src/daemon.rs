@@ -9,7 +9,7 @@ use clap::{CommandFactory, FromArgMatches};
 use tracing::{error, info};
 
 use crate::cli::{Cli, Command, ScaleSpec};
-use crate::config::{absolute, Config, ConfigError, Overrides};
+use crate::config::{absolute, Config, ConfigError, Overrides, Problem};
 use crate::control::{self, Request, Response};
 use crate::daemonize::{self, Launch, StartupReport};
 use crate::exit;
@@ -148,7 +148,17 @@ impl<W: Worker> Daemon<W> {
             command = Command::Start;
         }
         let config_path = cli.config.as_ref().map(|p| absolute(p));
-        let load = || Config::load(&name, config_path.as_deref(), &overrides);
+        // issue 9: what starts (or is checked for a start) is validated
+        // like a reload, by the daemon's own checks too.
+        let checks = Self::checks(self.command_mode);
+        let checked = matches!(
+            command,
+            Command::Start | Command::CheckConfig | Command::Restart { .. }
+        );
+        let load = || match checked {
+            true => Config::load_checked(&name, config_path.as_deref(), &overrides, &checks),
+            false => Config::load(&name, config_path.as_deref(), &overrides),
+        };
         let config = match load() {
             Ok(c) => c,
             Err(e) => {
@@ -164,15 +174,12 @@ impl<W: Worker> Daemon<W> {
                 for p in &e.problems {
                     say(&name, format!("config error: {p}"));
                 }
-                return exit::CONFIG;
+                return e.exit_code();
             }
         };
         let name = config.daemon.name.clone();
         match command {
-            Command::CheckConfig => match self
-                .validate(&config)
-                .and_then(|()| preflight(&config).map_err(|e| ConfigError { problems: vec![e] }))
-            {
+            Command::CheckConfig => match preflight(&config) {
                 Ok(()) => {
                     print!("{}", config.to_toml());
                     exit::OK
@@ -181,7 +188,7 @@ impl<W: Worker> Daemon<W> {
                     for p in &e.problems {
                         say(&name, format!("config error: {p}"));
                     }
-                    exit::CONFIG
+                    e.exit_code()
                 }
             },
             Command::SampleConfig => {
@@ -207,36 +214,43 @@ impl<W: Worker> Daemon<W> {
                 if code != exit::OK && code != exit::NOT_RUNNING {
                     return code;
                 }
-                self.start(
-                    config,
-                    cli.no_daemon,
-                    Box::new(load_owned(name.clone(), config_path.clone(), overrides.clone())),
-                )
+                let reloader = load_owned(name.clone(), config_path.clone(), overrides.clone(), checks);
+                self.start(config, cli.no_daemon, Box::new(reloader))
             }
             Command::Start | Command::Run { .. } => {
-                let reloader = Box::new(load_owned(name.clone(), config_path.clone(), overrides.clone()));
-                self.start(config, cli.no_daemon, reloader)
+                let reloader = load_owned(name.clone(), config_path.clone(), overrides.clone(), checks);
+                self.start(config, cli.no_daemon, Box::new(reloader))
             }
         }
     }
 
-    /// Checks what only the running daemon would find: app settings.
-    fn validate(&self, config: &Config) -> Result<(), ConfigError> {
-        if self.command_mode && config.workers.command.is_none() {
-            return Err(ConfigError {
-                problems: vec![format!(
-                    "{}: workers.command: required by rookery (or use `rookery run -- COMMAND`)",
-                    config
-                        .source
-                        .as_ref()
-                        .map_or("(command line)".into(), |p| p.display().to_string())
-                )],
-            });
+    /// Checks what only this daemon can, because it knows `W`: its
+    /// `[app]` settings, and the command `rookery` needs.
+    fn validate(command_mode: bool, config: &Config) -> Vec<Problem> {
+        if config.workers.command.is_some() {
+            return Vec::new();
         }
-        if config.workers.command.is_none() {
-            config.app::<W::Settings>()?;
+        if command_mode {
+            // An invalid command was reported with the file's problems.
+            if config.sets("workers.command") {
+                return Vec::new();
+            }
+            let p = config.problem(
+                "workers.command",
+                "required by rookery (or use `rookery run -- COMMAND`)",
+            );
+            return vec![p];
         }
-        Ok(())
+        config
+            .app::<W::Settings>()
+            .err()
+            .map_or_else(Vec::new, |e| e.problems)
+    }
+
+    /// [`Daemon::validate`] as the check `Config::load_checked` runs: one
+    /// validation for start, check-config, restart and reload alike.
+    fn checks(command_mode: bool) -> impl Fn(&Config) -> Vec<Problem> + 'static {
+        move |config| Self::validate(command_mode, config)
     }
 
     fn write(&self, kind: Kind, config: &Config, cli: &Cli<W::Args>, out: &crate::cli::Output) -> u8 {
@@ -285,15 +299,12 @@ impl<W: Worker> Daemon<W> {
             say(&name, format!("cannot close inherited descriptors: {e}"));
             return exit::OSERR;
         }
-        if let Err(e) = self.validate(&config) {
+        // `config` passed `Daemon::validate` when it was loaded.
+        if let Err(e) = preflight(&config) {
             for p in &e.problems {
                 say(&name, format!("config error: {p}"));
             }
-            return exit::CONFIG;
-        }
-        if let Err(e) = preflight(&config) {
-            say(&name, format!("config error: {e}"));
-            return exit::CONFIG;
+            return e.exit_code();
         }
         // A non-root start cannot become another account: say so now, on the
         // operator's terminal, before anything is opened or detached.
@@ -475,74 +486,69 @@ impl<W: Worker> Daemon<W> {
     }
 }
 
+/// The reloader: the file read and validated as `start` validates it.
 fn load_owned(
     name: String,
     path: Option<PathBuf>,
     overrides: Overrides,
+    checks: impl Fn(&Config) -> Vec<Problem> + 'static,
 ) -> impl Fn() -> Result<Config, ConfigError> {
-    move || Config::load(&name, path.as_deref(), &overrides)
+    move || Config::load_checked(&name, path.as_deref(), &overrides, &checks)
 }
 
 /// Checks, before daemonizing, what would make the daemon fail at once, so
 /// the error reaches the operator's terminal: the pidfile, log and socket
-/// directories exist and are writable.
-fn preflight(config: &Config) -> Result<(), String> {
+/// directories exist and are writable, the working directory exists.
+fn preflight(config: &Config) -> Result<(), ConfigError> {
     let d = &config.daemon;
     let mut paths = vec![
-        ("pidfile", d.pidfile.as_path()),
-        ("control_socket", d.control_socket.as_path()),
+        ("daemon.pidfile", d.pidfile.as_path()),
+        ("daemon.control_socket", d.control_socket.as_path()),
     ];
     if let Some(l) = &d.logfile {
-        paths.push(("logfile", l.as_path()));
+        paths.push(("daemon.logfile", l.as_path()));
     }
+    let mut problems = Vec::new();
+    let mut seen: Vec<&Path> = Vec::new();
     for (key, p) in paths {
         let dir = p
             .parent()
             .filter(|d| !d.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
+        // One problem per directory (the socket is usually beside the pidfile).
+        if seen.contains(&dir) {
+            continue;
+        }
+        seen.push(dir);
         match std::fs::metadata(dir) {
             Err(e) => {
-                return Err(format!(
-                    "{}daemon.{key}: directory {} does not exist ({e})",
-                    config
-                        .source
-                        .as_ref()
-                        .map_or(String::new(), |s| format!("{}: ", s.display())),
-                    dir.display()
-                ))
+                problems
+                    .push(config.problem(key, format!("directory {} does not exist ({e})", dir.display())));
+                continue;
             }
             Ok(m) if !m.is_dir() => {
-                return Err(format!(
-                    "{}daemon.{key}: {} is not a directory",
-                    config
-                        .source
-                        .as_ref()
-                        .map_or(String::new(), |s| format!("{}: ", s.display())),
-                    dir.display()
-                ))
+                problems.push(config.problem(key, format!("{} is not a directory", dir.display())));
+                continue;
             }
             Ok(_) => {}
         }
         if nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK).is_err()
-            && !(key == "logfile" && nix::unistd::access(p, nix::unistd::AccessFlags::W_OK).is_ok())
+            && !(key == "daemon.logfile" && nix::unistd::access(p, nix::unistd::AccessFlags::W_OK).is_ok())
         {
-            return Err(format!(
-                "{}daemon.{key}: directory {} is not writable",
-                config
-                    .source
-                    .as_ref()
-                    .map_or(String::new(), |s| format!("{}: ", s.display())),
-                dir.display()
-            ));
+            problems.push(config.problem(key, format!("directory {} is not writable", dir.display())));
         }
     }
     if !d.workdir.is_dir() {
-        return Err(format!(
-            "daemon.workdir: {} is not a directory",
-            d.workdir.display()
+        problems.push(config.problem(
+            "daemon.workdir",
+            format!("{} is not a directory", d.workdir.display()),
         ));
     }
-    Ok(())
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigError::new(problems))
+    }
 }
 
 fn status(config: &Config, json: bool) -> u8 {

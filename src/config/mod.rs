@@ -1,40 +1,55 @@
-//! The daemon's TOML configuration: parsing, validation and defaults.
+//! The daemon's TOML configuration: reading, validation and defaults.
 //!
-//! Loading happens in two stages. First the file is deserialized into "raw"
-//! structs that mirror the TOML exactly (`deny_unknown_fields`, durations as
-//! humantime strings), so a typo is an error instead of a silently ignored
-//! key. Then the raw values are validated into [`Config`], and every problem
-//! found is reported at once, each as one line naming the file, line,
-//! column and key (see [`ConfigError`]).
+//! A config file is read with a size limit and only if it is a regular
+//! file ([`source`]), parsed leniently into toml's spanned tables, then
+//! every key is read, typed and checked on its own ([`validate`]): all the
+//! problems of a file are found at once, unknown keys included (with the
+//! nearest known key suggested for a typo). Problems are data
+//! ([`Problem`]: file, line, column, key, message), rendered one per line
+//! only where they are shown. The file's text and the places of its keys
+//! are kept with the [`Config`], so later checks (the daemon's `[app]`
+//! settings, the paths a start needs) are located too.
 //!
 //! Without a file, [`Config::defaults`] gives a configuration that runs
 //! as-is, so `mydaemon --no-daemon` works on a fresh machine.
 
-use std::fmt;
+mod origin;
+mod problem;
+pub mod source;
+mod validate;
+
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use toml::de::{DeTable, ValueDeserializer};
 
 use crate::logging::Level;
+use origin::Origin;
+pub use problem::{ConfigError, ConfigErrorKind, Problem};
+pub use validate::{MAX_SOCKET_PATH, RESERVED_SIGNALS};
 
 /// Most worker slots one daemon may run; the shared scoreboard is sized for it.
 pub const MAX_WORKERS: u32 = 4096;
 
-/// A configuration problem, already rendered as `file:line:col: key: what`.
-#[derive(Debug, thiserror::Error)]
-#[error("{}", .problems.join("\n"))]
-pub struct ConfigError {
-    /// One line per problem found.
-    pub problems: Vec<String>,
-}
+/// [`MAX_DURATION`] in days.
+pub const MAX_DURATION_DAYS: u64 = 365;
 
-impl ConfigError {
-    fn one(msg: String) -> Self {
-        ConfigError { problems: vec![msg] }
-    }
+/// The longest duration any setting (or command-line option) may have. A
+/// year is longer than any sane timeout or delay, and small enough that
+/// every deadline computed from it (`Instant + Duration`, a worker's
+/// `alarm(2)` seconds) stays far from overflowing.
+pub const MAX_DURATION: Duration = Duration::from_secs(MAX_DURATION_DAYS * 24 * 3600);
+
+/// A duration given on the command line (`stop --timeout`): humantime, at
+/// most [`MAX_DURATION`]. For clap's `value_parser`.
+pub fn parse_duration_arg(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    validate::check_duration(d)?;
+    Ok(d)
 }
 
 /// What to do when a worker process exits.
@@ -182,83 +197,8 @@ pub struct Config {
     pub workers: WorkersConfig,
     /// `[app]`, the daemon's own settings, still as TOML.
     pub app: toml::Table,
-}
-
-// ---------------------------------------------------------------------------
-// Raw structs: exactly the TOML, nothing interpreted yet.
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawConfig {
-    #[serde(default)]
-    daemon: RawDaemon,
-    #[serde(default)]
-    workers: RawWorkers,
-    #[serde(default)]
-    app: toml::Table,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawDaemon {
-    name: Option<String>,
-    pidfile: Option<PathBuf>,
-    logfile: Option<PathBuf>,
-    loglevel: Option<RawLevel>,
-    user: Option<String>,
-    group: Option<String>,
-    umask: Option<String>,
-    workdir: Option<PathBuf>,
-    control_socket: Option<PathBuf>,
-    watchdog: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum RawLevel {
-    Number(i64),
-    Name(String),
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawWorkers {
-    count: Option<i64>,
-    restart: Option<Restart>,
-    backoff_initial: Option<String>,
-    backoff_max: Option<String>,
-    min_uptime: Option<String>,
-    stop_signal: Option<String>,
-    stop_timeout: Option<String>,
-    iteration_delay: Option<String>,
-    idle_delay: Option<String>,
-    title_interval: Option<String>,
-    heartbeat_timeout: Option<String>,
-    max_jobs: Option<i64>,
-    max_memory: Option<RawSize>,
-    max_lifetime: Option<String>,
-    check_interval: Option<String>,
-    crash_limit: Option<i64>,
-    crash_window: Option<String>,
-    on_crash_loop: Option<OnCrashLoop>,
-    mode: Option<Mode>,
-    min: Option<i64>,
-    max: Option<i64>,
-    min_idle: Option<i64>,
-    max_idle: Option<i64>,
-    idle_timeout: Option<String>,
-    command: Option<Vec<String>>,
-    ready: Option<ReadyMode>,
-    ready_timeout: Option<String>,
-    init_timeout: Option<String>,
-    reopen_signal: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum RawSize {
-    Bytes(i64),
-    Text(String),
+    /// The file's text and the places of its keys, kept from the parse.
+    origin: Option<Arc<Origin>>,
 }
 
 /// Command-line values that override the file.
@@ -327,23 +267,33 @@ impl Config {
                 reopen_signal: None,
             },
             app: toml::Table::new(),
+            origin: None,
         }
     }
 
     /// Reads and validates `path`, then applies `overrides`.
     pub fn load(name: &str, path: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
-        let mut config = match path {
-            None => Config::defaults(name),
+        Config::load_checked(name, path, overrides, &|_| Vec::new())
+    }
+
+    /// [`Config::load`], adding the problems `check` finds in the result:
+    /// the checks only the caller can make (the daemon's own `[app]`
+    /// settings, a required command). They run even when the file has other
+    /// problems, so every problem is reported at once.
+    pub fn load_checked(
+        name: &str,
+        path: Option<&Path>,
+        overrides: &Overrides,
+        check: &dyn Fn(&Config) -> Vec<Problem>,
+    ) -> Result<Config, ConfigError> {
+        match path {
+            None => Config::defaults(name).finish(Vec::new(), overrides, check),
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    ConfigError::one(format!("{}: cannot read config file: {}", path.display(), e))
-                })?;
                 let abs = absolute(path);
-                Config::parse(name, &text, &abs)?
+                let text = source::read(&abs)?;
+                Config::parse_checked(name, &text, &abs, overrides, check)
             }
-        };
-        config.apply(overrides)?;
-        Ok(config)
+        }
     }
 
     /// Where the daemon configured by `path` keeps its pidfile and control
@@ -358,13 +308,13 @@ impl Config {
     pub fn locate(name: &str, path: Option<&Path>, overrides: &Overrides) -> Option<Config> {
         let mut c = Config::defaults(name);
         if let Some(path) = path {
-            let text = std::fs::read_to_string(path).ok()?;
-            let table: toml::Table = toml::from_str(&text).unwrap_or_else(|_| daemon_lines(&text));
             let abs = absolute(path);
+            let text = source::read(&abs).ok()?;
+            let table: toml::Table = toml::from_str(&text).unwrap_or_else(|_| daemon_lines(&text));
             let base = abs.parent().map_or_else(|| PathBuf::from("/"), Path::to_path_buf);
             let daemon = table.get("daemon").and_then(toml::Value::as_table);
             let key = |k: &str| daemon.and_then(|d| d.get(k)).and_then(toml::Value::as_str);
-            if let Some(n) = key("name").filter(|n| !n.is_empty() && !n.contains('/')) {
+            if let Some(n) = key("name").filter(|n| validate::check_name(n).is_ok()) {
                 c = Config::defaults(n);
             }
             if let Some(p) = key("pidfile") {
@@ -376,45 +326,119 @@ impl Config {
             }
             c.source = Some(abs);
         }
-        c.apply(overrides).ok()?;
+        if !c.apply(overrides).is_empty() {
+            return None;
+        }
         Some(c)
     }
 
     /// Parses and validates TOML `text`; `path` names it in errors and
     /// anchors relative paths.
     pub fn parse(name: &str, text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let doc = Located::new(path, text);
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::one(doc.toml_error(&e)))?;
+        Config::parse_checked(name, text, path, &Overrides::default(), &|_| Vec::new())
+    }
+
+    fn parse_checked(
+        name: &str,
+        text: &str,
+        path: &Path,
+        overrides: &Overrides,
+        check: &dyn Fn(&Config) -> Vec<Problem>,
+    ) -> Result<Config, ConfigError> {
+        let root = DeTable::parse(text)
+            .map_err(|e| ConfigError::from(Origin::unparsed(path, text).toml_problem(&e)))?;
+        let origin = Origin::new(path, text, root.get_ref());
         let base = path
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("/"));
-        let mut v = Validator {
-            doc: &doc,
-            problems: Vec::new(),
-        };
-        let config = v.build(name, raw, &base);
-        if v.problems.is_empty() {
-            let mut config = config;
-            config.source = Some(path.to_path_buf());
-            Ok(config)
-        } else {
-            Err(ConfigError { problems: v.problems })
+        let mut v = validate::Validator::new(&origin, root.get_ref());
+        let mut config = validate::build(&mut v, name, &base);
+        let problems = v.problems;
+        config.source = Some(path.to_path_buf());
+        config.origin = Some(Arc::new(origin));
+        config.finish(problems, overrides, check)
+    }
+
+    /// Applies `overrides`, checks the result as a whole, runs `check`:
+    /// the config, or every problem found (with those found before).
+    fn finish(
+        mut self,
+        mut problems: Vec<Problem>,
+        overrides: &Overrides,
+        check: &dyn Fn(&Config) -> Vec<Problem>,
+    ) -> Result<Config, ConfigError> {
+        problems.extend(self.apply(overrides));
+        problems.extend(self.effective_problems(overrides));
+        problems.extend(check(&self));
+        if problems.is_empty() {
+            return Ok(self);
+        }
+        // In the order of the file; those without a place last.
+        problems.sort_by_key(|p| (p.line.is_none(), p.line.unwrap_or(0), p.col.unwrap_or(0)));
+        Err(ConfigError::new(problems))
+    }
+
+    /// Checks of the values in effect, wherever they came from (the file,
+    /// a default, the command line).
+    fn effective_problems(&self, o: &Overrides) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        if let Err(msg) = validate::check_socket_path(&self.daemon.control_socket) {
+            problems.push(if self.sets("daemon.control_socket") {
+                self.problem("daemon.control_socket", msg)
+            } else if o.pidfile.is_some() {
+                Problem::new(
+                    "--pidfile",
+                    format!(
+                        "the control socket beside it: {msg}; set daemon.control_socket to a shorter path"
+                    ),
+                )
+            } else if self.sets("daemon.pidfile") {
+                self.problem(
+                    "daemon.pidfile",
+                    format!(
+                        "the control socket beside it: {msg}; set daemon.control_socket to a shorter path"
+                    ),
+                )
+            } else {
+                self.problem("daemon.control_socket", msg)
+            });
+        }
+        problems
+    }
+
+    /// Whether the config file sets the dotted `key`.
+    pub fn sets(&self, key: &str) -> bool {
+        self.origin.as_ref().is_some_and(|o| o.span_of(key).is_some())
+    }
+
+    /// A problem with the dotted `key` of this config: placed at the key in
+    /// the file if the file sets it, else in the file (or nowhere, for the
+    /// built-in defaults).
+    pub fn problem(&self, key: &str, message: impl std::fmt::Display) -> Problem {
+        match (&self.origin, &self.source) {
+            (Some(o), _) => o.problem(key, message),
+            (None, Some(s)) => Problem::new(key, message).in_file(s),
+            (None, None) => Problem::new(key, message),
         }
     }
 
-    fn apply(&mut self, o: &Overrides) -> Result<(), ConfigError> {
+    /// Applies command-line overrides; what is wrong with them.
+    fn apply(&mut self, o: &Overrides) -> Vec<Problem> {
+        let mut problems = Vec::new();
         let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
         if let Some(n) = o.workers {
             if n == 0 || n > MAX_WORKERS {
-                return Err(ConfigError::one(format!(
-                    "--workers: {n} is out of range (expected 1 to {MAX_WORKERS})"
-                )));
-            }
-            self.workers.count = n;
-            if self.workers.mode == Mode::Dynamic {
-                self.workers.max = self.workers.max.max(n);
-                self.workers.min = self.workers.min.min(n);
+                problems.push(Problem::new(
+                    "--workers",
+                    format!("{n} is out of range (expected 1 to {MAX_WORKERS})"),
+                ));
+            } else {
+                self.workers.count = n;
+                if self.workers.mode == Mode::Dynamic {
+                    self.workers.max = self.workers.max.max(n);
+                    self.workers.min = self.workers.min.min(n);
+                }
             }
         }
         if let Some(p) = &o.pidfile {
@@ -433,47 +457,31 @@ impl Config {
         if let Some(c) = &o.command {
             self.workers.command = Some(c.clone());
         }
-        Ok(())
+        problems
     }
 
     /// Deserializes the `[app]` table into the daemon's own settings type.
     ///
-    /// Errors name the file and the `app.` key, like every other config error.
+    /// Errors name the file, line and `app.` key, like every other config
+    /// error: they are placed with the text kept from the parse.
     pub fn app<A: DeserializeOwned>(&self) -> Result<A, ConfigError> {
-        let value = toml::Value::Table(self.app.clone());
-        A::deserialize(value).map_err(|e| {
-            let file = self
-                .source
-                .as_ref()
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|| "(built-in defaults)".into());
-            let mut detail = e.to_string();
-            if let (Some(path), Some(text)) = (
-                self.source.as_ref(),
-                self.source.as_ref().and_then(|p| std::fs::read_to_string(p).ok()),
-            ) {
-                let doc = Located::new(path, &text);
-                // Re-deserialize from the text for a located error.
-                #[derive(Deserialize)]
-                #[allow(dead_code)] // only deserialized, for the error's location
-                struct OnlyApp<A> {
-                    #[serde(default = "default_table")]
-                    #[allow(dead_code)]
-                    daemon: toml::Table,
-                    #[serde(default = "default_table")]
-                    #[allow(dead_code)]
-                    workers: toml::Table,
-                    app: A,
+        A::deserialize(toml::Value::Table(self.app.clone())).map_err(|e| {
+            // The same again from the spanned parse, for the error's place
+            // (unless `app` was changed since: then the place is unknown).
+            if let Some(o) = &self.origin {
+                if let Ok(root) = DeTable::parse(&o.text) {
+                    let located = match root.get_ref().get("app") {
+                        Some(app) => A::deserialize(ValueDeserializer::from(app.clone())).err(),
+                        None => None,
+                    };
+                    if let Some(e) = located {
+                        let mut p = o.toml_problem(&e);
+                        p.key.get_or_insert_with(|| "app".into());
+                        return ConfigError::from(p);
+                    }
                 }
-                fn default_table() -> toml::Table {
-                    toml::Table::new()
-                }
-                if let Err(e) = toml::from_str::<OnlyApp<A>>(&text) {
-                    return ConfigError::one(doc.toml_error(&e));
-                }
-                detail = e.message().to_string();
             }
-            ConfigError::one(format!("{file}: [app]: {}", detail.trim()))
+            ConfigError::from(self.problem("app", e.message().trim().replace('\n', " ")))
         })
     }
 
@@ -688,361 +696,6 @@ pub fn parse_size(s: &str) -> Option<u64> {
     Some((num * mult) as u64)
 }
 
-// ---------------------------------------------------------------------------
-// Locating keys in the text, for errors.
-
-/// The config text with the spans of its keys, to turn a key path into a
-/// line and column and a byte span into a key path.
-struct Located<'a> {
-    path: &'a Path,
-    text: &'a str,
-    /// (dotted key, span of the key, span of the value)
-    keys: Vec<(String, std::ops::Range<usize>, std::ops::Range<usize>)>,
-}
-
-impl<'a> Located<'a> {
-    fn new(path: &'a Path, text: &'a str) -> Self {
-        let mut keys = Vec::new();
-        if let Ok(table) = toml::de::DeTable::parse(text) {
-            collect_keys(table.get_ref(), "", &mut keys);
-        }
-        Located { path, text, keys }
-    }
-
-    fn line_col(&self, offset: usize) -> (usize, usize) {
-        let offset = offset.min(self.text.len());
-        let before = &self.text[..offset];
-        let line = before.matches('\n').count() + 1;
-        let col = before.rfind('\n').map(|i| offset - i).unwrap_or(offset + 1);
-        (line, col)
-    }
-
-    /// `file:line:col: key: message`, for a key by its dotted path.
-    fn at_key(&self, key: &str, message: &str) -> String {
-        match self.keys.iter().find(|(k, _, _)| k == key) {
-            Some((_, span, _)) => {
-                let (l, c) = self.line_col(span.start);
-                format!("{}:{l}:{c}: {key}: {message}", self.path.display())
-            }
-            None => format!("{}: {key}: {message}", self.path.display()),
-        }
-    }
-
-    /// Renders a TOML/serde error on one line, naming the key it is about.
-    fn toml_error(&self, e: &toml::de::Error) -> String {
-        let message = e.message().trim().replace('\n', " ");
-        let Some(span) = e.span() else {
-            return format!("{}: {message}", self.path.display());
-        };
-        let (l, c) = self.line_col(span.start);
-        // The innermost key whose key or value contains the error.
-        let key = self
-            .keys
-            .iter()
-            .filter(|(_, k, v)| {
-                (k.start <= span.start && span.start < k.end.max(k.start + 1))
-                    || (v.start <= span.start && span.end <= v.end.max(v.start + 1))
-            })
-            .max_by_key(|(k, _, _)| k.matches('.').count())
-            .map(|(k, _, _)| k.clone());
-        match key {
-            Some(k) => format!("{}:{l}:{c}: {k}: {message}", self.path.display()),
-            None => format!("{}:{l}:{c}: {message}", self.path.display()),
-        }
-    }
-}
-
-fn collect_keys(
-    table: &toml::de::DeTable<'_>,
-    prefix: &str,
-    out: &mut Vec<(String, std::ops::Range<usize>, std::ops::Range<usize>)>,
-) {
-    for (k, v) in table.iter() {
-        let name = if prefix.is_empty() {
-            k.get_ref().to_string()
-        } else {
-            format!("{prefix}.{}", k.get_ref())
-        };
-        out.push((name.clone(), k.span(), v.span()));
-        if let toml::de::DeValue::Table(t) = v.get_ref() {
-            collect_keys(t, &name, out);
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Validation: raw -> typed, collecting every problem.
-
-struct Validator<'a> {
-    doc: &'a Located<'a>,
-    problems: Vec<String>,
-}
-
-impl Validator<'_> {
-    fn problem(&mut self, key: &str, msg: impl fmt::Display) {
-        self.problems.push(self.doc.at_key(key, &msg.to_string()));
-    }
-
-    fn duration(&mut self, key: &str, v: Option<String>, default: Duration) -> Duration {
-        let Some(s) = v else { return default };
-        if s.trim() == "0" {
-            return Duration::ZERO;
-        }
-        match humantime::parse_duration(s.trim()) {
-            Ok(d) => d,
-            Err(e) => {
-                self.problem(
-                    key,
-                    format!("invalid duration {s:?} ({e}); expected e.g. \"100ms\", \"30s\", \"5m\""),
-                );
-                default
-            }
-        }
-    }
-
-    fn count(&mut self, key: &str, v: Option<i64>, default: u32, min: i64) -> u32 {
-        match v {
-            None => default,
-            Some(n) if n < min || n > MAX_WORKERS as i64 => {
-                self.problem(
-                    key,
-                    format!("{n} is out of range (expected {min} to {MAX_WORKERS})"),
-                );
-                default
-            }
-            Some(n) => n as u32,
-        }
-    }
-
-    fn build(&mut self, name: &str, raw: RawConfig, base: &Path) -> Config {
-        let mut c = Config::defaults(name);
-        let d = raw.daemon;
-        if let Some(n) = d.name {
-            if n.is_empty() || n.contains('/') || n.chars().any(char::is_whitespace) {
-                self.problem(
-                    "daemon.name",
-                    format!("{n:?} is not a valid name (no spaces or '/')"),
-                );
-            } else {
-                // Default paths follow the name.
-                let fresh = Config::defaults(&n);
-                c.daemon.pidfile = fresh.daemon.pidfile;
-                c.daemon.logfile = fresh.daemon.logfile;
-                c.daemon.control_socket = fresh.daemon.control_socket;
-                c.daemon.name = n;
-            }
-        }
-        if let Some(p) = d.pidfile {
-            let p = base.join(p);
-            c.daemon.control_socket = socket_beside(&p);
-            c.daemon.pidfile = p;
-        }
-        if let Some(p) = d.control_socket {
-            c.daemon.control_socket = base.join(p);
-        }
-        if let Some(p) = d.logfile {
-            c.daemon.logfile = log_target(base, &p);
-        }
-        if let Some(l) = d.loglevel {
-            let parsed = match &l {
-                RawLevel::Number(n) => Level::from_number(*n),
-                RawLevel::Name(s) => Level::parse(s),
-            };
-            match parsed {
-                Some(l) => c.daemon.loglevel = l,
-                None => self.problem(
-                    "daemon.loglevel",
-                    "expected 0-7 or a syslog level name (emerg, alert, crit, err, warning, notice, info, debug)",
-                ),
-            }
-        }
-        c.daemon.user = d.user;
-        c.daemon.group = d.group;
-        if let Some(u) = &c.daemon.user {
-            match nix::unistd::User::from_name(u) {
-                Ok(Some(_)) => {}
-                _ => self.problem("daemon.user", format!("unknown user {u:?}")),
-            }
-        }
-        if let Some(g) = &c.daemon.group {
-            match nix::unistd::Group::from_name(g) {
-                Ok(Some(_)) => {}
-                _ => self.problem("daemon.group", format!("unknown group {g:?}")),
-            }
-        }
-        if let Some(m) = d.umask {
-            match u32::from_str_radix(m.trim_start_matches("0o"), 8) {
-                Ok(v) if v <= 0o777 => c.daemon.umask = v,
-                _ => self.problem("daemon.umask", format!("{m:?} is not an octal mode like \"022\"")),
-            }
-        }
-        if let Some(w) = d.workdir {
-            c.daemon.workdir = base.join(w);
-        }
-        if let Some(w) = d.watchdog {
-            let wd = self.duration("daemon.watchdog", Some(w), Duration::ZERO);
-            c.daemon.watchdog = (!wd.is_zero()).then_some(wd);
-        }
-
-        let w = raw.workers;
-        let x = &mut c.workers;
-        let defaults = x.clone();
-        x.count = self.count("workers.count", w.count, defaults.count, 1);
-        if let Some(r) = w.restart {
-            x.restart = r;
-        }
-        x.backoff_initial = self.duration(
-            "workers.backoff_initial",
-            w.backoff_initial,
-            defaults.backoff_initial,
-        );
-        x.backoff_max = self.duration("workers.backoff_max", w.backoff_max, defaults.backoff_max);
-        x.min_uptime = self.duration("workers.min_uptime", w.min_uptime, defaults.min_uptime);
-        if let Some(s) = w.stop_signal {
-            match parse_signal(&s) {
-                Some(sig) if sig != Signal::SIGKILL && sig != Signal::SIGSTOP => x.stop_signal = sig,
-                Some(_) => self.problem(
-                    "workers.stop_signal",
-                    "SIGKILL and SIGSTOP cannot ask for a graceful stop",
-                ),
-                None => self.problem(
-                    "workers.stop_signal",
-                    format!("unknown signal {s:?} (expected a name like \"TERM\" or \"SIGINT\")"),
-                ),
-            }
-        }
-        x.stop_timeout = self.duration("workers.stop_timeout", w.stop_timeout, defaults.stop_timeout);
-        x.iteration_delay = self.duration(
-            "workers.iteration_delay",
-            w.iteration_delay,
-            defaults.iteration_delay,
-        );
-        x.idle_delay = self.duration("workers.idle_delay", w.idle_delay, defaults.idle_delay);
-        x.title_interval = self.duration(
-            "workers.title_interval",
-            w.title_interval,
-            defaults.title_interval,
-        );
-        x.heartbeat_timeout = self.duration(
-            "workers.heartbeat_timeout",
-            w.heartbeat_timeout,
-            defaults.heartbeat_timeout,
-        );
-        if let Some(n) = w.max_jobs {
-            if n < 0 {
-                self.problem("workers.max_jobs", format!("{n} is negative (0 turns it off)"));
-            } else {
-                x.max_jobs = n as u64;
-            }
-        }
-        match w.max_memory {
-            None => {}
-            Some(RawSize::Bytes(n)) if n >= 0 => x.max_memory = n as u64,
-            Some(RawSize::Text(s)) if parse_size(&s).is_some() => x.max_memory = parse_size(&s).unwrap_or(0),
-            Some(other) => self.problem(
-                "workers.max_memory",
-                format!("invalid size {other:?}; expected bytes or e.g. \"512MiB\""),
-            ),
-        }
-        x.max_lifetime = self.duration("workers.max_lifetime", w.max_lifetime, defaults.max_lifetime);
-        x.check_interval = self.duration(
-            "workers.check_interval",
-            w.check_interval,
-            defaults.check_interval,
-        );
-        if x.check_interval.is_zero() {
-            self.problem("workers.check_interval", "must be greater than zero");
-            x.check_interval = defaults.check_interval;
-        }
-        if let Some(n) = w.crash_limit {
-            if n < 1 {
-                self.problem(
-                    "workers.crash_limit",
-                    format!("{n} is out of range (expected 1 or more)"),
-                );
-            } else {
-                x.crash_limit = n.min(u32::MAX as i64) as u32;
-            }
-        }
-        x.crash_window = self.duration("workers.crash_window", w.crash_window, defaults.crash_window);
-        if let Some(o) = w.on_crash_loop {
-            x.on_crash_loop = o;
-        }
-        if let Some(m) = w.mode {
-            x.mode = m;
-        }
-        x.min = self.count("workers.min", w.min, defaults.min, 0);
-        x.max = self.count("workers.max", w.max, defaults.max.max(x.count), 1);
-        x.min_idle = self.count("workers.min_idle", w.min_idle, defaults.min_idle, 0);
-        x.max_idle = self.count("workers.max_idle", w.max_idle, defaults.max_idle, 1);
-        x.idle_timeout = self.duration("workers.idle_timeout", w.idle_timeout, defaults.idle_timeout);
-        if x.mode == Mode::Dynamic {
-            if x.min > x.max {
-                self.problem(
-                    "workers.min",
-                    format!("min ({}) is greater than max ({})", x.min, x.max),
-                );
-            }
-            if x.min_idle > x.max_idle {
-                self.problem(
-                    "workers.min_idle",
-                    format!(
-                        "min_idle ({}) is greater than max_idle ({})",
-                        x.min_idle, x.max_idle
-                    ),
-                );
-            }
-            if w.count.is_none() {
-                x.count = x.min.max(1).min(x.max);
-            } else if x.count < x.min || x.count > x.max {
-                self.problem(
-                    "workers.count",
-                    format!("{} is outside min..max ({}..{})", x.count, x.min, x.max),
-                );
-            }
-        }
-        if x.backoff_initial > x.backoff_max {
-            self.problem("workers.backoff_initial", "is greater than workers.backoff_max");
-        }
-        if let Some(cmd) = w.command {
-            if cmd.is_empty() || cmd[0].is_empty() {
-                self.problem(
-                    "workers.command",
-                    "must name a program, e.g. [\"php\", \"worker.php\"]",
-                );
-            } else {
-                x.command = Some(cmd);
-            }
-        }
-        if let Some(r) = w.ready {
-            x.ready = r;
-        }
-        x.ready_timeout = self.duration("workers.ready_timeout", w.ready_timeout, defaults.ready_timeout);
-        if x.ready_timeout.is_zero() {
-            self.problem("workers.ready_timeout", "must be greater than zero");
-            x.ready_timeout = defaults.ready_timeout;
-        }
-        x.init_timeout = self.duration("workers.init_timeout", w.init_timeout, defaults.init_timeout);
-        if let Some(s) = w.reopen_signal {
-            if s.eq_ignore_ascii_case("none") {
-                x.reopen_signal = None;
-            } else {
-                match parse_signal(&s) {
-                    Some(sig) if sig != Signal::SIGKILL && sig != Signal::SIGSTOP => {
-                        x.reopen_signal = Some(sig)
-                    }
-                    _ => self.problem(
-                        "workers.reopen_signal",
-                        format!("{s:?} is not a usable signal (expected e.g. \"USR1\", or \"none\")"),
-                    ),
-                }
-            }
-        }
-        c.app = raw.app;
-        c
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1059,26 +712,320 @@ mod tests {
         assert_eq!(c.workers.backoff_initial, Duration::from_millis(100));
     }
 
+    fn lines(e: &ConfigError) -> Vec<String> {
+        e.problems.iter().map(|p| format!("{p}")).collect()
+    }
+
     #[test]
     fn errors_name_line_column_and_key() {
         let e = parse("[workers]\ncount = \"many\"\n").unwrap_err();
-        assert!(e.problems[0].starts_with("/etc/demo.toml:2:"), "{e}");
-        assert!(e.problems[0].contains("workers.count"), "{e}");
-
-        let e = parse("[workers]\ncont = 3\n").unwrap_err();
-        assert!(e.problems[0].contains("/etc/demo.toml:2:1"), "{e}");
-        assert!(e.problems[0].contains("cont"), "{e}");
+        let p = &e.problems[0];
+        assert_eq!(
+            (p.line, p.col, p.key.as_deref()),
+            (Some(2), Some(1), Some("workers.count")),
+            "{e}"
+        );
+        assert!(
+            p.to_string().starts_with("/etc/demo.toml:2:1: workers.count: "),
+            "{e}"
+        );
 
         let e = parse("[workers]\ncount = 0\nstop_signal = \"NOPE\"\n").unwrap_err();
-        assert_eq!(e.problems.len(), 2, "{e}");
+        assert_eq!(
+            lines(&e),
+            [
+                "/etc/demo.toml:2:1: workers.count: 0 is out of range (expected 1 to 4096)",
+                "/etc/demo.toml:3:1: workers.stop_signal: unknown signal \"NOPE\" (expected a name like \"TERM\" or \"SIGINT\")",
+            ]
+        );
+    }
+
+    #[test]
+    fn an_unknown_key_hides_nothing_and_gets_a_suggestion() {
+        let text = "[daemon]\nname = \"x y\"\n[workers]\ncont = 3\nstop_timeout = \"ten\"\n\
+                    restart = \"sometimes\"\ncommand = \"php w.php\"\n[daemon2]\n";
+        let e = parse(text).unwrap_err();
+        let l = lines(&e);
+        assert_eq!(l.len(), 6, "{e}");
+        assert!(l[0].starts_with("/etc/demo.toml:2:1: daemon.name: "), "{e}");
+        assert_eq!(
+            l[1],
+            "/etc/demo.toml:4:1: workers.cont: unknown key; did you mean workers.count?"
+        );
         assert!(
-            e.problems[0].starts_with("/etc/demo.toml:2:1: workers.count"),
+            l[2].starts_with("/etc/demo.toml:5:1: workers.stop_timeout: invalid duration"),
             "{e}"
         );
         assert!(
-            e.problems[1].starts_with("/etc/demo.toml:3:1: workers.stop_signal"),
+            l[3].starts_with("/etc/demo.toml:6:1: workers.restart: ") && l[3].contains("sometimes"),
             "{e}"
         );
+        assert!(
+            l[4].starts_with("/etc/demo.toml:7:1: workers.command: invalid type"),
+            "{e}"
+        );
+        assert_eq!(
+            l[5],
+            "/etc/demo.toml:8:2: daemon2: unknown table; did you mean daemon?"
+        );
+        // No close key: no guess, but a pointer.
+        let e = parse("[workers]\ncolour = 3\n").unwrap_err();
+        assert_eq!(
+            lines(&e),
+            ["/etc/demo.toml:2:1: workers.colour: unknown key (sample-config lists every key)"]
+        );
+        // A key above its table.
+        let e = parse("count = 3\n").unwrap_err();
+        assert_eq!(
+            lines(&e),
+            ["/etc/demo.toml:1:1: count: unknown key; did you mean workers.count?"]
+        );
+        // A table that is not one.
+        let e = parse("workers = 3\n").unwrap_err();
+        assert_eq!(
+            lines(&e),
+            ["/etc/demo.toml:1:1: workers: expected a table ([workers]), found an integer"]
+        );
+    }
+
+    #[test]
+    fn a_syntax_error_is_one_located_problem() {
+        let e = parse("[workers\ncount = 3\n").unwrap_err();
+        assert_eq!(e.problems.len(), 1);
+        assert!(
+            e.problems[0].to_string().starts_with("/etc/demo.toml:1:9: "),
+            "{e}"
+        );
+        assert_eq!(e.exit_code(), crate::exit::CONFIG);
+    }
+
+    /// Every known key appears in sample.toml and every key there is known:
+    /// a key added to the validation without its sample line, or the other
+    /// way round, fails here.
+    #[test]
+    fn sample_toml_and_the_known_keys_agree() {
+        let mut table = String::new();
+        let mut sample = Vec::new();
+        for line in crate::SAMPLE_CONFIG.lines() {
+            let t = line.trim();
+            if let Some(h) = t.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+                table = h.to_string();
+                sample.push(table.clone());
+            } else if let Some((k, _)) = t.strip_prefix("# ").and_then(|l| l.split_once(" = ")) {
+                if k.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                    sample.push(format!("{table}.{k}"));
+                }
+            }
+        }
+        let mut known: Vec<String> = validate::known_keys().iter().map(|k| k.to_string()).collect();
+        // The tables themselves.
+        known.extend(["daemon".to_string(), "workers".to_string()]);
+        known.sort();
+        known.dedup();
+        sample.sort();
+        assert_eq!(known, sample);
+        // And the sample, uncommented, is a valid config (but for accounts
+        // this machine may not have).
+        let uncommented: String = crate::SAMPLE_CONFIG
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(kv) if kv.contains(" = ") && !kv.starts_with("user") && !kv.starts_with("group") => {
+                    format!("{kv}\n")
+                }
+                _ => format!("{l}\n"),
+            })
+            .collect();
+        let c = parse(&uncommented).unwrap();
+        assert_eq!(c.workers.command.as_deref().map(<[String]>::len), Some(2));
+    }
+
+    /// check-config prints every key (so its output is a full config).
+    #[test]
+    fn to_toml_prints_every_known_key() {
+        let c = parse(
+            "[daemon]\nuser = \"root\"\ngroup = \"root\"\nwatchdog = \"30s\"\n\
+             [workers]\ncommand = [\"sleep\", \"1\"]\nreopen_signal = \"USR1\"\n[app]\nx = 1\n",
+        )
+        .unwrap();
+        let text = c.to_toml();
+        let root = DeTable::parse(&text).unwrap().into_inner();
+        let printed = Origin::new(Path::new("/x"), "", &root).keys;
+        for k in validate::known_keys() {
+            assert!(printed.iter().any(|p| p.key == k), "{k} is not printed");
+        }
+    }
+
+    #[test]
+    fn durations_are_bounded_by_max_duration() {
+        let keys = [
+            "daemon.watchdog",
+            "workers.backoff_initial",
+            "workers.backoff_max",
+            "workers.min_uptime",
+            "workers.stop_timeout",
+            "workers.iteration_delay",
+            "workers.idle_delay",
+            "workers.title_interval",
+            "workers.heartbeat_timeout",
+            "workers.max_lifetime",
+            "workers.check_interval",
+            "workers.crash_window",
+            "workers.idle_timeout",
+            "workers.ready_timeout",
+            "workers.init_timeout",
+        ];
+        for key in keys {
+            let (table, k) = key.split_once('.').unwrap();
+            for v in ["9223372036854775807s", "366days"] {
+                let e = parse(&format!("[{table}]\n{k} = \"{v}\"\n")).unwrap_err();
+                assert_eq!(e.problems.len(), 1, "{key}: {e}");
+                let msg = e.to_string();
+                assert!(
+                    msg.contains(key) && msg.contains("365 days") && msg.contains("MAX_DURATION"),
+                    "{msg}"
+                );
+            }
+            let c = parse(&format!("[{table}]\n{k} = \"365days\"\n"));
+            // (backoff_initial above backoff_max is another problem.)
+            assert!(c.is_ok() || key == "workers.backoff_initial", "{key}: {c:?}");
+        }
+        assert!(parse_duration_arg("10s").is_ok());
+        assert!(parse_duration_arg("400days")
+            .unwrap_err()
+            .contains("MAX_DURATION"));
+    }
+
+    #[test]
+    fn startup_traps_are_refused() {
+        let one = |text: &str| -> String {
+            let e = parse(text).unwrap_err();
+            assert_eq!(e.problems.len(), 1, "{e}");
+            e.to_string()
+        };
+        let e = one("[workers]\nstop_timeout = \"0s\"\n");
+        assert!(
+            e.starts_with("/etc/demo.toml:2:1: workers.stop_timeout: must be greater than zero"),
+            "{e}"
+        );
+        let e = one("[workers]\nstop_timeout = 0\n");
+        assert!(e.contains("must be greater than zero"), "{e}");
+        for (sig, why) in [
+            ("USR1", "reopen its log files"),
+            ("SIGHUP", "reload"),
+            ("TTIN", "add a worker"),
+            ("TTOU", "retire a worker"),
+            ("CHLD", "exits"),
+            ("ALRM", "stop_timeout"),
+            ("USR2", "upgrade"),
+        ] {
+            let e = one(&format!("[workers]\nstop_signal = \"{sig}\"\n"));
+            assert!(e.contains("workers.stop_signal: SIG") && e.contains(why), "{e}");
+        }
+        for bad in ["a\\u0000b", "a\\u001b[2Jb", "a\\nb", "x;rm"] {
+            let e = one(&format!("[daemon]\nname = \"{bad}\"\n"));
+            assert!(e.contains("daemon.name") && e.contains("not a valid name"), "{e}");
+            assert!(
+                !e.contains('\0') && !e.contains('\x1b') && !e.contains('\n'),
+                "{e:?}"
+            );
+        }
+        let e = one("[workers]\nstop_signal = \"INT\"\nreopen_signal = \"INT\"\n");
+        assert!(e.contains("workers.reopen_signal: is the stop signal"), "{e}");
+    }
+
+    #[test]
+    fn a_control_socket_path_must_fit_in_sun_path() {
+        let long = format!("/tmp/{}", "d".repeat(100));
+        let ok = format!("/tmp/{}", "d".repeat(MAX_SOCKET_PATH - 5));
+        let c = parse(&format!("[daemon]\ncontrol_socket = \"{ok}\"\n")).unwrap();
+        assert_eq!(c.daemon.control_socket.as_os_str().len(), MAX_SOCKET_PATH);
+
+        let e = parse(&format!("[daemon]\ncontrol_socket = \"{long}.sock\"\n")).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("/etc/demo.toml:2:1: daemon.control_socket: ")
+                && e.to_string().contains("at most 107"),
+            "{e}"
+        );
+        // Beside a long pidfile: the pidfile's line.
+        let e = parse(&format!("[daemon]\n\npidfile = \"{long}.pid\"\n")).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("/etc/demo.toml:3:1: daemon.pidfile: the control socket beside it"),
+            "{e}"
+        );
+        // From the command line.
+        let o = Overrides {
+            pidfile: Some(PathBuf::from(format!("{long}.pid"))),
+            ..Overrides::default()
+        };
+        let e = Config::load("demo", None, &o).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("--pidfile: the control socket beside it"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn overrides_are_checked_with_the_file() {
+        let o = Overrides {
+            workers: Some(0),
+            ..Overrides::default()
+        };
+        let e = Config::load("demo", None, &o).unwrap_err();
+        assert_eq!(lines(&e), ["--workers: 0 is out of range (expected 1 to 4096)"]);
+    }
+
+    #[test]
+    fn app_errors_are_located_from_the_parse_not_the_disk() {
+        #[derive(Debug, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Settings {
+            rate: u32,
+        }
+        // /etc/demo.toml does not exist: the place comes from the kept text.
+        let c = parse("[workers]\ncount = 2\n\n[app]\nrate = \"fast\"\n").unwrap();
+        let e = c.app::<Settings>().unwrap_err();
+        assert_eq!(e.problems.len(), 1);
+        let p = &e.problems[0];
+        assert_eq!((p.line, p.key.as_deref()), (Some(5), Some("app.rate")), "{e}");
+        let c = parse("[app]\nrate = 1\nrat = 2\n").unwrap();
+        let e = c.app::<Settings>().unwrap_err();
+        assert!(e.to_string().contains("rat"), "{e}");
+        assert_eq!(e.problems[0].file.as_deref(), Some(Path::new("/etc/demo.toml")));
+        // No [app] at all: in the file, no line.
+        let e = parse("").unwrap().app::<Settings>().unwrap_err();
+        assert!(
+            e.to_string().starts_with("/etc/demo.toml: app: missing field"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_daemons_own_check_adds_to_the_files_problems() {
+        let dir = std::env::temp_dir().join(format!("rookery-config-checked-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("d.toml");
+        std::fs::write(&path, "[workers]\ncount = 0\n[app]\nx = 1\n").unwrap();
+        let check = |c: &Config| vec![c.problem("app.x", "not wanted")];
+        let e = Config::load_checked("demo", Some(&path), &Overrides::default(), &check).unwrap_err();
+        let l = lines(&e);
+        assert_eq!(l.len(), 2, "{e}");
+        assert!(
+            l[0].ends_with(":2:1: workers.count: 0 is out of range (expected 1 to 4096)"),
+            "{e}"
+        );
+        assert!(l[1].ends_with(":4:1: app.x: not wanted"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn locate_does_not_hang_or_eat_memory_on_a_device() {
+        assert!(Config::locate("demo", Some(Path::new("/dev/zero")), &Overrides::default()).is_none());
+        let e = Config::load("demo", Some(Path::new("/dev/zero")), &Overrides::default()).unwrap_err();
+        assert_eq!(e.exit_code(), crate::exit::NOINPUT, "{e}");
     }
 
     #[test]
