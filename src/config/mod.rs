@@ -1,8 +1,8 @@
 //! The daemon's TOML configuration: reading, validation and defaults.
 //!
 //! A config file is read with a size limit and only if it is a regular
-//! file ([`source`]), parsed leniently into toml's spanned tables, then
-//! every key is read, typed and checked on its own ([`validate`]): all the
+//! file (at most [`MAX_CONFIG_BYTES`]), parsed leniently into toml's spanned tables, then
+//! every key is read, typed and checked on its own: all the
 //! problems of a file are found at once, unknown keys included (with the
 //! nearest known key suggested for a typo). Problems are data
 //! ([`Problem`]: file, line, column, key, message), rendered one per line
@@ -15,7 +15,7 @@
 
 mod origin;
 mod problem;
-pub mod source;
+mod source;
 mod validate;
 
 use std::path::{Path, PathBuf};
@@ -30,6 +30,7 @@ use toml::de::{DeTable, ValueDeserializer};
 use crate::logging::Level;
 use origin::Origin;
 pub use problem::{ConfigError, ConfigErrorKind, Problem};
+pub use source::MAX_CONFIG_BYTES;
 pub use validate::{MAX_SOCKET_PATH, RESERVED_SIGNALS};
 
 /// Most worker slots one daemon may run; the shared scoreboard is sized for it.

@@ -25,7 +25,7 @@ pub(crate) struct KeySpan {
 }
 
 /// A config file as parsed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub(crate) struct Origin {
     /// The file (absolute when it came from [`Config::load`](super::Config::load)).
     pub path: PathBuf,
@@ -114,6 +114,17 @@ impl Origin {
             key,
             message,
         }
+    }
+}
+
+impl std::fmt::Debug for Origin {
+    /// The path and the size, not the whole text.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Origin")
+            .field("path", &self.path)
+            .field("bytes", &self.text.len())
+            .field("keys", &self.keys.len())
+            .finish()
     }
 }
 
