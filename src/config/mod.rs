@@ -851,8 +851,20 @@ mod tests {
         let text = c.to_toml();
         let root = DeTable::parse(&text).unwrap().into_inner();
         let printed = Origin::new(Path::new("/x"), "", &root).keys;
-        for k in validate::known_keys() {
-            assert!(printed.iter().any(|p| p.key == k), "{k} is not printed");
+        let known = validate::known_keys();
+        for k in &known {
+            assert!(printed.iter().any(|p| p.key == *k), "{k} is not printed");
+        }
+        // And nothing is printed that the validation does not read back.
+        for p in printed
+            .iter()
+            .filter(|p| p.key.contains('.') && !p.key.starts_with("app."))
+        {
+            assert!(
+                known.contains(&p.key.as_str()),
+                "{} is printed but not known",
+                p.key
+            );
         }
     }
 
