@@ -4,12 +4,16 @@
 //! The socket is mode 0600 and owned by the daemon's account, and the
 //! daemon also checks each caller's credentials (`SO_PEERCRED`): only root
 //! and the daemon's own user are served. One request per connection, one
-//! JSON line each way.
+//! JSON line each way: [`Request`] and [`Response`] are the wire types,
+//! encoded with serde by [`call`] on the client side and decoded by
+//! [`Server`] in the daemon.
 
-use std::io::{self, BufRead, BufReader, Write};
+use std::collections::HashMap;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::fd::AsFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -60,7 +64,7 @@ pub struct Status {
     /// Parent resident memory in bytes.
     pub rss_bytes: u64,
     /// `static` or `dynamic`.
-    pub mode: String,
+    pub mode: crate::config::Mode,
     /// Wanted workers.
     pub size: u32,
     /// Live worker processes.
@@ -77,9 +81,9 @@ pub struct WorkerStatus {
     /// Pid.
     pub pid: i32,
     /// starting, running, stopping.
-    pub state: String,
+    pub state: WorkerState,
     /// idle, busy (as the worker reports).
-    pub activity: String,
+    pub activity: crate::scoreboard::Activity,
     /// Seconds since it started.
     pub uptime_secs: f64,
     /// Restarts of its slot.
@@ -88,6 +92,29 @@ pub struct WorkerStatus {
     pub rss_bytes: u64,
     /// Jobs done.
     pub jobs: u64,
+}
+
+/// A worker process's phase, as the parent sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WorkerState {
+    /// Started; `init` has not returned (or the command is not ready) yet.
+    Starting,
+    /// Ready and working.
+    Running,
+    /// Asked to stop.
+    Stopping,
+}
+
+impl WorkerState {
+    /// Lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            WorkerState::Starting => "starting",
+            WorkerState::Running => "running",
+            WorkerState::Stopping => "stopping",
+        }
+    }
 }
 
 /// A slot waiting out its back-off.
@@ -101,11 +128,49 @@ pub struct BackoffStatus {
     pub restarts: u64,
 }
 
-/// The daemon's listening socket.
+/// Longest request line accepted; a client that sends more is dropped.
+pub const MAX_REQUEST: usize = 4096;
+/// Time a client has to send its request and read the answer.
+pub const CLIENT_DEADLINE: Duration = Duration::from_secs(2);
+/// Control connections served at once; more are closed at once.
+pub const MAX_CLIENTS: usize = 16;
+
+/// The daemon's listening socket and its open connections.
+///
+/// Everything here is non-blocking and bounded, because it runs in the
+/// parent's loop: a client that connects and sends nothing, sends half a
+/// line, sends too much or never reads its answer costs a buffer of at most
+/// [`MAX_REQUEST`] bytes (or one answer) until [`CLIENT_DEADLINE`], and
+/// never a wait.
 pub struct Server {
     listener: UnixListener,
     path: PathBuf,
     owner: u32,
+    conns: HashMap<u64, Conn>,
+}
+
+struct Conn {
+    stream: UnixStream,
+    deadline: Instant,
+    state: ConnState,
+}
+
+enum ConnState {
+    /// Collecting the request line.
+    Reading(Vec<u8>),
+    /// Sending the answer from this offset.
+    Writing(Vec<u8>, usize),
+}
+
+/// What became of a connection after it was readable.
+#[derive(Debug)]
+pub enum Incoming {
+    /// Nothing complete yet; keep waiting.
+    Pending,
+    /// A complete request (or a refusal to send back).
+    Request(Result<Request, String>),
+    /// The connection was closed (by the client, or dropped).
+    Closed,
 }
 
 impl Server {
@@ -141,6 +206,7 @@ impl Server {
             listener,
             path: path.to_path_buf(),
             owner,
+            conns: HashMap::new(),
         })
     }
 
@@ -149,35 +215,150 @@ impl Server {
         &self.listener
     }
 
-    /// Accepts one pending connection and reads its request. Connections
-    /// from other users are answered with an error and dropped.
-    pub fn accept(&self) -> Option<(UnixStream, Result<Request, String>)> {
-        let (stream, _) = self.listener.accept().ok()?;
-        let _ = stream.set_nonblocking(false);
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-        let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
+    /// Accepts one pending connection under `token`; false when none was
+    /// pending. A connection over [`MAX_CLIENTS`] is closed at once
+    /// (and true is returned: there may be more to accept). Callers from
+    /// other users get their refusal queued at once.
+    pub fn accept(&mut self, token: u64, now: Instant) -> bool {
+        let Ok((stream, _)) = self.listener.accept() else {
+            return false;
+        };
+        if self.conns.len() >= MAX_CLIENTS || stream.set_nonblocking(true).is_err() {
+            return true; // dropped: closed at once
+        }
         let cred = nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials);
         let allowed = cred.is_ok_and(|c| c.uid() == 0 || c.uid() == self.owner);
-        if !allowed {
-            return Some((
+        self.conns.insert(
+            token,
+            Conn {
                 stream,
-                Err("permission denied: only root and the daemon's user may control it".into()),
-            ));
+                deadline: now + CLIENT_DEADLINE,
+                state: ConnState::Reading(Vec::new()),
+            },
+        );
+        if !allowed {
+            self.reply(
+                token,
+                &Response::Error {
+                    message: "permission denied: only root and the daemon's user may control it".into(),
+                },
+            );
         }
-        let mut line = String::new();
-        let mut reader = BufReader::new(&stream);
-        if reader.read_line(&mut line).is_err() {
-            return None;
-        }
-        let req = serde_json::from_str(line.trim()).map_err(|e| format!("bad request: {e}"));
-        Some((stream, req))
+        true
     }
 
-    /// Sends the answer and closes the connection.
-    pub fn reply(mut stream: UnixStream, resp: &Response) {
+    /// The descriptor of connection `token`, to watch.
+    pub fn fd(&self, token: u64) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.conns.get(&token).map(|c| c.stream.as_fd())
+    }
+
+    /// Whether connection `token` has an answer still to send.
+    pub fn is_writing(&self, token: u64) -> bool {
+        self.conns
+            .get(&token)
+            .is_some_and(|c| matches!(c.state, ConnState::Writing(..)))
+    }
+
+    /// Whether `token` names one of this server's connections.
+    pub fn owns(&self, token: u64) -> bool {
+        self.conns.contains_key(&token)
+    }
+
+    /// Reads what the connection has (without blocking).
+    pub fn readable(&mut self, token: u64) -> Incoming {
+        let Some(conn) = self.conns.get_mut(&token) else {
+            return Incoming::Closed;
+        };
+        let ConnState::Reading(buf) = &mut conn.state else {
+            // Writing: a readable socket now means the client hung up or
+            // sent more; the answer is still sent.
+            return Incoming::Pending;
+        };
+        let mut chunk = [0u8; 1024];
+        loop {
+            match (&conn.stream).read(&mut chunk) {
+                Ok(0) => {
+                    self.conns.remove(&token);
+                    return Incoming::Closed;
+                }
+                Ok(n) => {
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(i) = buf.iter().position(|b| *b == b'\n') {
+                        let line = String::from_utf8_lossy(&buf[..i]).into_owned();
+                        return Incoming::Request(
+                            serde_json::from_str(line.trim()).map_err(|e| format!("bad request: {e}")),
+                        );
+                    }
+                    if buf.len() > MAX_REQUEST {
+                        self.conns.remove(&token);
+                        return Incoming::Closed;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Incoming::Pending,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.conns.remove(&token);
+                    return Incoming::Closed;
+                }
+            }
+        }
+    }
+
+    /// Queues the answer and sends what the socket takes now. Returns true
+    /// while some is left to send (watch the connection for writing).
+    pub fn reply(&mut self, token: u64, resp: &Response) -> bool {
+        let Some(conn) = self.conns.get_mut(&token) else {
+            return false;
+        };
         let mut text = serde_json::to_string(resp).unwrap_or_else(|_| "{}".into());
         text.push('\n');
-        let _ = stream.write_all(text.as_bytes());
+        conn.state = ConnState::Writing(text.into_bytes(), 0);
+        self.writable(token)
+    }
+
+    /// Sends more of a queued answer. Returns true while some is left.
+    pub fn writable(&mut self, token: u64) -> bool {
+        let Some(conn) = self.conns.get_mut(&token) else {
+            return false;
+        };
+        let ConnState::Writing(buf, pos) = &mut conn.state else {
+            return false;
+        };
+        while *pos < buf.len() {
+            match (&conn.stream).write(&buf[*pos..]) {
+                Ok(0) => break,
+                Ok(n) => *pos += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        self.conns.remove(&token);
+        false
+    }
+
+    /// Drops connections past their deadline; returns their tokens.
+    pub fn expire(&mut self, now: Instant) -> Vec<u64> {
+        let late: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.deadline <= now)
+            .map(|(t, _)| *t)
+            .collect();
+        for t in &late {
+            self.conns.remove(t);
+        }
+        late
+    }
+
+    /// The earliest connection deadline, if any connection is open.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.conns.values().map(|c| c.deadline).min()
+    }
+
+    /// Open connections.
+    pub fn clients(&self) -> usize {
+        self.conns.len()
     }
 }
 
@@ -223,13 +404,16 @@ impl Status {
     /// The table `status` prints.
     pub fn render(&self) -> String {
         let mut out = format!(
-            "{} is running: parent pid {}, up {}, rss {}, {} workers ({}), config {}\n",
+            "{} is running: parent pid {}, up {}, rss {}, {} ({}), config {}\n",
             self.name,
             self.pid,
             human_secs(self.uptime_secs),
             mib(self.rss_bytes),
-            self.size,
-            self.mode,
+            crate::core::workers(self.size),
+            match self.mode {
+                crate::config::Mode::Static => "static",
+                crate::config::Mode::Dynamic => "dynamic",
+            },
             self.config
                 .as_ref()
                 .map_or("(built-in defaults)".into(), |p| p.display().to_string()),
@@ -243,8 +427,8 @@ impl Status {
                 "{:>4}  {:>8}  {:<9} {:<9} {:>10}  {:>8}  {:>10}  {:>8}\n",
                 w.slot,
                 w.pid,
-                w.state,
-                w.activity,
+                w.state.name(),
+                w.activity.name(),
                 human_secs(w.uptime_secs),
                 w.restarts,
                 mib(w.rss_bytes),

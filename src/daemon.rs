@@ -472,7 +472,6 @@ impl<W: Worker> Daemon<W> {
             control,
             startup,
             reloader,
-            vec![],
         ) {
             Ok(s) => s,
             Err(e) => {

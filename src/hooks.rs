@@ -14,7 +14,7 @@
 //! `strays`).
 
 use crate::config::Config;
-use crate::pool::WorkerExit;
+use crate::core::WorkerExit;
 use crate::worker::BoxError;
 
 /// Code run in the parent at its milestones. Every method has a default.

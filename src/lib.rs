@@ -68,8 +68,12 @@
 //! back-off, a stop deadline, a health check); with none, it sleeps until
 //! something happens, so an idle parent costs nothing.
 //!
-//! Decisions live in [`pool::Pool`], a state machine without system calls,
-//! unit-tested with a fake clock. Workers publish heartbeats, job counts
+//! Every decision (restart, back-off, crash loop, recycling, hang and
+//! start deadlines, rolling replacement, scaling, the dynamic pool, what a
+//! reload changes, the start's verdict) is made by the core, a state
+//! machine without system calls: events in, actions out, unit-tested with a
+//! fake clock and property-tested over random event sequences. The loop
+//! around it only carries out its actions. Workers publish heartbeats, job counts
 //! and busy/idle state in a shared memory [`scoreboard`] with plain atomic
 //! stores: no system call per job.
 //!
@@ -89,14 +93,15 @@ pub mod beanstalk;
 pub mod cli;
 pub mod config;
 pub mod control;
+mod core;
 mod daemon;
 pub mod daemonize;
 pub mod exit;
 pub mod generate;
 pub mod hooks;
 pub mod logging;
+mod message;
 pub mod pidfile;
-pub mod pool;
 pub mod privileges;
 pub mod scoreboard;
 pub mod signals;
@@ -104,9 +109,11 @@ mod spawn;
 mod strays;
 mod supervisor;
 mod sys;
+mod text;
 pub mod titles;
 pub mod worker;
 
+pub use crate::core::{ExitStatus, WorkerExit};
 pub use cli::NoArgs;
 pub use daemon::{run, Daemon};
 pub use hooks::{Hooks, NoHooks};

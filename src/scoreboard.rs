@@ -15,7 +15,7 @@ use std::time::Duration;
 use crate::sys;
 
 /// What a worker is doing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Activity {
     /// Forked, `init` not finished.

@@ -31,8 +31,6 @@ pub(crate) struct SpawnContext<'a> {
 /// A started worker process.
 pub(crate) struct Spawned {
     pub pid: Pid,
-    /// Signals go to its whole process group (external commands).
-    pub group: bool,
     /// Its stdout and stderr, captured (external commands).
     pub output: Vec<(OwnedFd, bool)>,
     /// The read end of its notify pipe (external commands).
@@ -62,7 +60,6 @@ impl<W: Worker> Spawner for ForkSpawner<W> {
         match sys::fork()? {
             Forked::Parent(pid) => Ok(Spawned {
                 pid,
-                group: false,
                 output: Vec::new(),
                 notify: None,
                 ready_at_spawn: false,
@@ -201,7 +198,6 @@ impl Spawner for CommandSpawner {
         nonblocking(&notify_r)?;
         Ok(Spawned {
             pid: Pid::from_raw(child.id() as i32),
-            group: true,
             output,
             notify: Some(notify_r),
             ready_at_spawn: true,

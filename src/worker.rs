@@ -22,6 +22,7 @@ use tracing::{debug, error, info};
 
 use crate::config::Config;
 use crate::exit;
+use crate::message::WorkerMsg;
 use crate::scoreboard::{Activity, Cell};
 use crate::signals::{self, StopSignal};
 use crate::titles;
@@ -168,9 +169,8 @@ impl<W: Worker> Context<W> {
         self.cell.set(Activity::Idle);
         if self.max_jobs > 0 && n >= self.max_jobs && !self.recycle_asked {
             self.recycle_asked = true;
-            let reason = format!("max_jobs reached ({n} jobs)");
-            info!("{reason}; asking for a replacement");
-            self.tell_parent(&format!("recycle {} {reason}", std::process::id()));
+            info!("max_jobs reached ({n} jobs); asking for a replacement");
+            self.tell_parent(&WorkerMsg::Recycle { jobs: n });
         }
         self.refresh_title(false);
     }
@@ -179,13 +179,11 @@ impl<W: Worker> Context<W> {
         self.cell.jobs()
     }
 
-    fn tell_parent(&self, line: &str) {
+    fn tell_parent(&self, msg: &WorkerMsg) {
         // One write of at most PIPE_BUF bytes is atomic: lines from many
         // workers never mix.
-        let mut msg = line.replace('\n', " ");
-        msg.truncate(1000);
-        msg.push('\n');
-        let _ = (&self.to_parent).write(msg.as_bytes());
+        let line = msg.encode(nix::unistd::getpid());
+        let _ = (&self.to_parent).write(line.as_bytes());
     }
 
     fn refresh_title(&mut self, reread: bool) {
@@ -303,12 +301,12 @@ fn child_life<W: Worker>(s: ChildSetup<'_, W>) -> i32 {
         Err(e) => {
             let msg = error_chain(&*e);
             error!("init failed: {msg}");
-            ctx.tell_parent(&format!("fail {} {msg}", std::process::id()));
+            ctx.tell_parent(&WorkerMsg::Failed(msg));
             return exit::WORKER_INIT_FAILED;
         }
     };
     ctx.cell.set(Activity::Idle);
-    ctx.tell_parent(&format!("ready {}", std::process::id()));
+    ctx.tell_parent(&WorkerMsg::Ready);
     debug!("ready");
     ctx.refresh_title(true);
 

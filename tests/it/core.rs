@@ -204,8 +204,19 @@ fn sigusr1_after_moving_the_log_makes_everyone_write_a_new_file() {
 
 #[test]
 fn a_worker_that_fails_at_once_backs_off_exponentially() {
-    let d = Daemon::rookery("[workers]\ncount = 1\nbackoff_initial = \"50ms\"\nbackoff_max = \"400ms\"\ncrash_limit = 1000\ncommand = [\"sh\", \"-c\", \"exit 3\"]\n");
+    // The first worker starts (so `start` succeeds: a command that fails
+    // at once fails the start); once it is killed, every restart fails.
+    let d = Daemon::rookery(
+        "[workers]\ncount = 1\nbackoff_initial = \"50ms\"\nbackoff_max = \"400ms\"\ncrash_limit = 1000\n\
+         command = [\"sh\", \"-c\", \"[ \\\"$ROOKERY_WORKER_ID\\\" = 1 ] && exec sleep 300; exit 3\"]\n",
+    );
     let parent = d.start();
+    let mut first = Vec::new();
+    assert!(wait_until(DEADLINE, || {
+        first = children_of(parent);
+        first.len() == 1
+    }));
+    kill(first[0], 9);
     assert!(d.wait_log("restarting in 400ms"), "{}", d.log());
     let log = d.log();
     let delays: Vec<&str> = log

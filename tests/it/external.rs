@@ -80,7 +80,8 @@ fn run_captures_output_by_slot_and_gives_each_worker_its_environment() {
 #[test]
 fn a_partial_last_line_is_not_lost_when_the_worker_exits() {
     // Slot 2 leaves a process behind that holds the pipe open: no EOF.
-    let d = Daemon::rookery("[workers]\nrestart = \"never\"\n");
+    // min_uptime = 0: started as soon as they run (they exit at once).
+    let d = Daemon::rookery("[workers]\nrestart = \"never\"\nmin_uptime = \"0s\"\n");
     // Both exit at once and are not restarted: the daemon ends by itself.
     let out = d.run(&[
         "run",
@@ -233,7 +234,7 @@ fn notify_lines_update_jobs_and_activity_in_status() {
 
 #[test]
 fn max_jobs_recycles_an_external_worker_through_done_lines() {
-    let d = Daemon::rookery("[workers]\nmax_jobs = 3\n");
+    let d = Daemon::rookery("[workers]\nmax_jobs = 3\nmin_uptime = \"0s\"\n");
     let parent = run_sh(
         &d,
         1,
@@ -406,7 +407,8 @@ fn pid_in(d: &Daemon, file: &std::path::Path) -> i32 {
 
 #[test]
 fn what_a_worker_leaves_behind_when_it_exits_is_stopped() {
-    let d = Daemon::rookery("[workers]\nstop_timeout = \"1s\"\n");
+    // min_uptime = 0: the first worker, which exits at once, has started.
+    let d = Daemon::rookery("[workers]\nstop_timeout = \"1s\"\nmin_uptime = \"0s\"\n");
     let (once, left) = (d.dir.path().join("once"), d.dir.path().join("left"));
     // The first worker starts a helper that ignores SIGTERM and exits;
     // its replacement just sleeps.

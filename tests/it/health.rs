@@ -205,12 +205,21 @@ fn restarts(v: &serde_json::Value) -> u64 {
 fn a_crash_loop_backs_off_is_logged_once_then_summarised_and_costs_the_parent_little() {
     let d = Daemon::rookery(
         "[workers]\ncount = 1\nbackoff_initial = \"10ms\"\nbackoff_max = \"200ms\"\n\
-         crash_limit = 3\ncrash_window = \"1s\"\ncommand = [\"sh\", \"-c\", \"exit 1\"]\n",
+         crash_limit = 3\ncrash_window = \"1s\"\n\
+         command = [\"sh\", \"-c\", \"[ \\\"$ROOKERY_WORKER_ID\\\" = 1 ] && exec sleep 300; exit 1\"]\n",
     );
     // At the default level (info), as an operator would run it.
     let out = d.run(&["-l", "info", "start"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let parent = d.pid().unwrap();
+    // The first worker started (a command that fails at once fails the
+    // start); once it is killed, every restart fails.
+    let mut first = Vec::new();
+    assert!(wait_until(DEADLINE, || {
+        first = children_of(parent);
+        first.len() == 1
+    }));
+    kill(first[0], 9);
     assert!(d.wait_log("crash loop: "), "{}", d.log());
 
     let window = Duration::from_secs(3);

@@ -1,0 +1,1487 @@
+//! The pure core: every decision the parent makes, and nothing else.
+//!
+//! The supervisor's loop turns what happens (a worker was spawned, said it
+//! is ready, exited; a timer is due; a sample of a worker's health; an
+//! operator's `scale`, `reload` or stop) into an [`Event`] and hands it to
+//! [`Core::handle`] with the current time. The core updates its state and
+//! queues [`Action`]s (spawn a worker for a slot, signal or kill a process,
+//! sample the workers, log a notice, tell systemd, report the start's
+//! verdict); the loop carries them out and decides nothing itself. There is
+//! no system call and no clock in here, so every policy (back-off, crash
+//! loop, recycling, hang and start deadlines, rolling replacement, scaling,
+//! the dynamic pool, the reload plan) is unit-tested with a fake clock, and
+//! a property test drives random event sequences against its invariants.
+//!
+//! Vocabulary: a *slot* is a numbered place in the pool (`worker 3`); a
+//! *process* fills a slot. While a slot's worker is being replaced, the
+//! slot has its *current* process and a *replacement*; once the replacement
+//! is ready, the old one is told to stop. A process of a slot that was
+//! removed (scaled down) or replaced is *retiring*: it is only waited for.
+
+mod backoff;
+mod crash;
+pub(crate) mod dynamic;
+pub(crate) mod health;
+pub(crate) mod reload;
+mod rng;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+use tracing::Level;
+
+use crate::cli::ScaleSpec;
+use crate::config::{Mode, OnCrashLoop, ReadyMode, Restart, WorkersConfig};
+use crate::message::{NotifyLine, WorkerMsg};
+
+pub(crate) use health::{Recycle, Sample};
+use rng::Rng;
+
+/// How a worker process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// It exited with this code.
+    Code(i32),
+    /// It was killed by this signal.
+    Signaled(Signal),
+}
+
+impl ExitStatus {
+    /// Exit code 0.
+    pub fn success(self) -> bool {
+        self == ExitStatus::Code(0)
+    }
+}
+
+impl fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExitStatus::Code(c) => write!(f, "exit status {c}"),
+            ExitStatus::Signaled(s) => write!(f, "killed by {}", s.as_str()),
+        }
+    }
+}
+
+/// What became of a worker that exited, for logs and the parent hook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerExit {
+    /// Its slot.
+    pub slot: u32,
+    /// Its pid.
+    pub pid: Pid,
+    /// How it ended.
+    pub status: ExitStatus,
+    /// How long it ran.
+    pub uptime: Duration,
+    /// Whether the pool had asked it to stop.
+    pub requested: bool,
+    /// When it will be replaced: `Some(ZERO)` at once, `None` never.
+    pub restart_in: Option<Duration>,
+}
+
+/// What kind of process the pool runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// A forked copy of the program running a Rust worker: ready when its
+    /// `init` returns.
+    Forked,
+    /// An external command in its own process group (signalled as a group),
+    /// ready per `workers.ready`.
+    Command,
+}
+
+/// An order to start a worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SpawnOrder {
+    /// The slot it fills.
+    pub slot: u32,
+    /// An id unique within the daemon's life.
+    pub id: u64,
+    /// Its job limit (jittered `max_jobs`, zero: none).
+    pub max_jobs: u64,
+}
+
+/// Something the supervisor must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Action {
+    /// Start a worker; answer with [`Event::Spawned`] or [`Event::SpawnFailed`].
+    Spawn(SpawnOrder),
+    /// Send a signal to a worker (to its process group if `group`).
+    Signal {
+        /// The worker.
+        pid: Pid,
+        /// Whether to signal its whole process group.
+        group: bool,
+        /// The signal.
+        signal: Signal,
+    },
+    /// SIGKILL a worker (and its group) that did not stop in time.
+    Kill {
+        /// The worker.
+        pid: Pid,
+        /// Whether to kill its whole process group.
+        group: bool,
+    },
+    /// Sample every worker and answer with [`Event::Samples`]; `rss`: read
+    /// memory too (it costs a read of `/proc`).
+    Probe {
+        /// Whether memory is needed.
+        rss: bool,
+    },
+    /// Write a line to the log.
+    Log(Level, String),
+    /// Tell systemd.
+    Systemd(SdNote),
+    /// The start's verdict: the number of workers, or why it failed.
+    Started(Result<u32, String>),
+    /// A worker exited: run the parent hook.
+    Exited(WorkerExit),
+}
+
+/// A state change systemd is told about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SdNote {
+    /// Every first worker is ready; or a reload is done.
+    Ready,
+    /// A reload began.
+    Reloading,
+    /// The daemon is stopping.
+    Stopping,
+}
+
+/// Something that happened.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Event {
+    /// The spawn ordered by `order` started process `pid`.
+    Spawned {
+        /// The order.
+        order: SpawnOrder,
+        /// The new process.
+        pid: Pid,
+    },
+    /// The spawn ordered by `order` failed before anything ran.
+    SpawnFailed {
+        /// The order.
+        order: SpawnOrder,
+        /// Why.
+        error: String,
+    },
+    /// A forked worker's message.
+    Worker(Pid, WorkerMsg),
+    /// An external command's notify line; `jobs`: its job count so far.
+    Notify {
+        /// The worker.
+        pid: Pid,
+        /// The line.
+        line: NotifyLine,
+        /// Jobs done so far.
+        jobs: u64,
+    },
+    /// A worker process was reaped.
+    Exited(Pid, ExitStatus),
+    /// Answer to [`Action::Probe`]: a sample per live worker.
+    Samples(Vec<(Pid, Sample)>),
+    /// Timers may be due.
+    Tick,
+    /// Stop gracefully (a signal, or an operator): `why` is for the log.
+    Stop(String),
+    /// `scale`.
+    Scale(ScaleSpec),
+    /// `reload`: the new, validated settings and what changed, or why the
+    /// new configuration was refused.
+    Reload(Result<(Box<WorkersConfig>, reload::Plan), String>),
+}
+
+/// The answer to an operator's request.
+pub(crate) type Reply = Option<Result<String, String>>;
+
+/// A process's phase, as `status` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ProcState {
+    /// Started; not ready yet (`init` running, command not ready).
+    Starting,
+    /// Ready and working.
+    Running,
+    /// Asked to stop.
+    Stopping,
+}
+
+/// One live process, for `status`.
+#[derive(Debug, Clone)]
+pub(crate) struct ProcInfo {
+    /// Its slot.
+    pub slot: u32,
+    /// Its pid.
+    pub pid: Pid,
+    /// Its phase.
+    pub state: ProcState,
+    /// When it started.
+    pub started: Instant,
+    /// Restarts of its slot so far.
+    pub restarts: u64,
+}
+
+/// A slot waiting out its back-off, for `status`.
+#[derive(Debug, Clone)]
+pub(crate) struct Waiting {
+    /// The slot.
+    pub slot: u32,
+    /// Time left before the restart.
+    pub restart_in: Duration,
+    /// Restarts so far.
+    pub restarts: u64,
+}
+
+/// What ends a process's start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StartTimer {
+    /// `workers.ready = "spawn"`: up for `min_uptime`, so started.
+    Ready,
+    /// `init_timeout` / `ready_timeout`: not ready in time, a failure.
+    Fail,
+}
+
+/// What happens to a slot once its stopping process is gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AfterStop {
+    /// Nothing: it was retired, replaced, or the pool is stopping.
+    Nothing,
+    /// Start a new worker in the slot (hung: at once; failed start: after
+    /// the back-off).
+    Replace {
+        /// Whether it counts as a failure (back-off, crash loop).
+        failed: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Starting {
+        timer: Option<(Instant, StartTimer)>,
+    },
+    Ready,
+    Stopping {
+        deadline: Instant,
+        killed: bool,
+        then: AfterStop,
+    },
+}
+
+#[derive(Debug)]
+struct Proc {
+    slot: u32,
+    started: Instant,
+    phase: Phase,
+    /// Recycle after this long (jittered `max_lifetime`; zero: never).
+    lifetime: Duration,
+    /// Recycle after this many jobs (jittered `max_jobs`; zero: never).
+    max_jobs: u64,
+    /// A command that has used the notify protocol can be judged hung.
+    speaks_notify: bool,
+    /// Jobs done, as last reported (commands).
+    jobs: u64,
+    init_error: Option<String>,
+}
+
+/// The replacement of a slot's current worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Next {
+    /// None under way.
+    None,
+    /// Its spawn is ordered.
+    Ordered(Recycle),
+    /// Started, not ready yet.
+    Starting(Pid, Recycle),
+    /// The last attempt failed; the next one is due at this instant.
+    Backoff(Instant, Recycle),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum SlotState {
+    /// A spawn is ordered, no process yet.
+    Spawning,
+    /// A current process, and maybe its replacement.
+    Live { current: Pid, next: Next },
+    /// Waiting out a back-off.
+    Waiting { until: Instant },
+    /// Exited for good (`restart = never / on-failure`).
+    Done { failed: bool },
+}
+
+#[derive(Debug)]
+struct Slot {
+    state: SlotState,
+    /// Quick failures in a row, for the back-off.
+    failures: u32,
+    restarts: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    Restart(u32),
+    Kill(Pid),
+    Start(Pid),
+    Probe,
+}
+
+/// How the pool's life is going.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PoolPhase {
+    /// Until every first worker is ready: any failure fails the start.
+    Starting {
+        unready: BTreeSet<u32>,
+    },
+    Running,
+    Stopping {
+        outcome: Outcome,
+    },
+}
+
+/// Why the pool stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Outcome {
+    Requested,
+    CrashLoop,
+    StartFailed,
+}
+
+/// The pool's state machine. See the module documentation.
+#[derive(Debug)]
+pub(crate) struct Core {
+    cfg: WorkersConfig,
+    kind: Kind,
+    slots: BTreeMap<u32, Slot>,
+    procs: HashMap<Pid, Proc>,
+    timers: BTreeSet<(Instant, Timer)>,
+    out: Vec<Action>,
+    phase: PoolPhase,
+    crash: crash::CrashWatch,
+    /// Slots still to be replaced by a rolling reload.
+    rolling: VecDeque<u32>,
+    rng: Rng,
+    next_id: u64,
+}
+
+/// `now + d`, or far in the future when that does not fit an `Instant`.
+fn after(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d)
+        .or_else(|| now.checked_add(Duration::from_secs(u64::from(u32::MAX))))
+        .unwrap_or(now)
+}
+
+fn round_ms(d: Duration) -> humantime::FormattedDuration {
+    humantime::format_duration(Duration::from_millis(
+        u64::try_from(d.as_millis()).unwrap_or(u64::MAX),
+    ))
+}
+
+/// "1 worker", "2 workers".
+pub(crate) fn workers(n: impl Into<u64>) -> String {
+    match n.into() {
+        1 => "1 worker".into(),
+        n => format!("{n} workers"),
+    }
+}
+
+impl Core {
+    /// A pool of `kind` workers; `seed` drives the jitter. Call
+    /// [`Core::start`] next.
+    pub(crate) fn new(cfg: WorkersConfig, kind: Kind, seed: u64) -> Core {
+        Core {
+            cfg,
+            kind,
+            slots: BTreeMap::new(),
+            procs: HashMap::new(),
+            timers: BTreeSet::new(),
+            out: Vec::new(),
+            phase: PoolPhase::Running,
+            crash: crash::CrashWatch::default(),
+            rolling: VecDeque::new(),
+            rng: Rng::new(seed),
+            next_id: 1,
+        }
+    }
+
+    /// Orders the configured number of workers.
+    pub(crate) fn start(&mut self, now: Instant) {
+        let unready = (1..=self.cfg.count).collect();
+        self.phase = PoolPhase::Starting { unready };
+        for slot in 1..=self.cfg.count {
+            self.slots.insert(slot, Slot::new());
+            self.order_spawn(slot);
+        }
+        self.schedule_probe(now);
+    }
+
+    /// Takes the actions queued so far, in order.
+    pub(crate) fn take_actions(&mut self) -> Vec<Action> {
+        std::mem::take(&mut self.out)
+    }
+
+    /// The settings in force.
+    pub(crate) fn config(&self) -> &WorkersConfig {
+        &self.cfg
+    }
+
+    /// Feeds one event at `now`. Operator requests get their answer back.
+    pub(crate) fn handle(&mut self, now: Instant, event: Event) -> Reply {
+        match event {
+            Event::Spawned { order, pid } => self.spawned(order, pid, now),
+            Event::SpawnFailed { order, error } => self.spawn_failed(order, &error, now),
+            Event::Worker(pid, WorkerMsg::Ready) => self.ready(pid, now),
+            Event::Worker(pid, WorkerMsg::Failed(e)) => {
+                if let Some(p) = self.procs.get_mut(&pid) {
+                    p.init_error = Some(e);
+                }
+            }
+            Event::Worker(pid, WorkerMsg::Recycle { jobs }) => {
+                self.recycle(pid, Recycle::MaxJobs(jobs));
+            }
+            Event::Notify { pid, line, jobs } => self.notify(pid, line, jobs, now),
+            Event::Exited(pid, status) => self.exited(pid, status, now),
+            Event::Samples(samples) => self.judge(&samples, now),
+            Event::Tick => self.tick(now),
+            Event::Stop(why) => self.stop(now, &why, Outcome::Requested),
+            Event::Scale(spec) => return Some(self.scale(spec, now)),
+            Event::Reload(r) => return Some(self.reload(r, now)),
+        }
+        None
+    }
+
+    // -- spawning -----------------------------------------------------------
+
+    fn order_spawn(&mut self, slot: u32) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let max_jobs = self.rng.spread(self.cfg.max_jobs);
+        self.out.push(Action::Spawn(SpawnOrder { slot, id, max_jobs }));
+    }
+
+    fn spawned(&mut self, order: SpawnOrder, pid: Pid, now: Instant) {
+        let lifetime_ms = u64::try_from(self.cfg.max_lifetime.as_millis()).unwrap_or(u64::MAX);
+        let timer = match (self.kind, self.cfg.ready) {
+            (Kind::Forked, _) if self.cfg.init_timeout.is_zero() => None,
+            (Kind::Forked, _) => Some((after(now, self.cfg.init_timeout), StartTimer::Fail)),
+            (Kind::Command, ReadyMode::Spawn) => Some((after(now, self.cfg.min_uptime), StartTimer::Ready)),
+            (Kind::Command, ReadyMode::Notify) => {
+                Some((after(now, self.cfg.ready_timeout), StartTimer::Fail))
+            }
+        };
+        let proc = Proc {
+            slot: order.slot,
+            started: now,
+            phase: Phase::Starting { timer },
+            lifetime: Duration::from_millis(self.rng.spread(lifetime_ms)),
+            max_jobs: order.max_jobs,
+            speaks_notify: false,
+            jobs: 0,
+            init_error: None,
+        };
+        if let Some((at, _)) = timer {
+            self.timers.insert((at, Timer::Start(pid)));
+        }
+        self.procs.insert(pid, proc);
+        let slot = order.slot;
+        let state = self
+            .slots
+            .get(&slot)
+            .filter(|_| !self.is_stopping())
+            .map(|s| s.state.clone());
+        match state {
+            Some(SlotState::Spawning) => {
+                self.slot_mut(slot).state = SlotState::Live {
+                    current: pid,
+                    next: Next::None,
+                };
+                self.log(Level::DEBUG, format!("worker {slot}: started pid {pid}"));
+            }
+            Some(SlotState::Live {
+                current,
+                next: Next::Ordered(why),
+            }) => {
+                self.log(
+                    Level::INFO,
+                    format!("worker {slot}: replacement pid {pid} started ({why})"),
+                );
+                self.slot_mut(slot).state = SlotState::Live {
+                    current,
+                    next: Next::Starting(pid, why),
+                };
+            }
+            _ => {
+                // The slot was removed (or the pool is stopping) while the
+                // spawn was under way.
+                self.order_stop(pid, now, AfterStop::Nothing);
+                return;
+            }
+        }
+        if matches!(timer, Some((_, StartTimer::Ready))) && self.cfg.min_uptime.is_zero() {
+            self.ready(pid, now);
+        }
+    }
+
+    fn spawn_failed(&mut self, order: SpawnOrder, error: &str, now: Instant) {
+        let slot = order.slot;
+        let Some(state) = self.slots.get(&slot).map(|s| s.state.clone()) else {
+            self.log(Level::ERROR, format!("worker {slot}: cannot start: {error}"));
+            return;
+        };
+        if let SlotState::Live { current, next } = state {
+            // A replacement could not start: the current worker stays.
+            let why = match next {
+                Next::Ordered(why) => why,
+                _ => Recycle::Reload,
+            };
+            self.log(
+                Level::ERROR,
+                format!(
+                    "worker {slot}: cannot start a replacement ({why}): {error}; pid {current} keeps running"
+                ),
+            );
+            self.slot_mut(slot).state = SlotState::Live {
+                current,
+                next: Next::None,
+            };
+            self.failure(now);
+            self.advance_rolling(now);
+            return;
+        }
+        if self.is_starting() {
+            self.fail_start(format!("worker {slot} cannot start: {error}"), now);
+        }
+        self.failure(now);
+        if self.is_stopping() {
+            self.log(Level::ERROR, format!("worker {slot}: cannot start: {error}"));
+            return;
+        }
+        let delay = self.schedule_restart(slot, now, false);
+        let msg = format!(
+            "worker {slot}: cannot start: {error}; retrying in {}",
+            round_ms(delay)
+        );
+        self.log_failure(msg, now);
+    }
+
+    fn ready(&mut self, pid: Pid, now: Instant) {
+        let Some(p) = self.procs.get_mut(&pid) else { return };
+        let Phase::Starting { timer } = p.phase else {
+            return;
+        };
+        p.phase = Phase::Ready;
+        let slot = p.slot;
+        // Jobs done while it was starting count towards its limit.
+        let over = (p.max_jobs > 0 && p.jobs >= p.max_jobs).then_some(p.jobs);
+        if let Some((at, _)) = timer {
+            self.timers.remove(&(at, Timer::Start(pid)));
+        }
+        let state = self.slots.get(&slot).map(|s| s.state.clone());
+        if let Some(SlotState::Live {
+            current,
+            next: Next::Starting(r, _),
+        }) = state
+        {
+            if r == pid {
+                self.slot_mut(slot).state = SlotState::Live {
+                    current: pid,
+                    next: Next::None,
+                };
+                self.log(
+                    Level::DEBUG,
+                    format!("worker {slot}: pid {pid} ready, stopping old pid {current}"),
+                );
+                self.order_stop(current, now, AfterStop::Nothing);
+                self.advance_rolling(now);
+            }
+        }
+        self.startup_progress(slot);
+        if let Some(jobs) = over {
+            self.recycle(pid, Recycle::MaxJobs(jobs));
+        }
+    }
+
+    /// During startup: `slot`'s current worker may just have become ready.
+    fn startup_progress(&mut self, slot: u32) {
+        // A slot that is gone (retired) no longer holds the start up.
+        let ready =
+            !self.slots.contains_key(&slot) || self.current_of(slot).is_some_and(|pid| self.is_ready(pid));
+        let PoolPhase::Starting { unready } = &mut self.phase else {
+            return;
+        };
+        if ready {
+            unready.remove(&slot);
+        }
+        if unready.is_empty() {
+            self.phase = PoolPhase::Running;
+            let n = self.size();
+            self.log(Level::INFO, format!("ready: {} running", workers(n)));
+            self.out.push(Action::Systemd(SdNote::Ready));
+            self.out.push(Action::Started(Ok(n)));
+        }
+    }
+
+    fn notify(&mut self, pid: Pid, line: NotifyLine, jobs: u64, now: Instant) {
+        let Some(p) = self.procs.get_mut(&pid) else { return };
+        p.speaks_notify = true;
+        p.jobs = jobs;
+        match line {
+            NotifyLine::Ready if self.cfg.ready == ReadyMode::Notify => self.ready(pid, now),
+            NotifyLine::Done if p.max_jobs > 0 && jobs >= p.max_jobs => {
+                self.recycle(pid, Recycle::MaxJobs(jobs));
+            }
+            _ => {}
+        }
+    }
+
+    // -- exits --------------------------------------------------------------
+
+    fn exited(&mut self, pid: Pid, status: ExitStatus, now: Instant) {
+        let Some(p) = self.procs.remove(&pid) else { return };
+        match p.phase {
+            Phase::Starting { timer: Some((at, _)) } => {
+                self.timers.remove(&(at, Timer::Start(pid)));
+            }
+            Phase::Stopping {
+                deadline,
+                killed: false,
+                ..
+            } => {
+                self.timers.remove(&(deadline, Timer::Kill(pid)));
+            }
+            _ => {}
+        }
+        let slot = p.slot;
+        let uptime = now.saturating_duration_since(p.started);
+        let up = round_ms(uptime);
+        let mut exit = WorkerExit {
+            slot,
+            pid,
+            status,
+            uptime,
+            requested: matches!(p.phase, Phase::Stopping { .. }),
+            restart_in: None,
+        };
+        let was_ready = p.phase == Phase::Ready;
+        let state = self.slots.get(&slot).map(|s| s.state.clone());
+        let role_current = matches!(&state, Some(SlotState::Live { current, .. }) if *current == pid);
+        let role_replacement = matches!(
+            &state,
+            Some(SlotState::Live { next: Next::Starting(r, _), .. }) if *r == pid
+        );
+        if self.is_starting() && !exit.requested && (role_current || role_replacement) {
+            let why = match (&p.init_error, was_ready) {
+                (Some(e), _) => e.clone(),
+                (None, true) => format!("{status} right after it was ready"),
+                (None, false) => status.to_string(),
+            };
+            self.fail_start(format!("worker {slot} failed to start: {why}"), now);
+        }
+        if let Some(e) = &p.init_error {
+            self.log(
+                Level::ERROR,
+                format!("worker {slot} (pid {pid}): init failed: {e}"),
+            );
+        }
+        if role_replacement {
+            let Some(SlotState::Live {
+                current,
+                next: Next::Starting(_, why),
+            }) = state
+            else {
+                unreachable!("checked above")
+            };
+            if self.is_stopping() {
+                self.slot_mut(slot).state = SlotState::Live {
+                    current,
+                    next: Next::None,
+                };
+            } else {
+                self.log(
+                    Level::WARN,
+                    format!("worker {slot}: replacement pid {pid} failed before it was ready: {status}"),
+                );
+                self.failure(now);
+                let s = self.slot_mut(slot);
+                s.failures = s.failures.saturating_add(1);
+                let delay = backoff::delay(s.failures, self.cfg.backoff_initial, self.cfg.backoff_max);
+                let at = after(now, delay);
+                self.slot_mut(slot).state = SlotState::Live {
+                    current,
+                    next: Next::Backoff(at, why),
+                };
+                self.timers.insert((at, Timer::Restart(slot)));
+            }
+            self.out.push(Action::Exited(exit));
+            return;
+        }
+        if let Phase::Stopping { then, .. } = p.phase {
+            if role_current && !self.is_stopping() {
+                if let AfterStop::Replace { failed } = then {
+                    if failed {
+                        self.failure(now);
+                    }
+                    let delay = self.schedule_restart(slot, now, !failed);
+                    exit.restart_in = Some(delay);
+                    self.log(
+                        Level::INFO,
+                        format!(
+                            "worker {slot} (pid {pid}) stopped ({status}); restarting in {}",
+                            round_ms(delay)
+                        ),
+                    );
+                } else {
+                    // A current worker stopped for good (its slot is going).
+                    self.slot_mut(slot).state = SlotState::Done { failed: false };
+                }
+            } else {
+                self.log(
+                    Level::DEBUG,
+                    format!("worker {slot} (pid {pid}) exited after stop request: {status}, up {up}"),
+                );
+            }
+            self.out.push(Action::Exited(exit));
+            return;
+        }
+        if self.is_stopping() {
+            self.log(
+                Level::DEBUG,
+                format!("worker {slot} (pid {pid}) exited while stopping: {status}"),
+            );
+            self.out.push(Action::Exited(exit));
+            return;
+        }
+        if !role_current {
+            self.out.push(Action::Exited(exit));
+            return;
+        }
+        // The slot's current worker died on its own.
+        if let Some(SlotState::Live { next, .. }) = &state {
+            match next {
+                Next::Starting(r, _) => {
+                    let r = *r;
+                    self.slot_mut(slot).state = SlotState::Live {
+                        current: r,
+                        next: Next::None,
+                    };
+                    self.log(
+                        Level::INFO,
+                        format!(
+                            "worker {slot} (pid {pid}) exited ({status}); replacement pid {r} takes over"
+                        ),
+                    );
+                    exit.restart_in = Some(Duration::ZERO);
+                    self.out.push(Action::Exited(exit));
+                    return;
+                }
+                Next::Backoff(at, _) => {
+                    self.timers.remove(&(*at, Timer::Restart(slot)));
+                }
+                Next::None | Next::Ordered(_) => {}
+            }
+        }
+        let quick = uptime < self.cfg.min_uptime;
+        let failed = !status.success() || !was_ready;
+        let restart = match self.cfg.restart {
+            Restart::Always => true,
+            Restart::OnFailure => failed,
+            Restart::Never => false,
+        };
+        if failed || quick {
+            self.failure(now);
+        }
+        if !restart {
+            self.slot_mut(slot).state = SlotState::Done { failed };
+            self.log(
+                Level::INFO,
+                format!(
+                    "worker {slot} (pid {pid}) exited: {status} after {up}; not restarted (restart = {:?})",
+                    self.cfg.restart
+                ),
+            );
+            self.out.push(Action::Exited(exit));
+            return;
+        }
+        if self.is_stopping() {
+            self.out.push(Action::Exited(exit));
+            return;
+        }
+        let delay = self.schedule_restart(slot, now, !quick && was_ready);
+        exit.restart_in = Some(delay);
+        let when = if delay.is_zero() {
+            "restarting now".to_string()
+        } else {
+            format!("restarting in {}", round_ms(delay))
+        };
+        let msg = format!("worker {slot} (pid {pid}) exited: {status} after {up}; {when}");
+        if self.crash.in_loop() {
+            self.log_failure(msg, now);
+        } else if failed {
+            self.log(Level::WARN, msg);
+        } else {
+            self.log(Level::INFO, msg);
+        }
+        self.out.push(Action::Exited(exit));
+    }
+
+    // -- timers ---------------------------------------------------------------
+
+    fn tick(&mut self, now: Instant) {
+        while let Some(&(at, timer)) = self.timers.first() {
+            if at > now {
+                break;
+            }
+            self.timers.pop_first();
+            match timer {
+                Timer::Restart(slot) => self.restart_due(slot),
+                Timer::Kill(pid) => self.kill_due(pid),
+                Timer::Start(pid) => self.start_due(pid, now),
+                Timer::Probe => {
+                    self.out.push(Action::Probe {
+                        rss: self.cfg.max_memory > 0,
+                    });
+                    self.schedule_probe(now);
+                }
+            }
+        }
+    }
+
+    fn restart_due(&mut self, slot: u32) {
+        let Some(s) = self.slots.get_mut(&slot) else {
+            return;
+        };
+        match std::mem::replace(&mut s.state, SlotState::Spawning) {
+            SlotState::Waiting { .. } => {
+                s.restarts += 1;
+                self.order_spawn(slot);
+            }
+            SlotState::Live {
+                current,
+                next: Next::Backoff(_, why),
+            } => {
+                s.state = SlotState::Live {
+                    current,
+                    next: Next::Ordered(why),
+                };
+                self.order_spawn(slot);
+            }
+            other => s.state = other,
+        }
+    }
+
+    fn kill_due(&mut self, pid: Pid) {
+        let group = self.kind == Kind::Command;
+        let Some(p) = self.procs.get_mut(&pid) else { return };
+        if let Phase::Stopping { killed, .. } = &mut p.phase {
+            *killed = true;
+            let slot = p.slot;
+            self.log(
+                Level::WARN,
+                format!(
+                    "worker {slot} (pid {pid}) did not stop within {}; sending SIGKILL",
+                    humantime::format_duration(self.cfg.stop_timeout)
+                ),
+            );
+            self.out.push(Action::Kill { pid, group });
+        }
+    }
+
+    fn start_due(&mut self, pid: Pid, now: Instant) {
+        let Some(p) = self.procs.get(&pid) else { return };
+        let Phase::Starting {
+            timer: Some((_, kind)),
+        } = p.phase
+        else {
+            return;
+        };
+        match kind {
+            StartTimer::Ready => self.ready(pid, now),
+            StartTimer::Fail => {
+                let slot = p.slot;
+                let (key, limit) = match self.kind {
+                    Kind::Forked => ("init_timeout", self.cfg.init_timeout),
+                    Kind::Command => ("ready_timeout", self.cfg.ready_timeout),
+                };
+                let what = match self.kind {
+                    Kind::Forked => "init did not return",
+                    Kind::Command => "no \"ready\" on its notify descriptor",
+                };
+                let msg = format!(
+                    "worker {slot} (pid {pid}): {what} within {} (workers.{key}); stopping it",
+                    humantime::format_duration(limit)
+                );
+                if self.is_starting() {
+                    self.fail_start(msg.replace("; stopping it", ""), now);
+                } else {
+                    self.log(Level::ERROR, msg);
+                }
+                self.order_stop(pid, now, AfterStop::Replace { failed: true });
+            }
+        }
+    }
+
+    /// The next instant [`Event::Tick`] has something to do, if any.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        self.timers.first().map(|(at, _)| *at)
+    }
+
+    fn schedule_probe(&mut self, now: Instant) {
+        self.timers.retain(|(_, t)| *t != Timer::Probe);
+        if let Some(period) = health::probe_period(&self.cfg) {
+            self.timers.insert((after(now, period), Timer::Probe));
+        }
+    }
+
+    // -- health -------------------------------------------------------------
+
+    fn judge(&mut self, samples: &[(Pid, Sample)], now: Instant) {
+        if self.is_stopping() {
+            return;
+        }
+        let mut idle = Vec::new();
+        for (pid, sample) in samples {
+            let Some(p) = self.procs.get(pid) else { continue };
+            let current = self.current_of(p.slot) == Some(*pid);
+            let watch = self.kind == Kind::Forked || p.speaks_notify;
+            match p.phase {
+                // Heartbeats cover `init` too.
+                Phase::Starting { .. } if watch && current && self.kind == Kind::Forked => {
+                    let h = self.cfg.heartbeat_timeout;
+                    if !h.is_zero() && sample.silent_for > h {
+                        self.hung(*pid, sample.silent_for, now);
+                    }
+                }
+                Phase::Ready if current => {
+                    let age = now.saturating_duration_since(p.started);
+                    match health::judge(&self.cfg, watch, age, p.lifetime, sample) {
+                        Some(health::Verdict::Hung(silent)) => self.hung(*pid, silent, now),
+                        Some(health::Verdict::Recycle(why)) => self.recycle(*pid, why),
+                        None => {
+                            if let Some(d) = sample.idle_for {
+                                idle.push((p.slot, d));
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        if self.cfg.mode == Mode::Dynamic && matches!(self.phase, PoolPhase::Running) {
+            let starting = self
+                .procs
+                .values()
+                .filter(|p| matches!(p.phase, Phase::Starting { .. }))
+                .count();
+            let starting = u32::try_from(starting).unwrap_or(u32::MAX);
+            match dynamic::decide(&self.cfg, self.size(), starting, &idle) {
+                dynamic::Resize::Keep => {}
+                dynamic::Resize::Grow { add, idle } => {
+                    self.log(
+                        Level::INFO,
+                        format!(
+                            "dynamic pool: {idle} idle (< min_idle {}); starting {add} more",
+                            self.cfg.min_idle
+                        ),
+                    );
+                    self.scale_to(self.size() + add, now);
+                }
+                dynamic::Resize::Shrink { slots, idle } => {
+                    self.log(
+                        Level::INFO,
+                        format!(
+                            "dynamic pool: {idle} idle (> max_idle {}); retiring {} idle",
+                            self.cfg.max_idle,
+                            workers(u64::try_from(slots.len()).unwrap_or(u64::MAX))
+                        ),
+                    );
+                    for slot in slots {
+                        self.retire(slot, now);
+                    }
+                }
+            }
+        }
+    }
+
+    fn hung(&mut self, pid: Pid, silent: Duration, now: Instant) {
+        let Some(p) = self.procs.get(&pid) else { return };
+        self.log(
+            Level::WARN,
+            format!(
+                "worker {} (pid {pid}) is hung: no heartbeat for {}; stopping it",
+                p.slot,
+                round_ms(silent)
+            ),
+        );
+        self.order_stop(pid, now, AfterStop::Replace { failed: false });
+    }
+
+    /// Replaces `pid` gracefully: a new worker is started in its slot, and
+    /// `pid` is told to stop once the new one is ready.
+    fn recycle(&mut self, pid: Pid, why: Recycle) {
+        if self.is_stopping() {
+            return;
+        }
+        let Some(p) = self.procs.get(&pid) else { return };
+        if p.phase != Phase::Ready {
+            return;
+        }
+        let slot = p.slot;
+        let Some(s) = self.slots.get_mut(&slot) else {
+            return;
+        };
+        match &s.state {
+            SlotState::Live {
+                current,
+                next: Next::None,
+            } if *current == pid => {
+                s.state = SlotState::Live {
+                    current: pid,
+                    next: Next::Ordered(why.clone()),
+                };
+            }
+            _ => return,
+        }
+        self.log(Level::INFO, format!("worker {slot} (pid {pid}) recycled: {why}"));
+        self.order_spawn(slot);
+    }
+
+    // -- stopping -----------------------------------------------------------
+
+    fn order_stop(&mut self, pid: Pid, now: Instant, then: AfterStop) {
+        let group = self.kind == Kind::Command;
+        let Some(p) = self.procs.get_mut(&pid) else { return };
+        if let Phase::Stopping { then: t, .. } = &mut p.phase {
+            // Already stopping; a stop of the whole pool cancels the restart.
+            if then == AfterStop::Nothing {
+                *t = AfterStop::Nothing;
+            }
+            return;
+        }
+        if let Phase::Starting { timer: Some((at, _)) } = p.phase {
+            self.timers.remove(&(at, Timer::Start(pid)));
+        }
+        let deadline = after(now, self.cfg.stop_timeout);
+        p.phase = Phase::Stopping {
+            deadline,
+            killed: false,
+            then,
+        };
+        self.timers.insert((deadline, Timer::Kill(pid)));
+        self.out.push(Action::Signal {
+            pid,
+            group,
+            signal: self.cfg.stop_signal,
+        });
+        // A stopped (SIGSTOP) worker would otherwise sleep through its stop
+        // signal until the SIGKILL, and its cleanup would never run.
+        self.out.push(Action::Signal {
+            pid,
+            group,
+            signal: Signal::SIGCONT,
+        });
+    }
+
+    fn stop(&mut self, now: Instant, why: &str, outcome: Outcome) {
+        if self.is_stopping() {
+            return;
+        }
+        if self.is_starting() && outcome == Outcome::Requested {
+            self.out
+                .push(Action::Started(Err(format!("{why} during startup"))));
+        }
+        self.phase = PoolPhase::Stopping { outcome };
+        self.rolling.clear();
+        let waiting: Vec<(Instant, u32)> = self
+            .slots
+            .iter()
+            .filter_map(|(n, s)| match s.state {
+                SlotState::Waiting { until } => Some((until, *n)),
+                SlotState::Live {
+                    next: Next::Backoff(at, _),
+                    ..
+                } => Some((at, *n)),
+                _ => None,
+            })
+            .collect();
+        for (at, slot) in waiting {
+            self.timers.remove(&(at, Timer::Restart(slot)));
+        }
+        self.timers.retain(|(_, t)| *t != Timer::Probe);
+        self.log(
+            Level::INFO,
+            format!(
+                "{why}: stopping {}",
+                workers(u64::try_from(self.procs.len()).unwrap_or(0))
+            ),
+        );
+        self.out.push(Action::Systemd(SdNote::Stopping));
+        let mut pids: Vec<Pid> = self.procs.keys().copied().collect();
+        pids.sort();
+        for pid in pids {
+            self.order_stop(pid, now, AfterStop::Nothing);
+        }
+    }
+
+    fn fail_start(&mut self, why: String, now: Instant) {
+        if !self.is_starting() {
+            return;
+        }
+        self.log(Level::ERROR, format!("startup failed: {why}"));
+        self.out.push(Action::Started(Err(why)));
+        self.stop(now, "startup failed", Outcome::StartFailed);
+    }
+
+    // -- scaling and reloading ------------------------------------------------
+
+    fn scale(&mut self, spec: ScaleSpec, now: Instant) -> Result<String, String> {
+        if self.is_stopping() {
+            return Err("the daemon is stopping".into());
+        }
+        let size = self.size();
+        let target = match spec {
+            ScaleSpec::To(n) => n,
+            ScaleSpec::Up(k) => size.saturating_add(k),
+            ScaleSpec::Down(k) => size.saturating_sub(k),
+        };
+        let w = &self.cfg;
+        let (lo, hi) = if w.mode == Mode::Dynamic {
+            (w.min.max(1), w.max)
+        } else {
+            (1, crate::config::MAX_WORKERS)
+        };
+        if target < lo || target > hi {
+            let msg = format!("cannot scale to {target} workers (allowed: {lo} to {hi})");
+            self.log(Level::WARN, msg.clone());
+            return Err(msg);
+        }
+        self.log(Level::INFO, format!("scaling from {size} to {}", workers(target)));
+        self.scale_to(target, now);
+        Ok(format!("scaled from {size} to {}", workers(target)))
+    }
+
+    /// Changes the number of slots. Surplus slots stop gracefully (highest
+    /// first); new slots take the lowest free numbers.
+    fn scale_to(&mut self, n: u32, now: Instant) {
+        if self.is_stopping() {
+            return;
+        }
+        let live: Vec<u32> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| !matches!(s.state, SlotState::Done { .. }))
+            .map(|(k, _)| *k)
+            .collect();
+        let have = u32::try_from(live.len()).unwrap_or(u32::MAX);
+        if n < have {
+            for slot in live.iter().rev().take((have - n) as usize) {
+                self.retire(*slot, now);
+            }
+        } else {
+            let mut add = n - have;
+            let mut slot = 1;
+            while add > 0 {
+                if self
+                    .slots
+                    .get(&slot)
+                    .is_none_or(|s| matches!(s.state, SlotState::Done { .. }))
+                {
+                    self.slots.insert(slot, Slot::new());
+                    if let PoolPhase::Starting { unready } = &mut self.phase {
+                        unready.insert(slot);
+                    }
+                    self.order_spawn(slot);
+                    add -= 1;
+                }
+                slot += 1;
+            }
+        }
+    }
+
+    /// Removes `slot`; its processes stop gracefully.
+    fn retire(&mut self, slot: u32, now: Instant) {
+        let Some(s) = self.slots.remove(&slot) else { return };
+        self.rolling.retain(|r| *r != slot);
+        let mut pids = Vec::new();
+        match s.state {
+            SlotState::Live { current, next } => {
+                pids.push(current);
+                match next {
+                    Next::Starting(r, _) => pids.push(r),
+                    Next::Backoff(at, _) => {
+                        self.timers.remove(&(at, Timer::Restart(slot)));
+                    }
+                    Next::None | Next::Ordered(_) => {}
+                }
+            }
+            SlotState::Waiting { until } => {
+                self.timers.remove(&(until, Timer::Restart(slot)));
+            }
+            SlotState::Spawning | SlotState::Done { .. } => {}
+        }
+        for pid in pids {
+            self.order_stop(pid, now, AfterStop::Nothing);
+        }
+        self.startup_progress(slot);
+    }
+
+    fn reload(
+        &mut self,
+        r: Result<(Box<WorkersConfig>, reload::Plan), String>,
+        now: Instant,
+    ) -> Result<String, String> {
+        if self.is_stopping() {
+            return Err("the daemon is stopping".into());
+        }
+        self.out.push(Action::Systemd(SdNote::Reloading));
+        let result = match r {
+            Err(e) => {
+                self.log(
+                    Level::ERROR,
+                    format!("reload failed, keeping the running configuration: {e}"),
+                );
+                Err(e)
+            }
+            Ok((cfg, plan)) => {
+                self.cfg = *cfg;
+                let mut notes = Vec::new();
+                if !plan.restart.is_empty() {
+                    let keys = plan.restart.join(", ");
+                    self.log(Level::WARN, format!("reload: {keys} take effect after a restart"));
+                    notes.push(format!("{keys} need a restart"));
+                }
+                if let Some((old, new)) = plan.resize {
+                    self.scale_to(new, now);
+                    notes.push(format!("workers {old} -> {new}"));
+                }
+                if plan.replaces_workers() {
+                    self.rolling = self.slots.keys().copied().collect();
+                    self.advance_rolling(now);
+                    notes.push(format!(
+                        "replacing workers one at a time for {}",
+                        plan.replace.join(", ")
+                    ));
+                } else if !plan.live.is_empty() {
+                    notes.push(format!("applied {}", plan.live.join(", ")));
+                }
+                self.schedule_probe(now);
+                if notes.is_empty() {
+                    notes.push("no changes".into());
+                }
+                let msg = format!("configuration reloaded ({})", notes.join("; "));
+                self.log(Level::INFO, format!("reload: {msg}"));
+                Ok(msg)
+            }
+        };
+        self.out.push(Action::Systemd(SdNote::Ready));
+        result
+    }
+
+    fn advance_rolling(&mut self, _now: Instant) {
+        let busy = self
+            .slots
+            .values()
+            .any(|s| matches!(&s.state, SlotState::Live { next, .. } if *next != Next::None));
+        if busy {
+            return;
+        }
+        while let Some(slot) = self.rolling.pop_front() {
+            if let Some(pid) = self.current_of(slot) {
+                if self.is_ready(pid) {
+                    self.recycle(pid, Recycle::Reload);
+                    return;
+                }
+            }
+        }
+    }
+
+    // -- back-off and crash loops -------------------------------------------
+
+    /// Schedules `slot`'s restart: at once if `healthy`, else after the
+    /// back-off. Returns the delay.
+    fn schedule_restart(&mut self, slot: u32, now: Instant, healthy: bool) -> Duration {
+        let (initial, max) = (self.cfg.backoff_initial, self.cfg.backoff_max);
+        let s = self.slot_mut(slot);
+        if healthy {
+            s.failures = 0;
+        } else {
+            s.failures = s.failures.saturating_add(1);
+        }
+        let delay = backoff::delay(s.failures, initial, max);
+        if delay.is_zero() {
+            s.restarts += 1;
+            s.state = SlotState::Spawning;
+            self.order_spawn(slot);
+        } else {
+            let until = after(now, delay);
+            s.state = SlotState::Waiting { until };
+            self.timers.insert((until, Timer::Restart(slot)));
+        }
+        delay
+    }
+
+    fn failure(&mut self, now: Instant) {
+        let (limit, window) = (self.cfg.crash_limit, self.cfg.crash_window);
+        let w = humantime::format_duration(window);
+        match self.crash.failure(now, limit, window) {
+            crash::Change::None => {}
+            crash::Change::Began(n) => match self.cfg.on_crash_loop {
+                OnCrashLoop::Backoff => self.log(
+                    Level::WARN,
+                    format!(
+                        "crash loop: {n} worker failures within {w}; backing off (up to {}) and summarising restarts",
+                        humantime::format_duration(self.cfg.backoff_max)
+                    ),
+                ),
+                OnCrashLoop::Exit => {
+                    self.log(
+                        Level::ERROR,
+                        format!("crash loop: {n} worker failures within {w}; stopping the daemon (on_crash_loop = \"exit\")"),
+                    );
+                    self.stop(now, "crash loop", Outcome::CrashLoop);
+                }
+            },
+            crash::Change::Ended(n) => {
+                self.log(Level::INFO, format!("crash loop over: {n} failures within the last {w}"));
+            }
+        }
+    }
+
+    /// Logs a restart: one line each, or a summary per window in a crash loop.
+    fn log_failure(&mut self, msg: String, now: Instant) {
+        if !self.crash.in_loop() {
+            self.log(Level::ERROR, msg);
+            return;
+        }
+        self.crash.suppressed += 1;
+        self.log(Level::DEBUG, msg);
+        if let Some(n) = self.crash.summary_due(now, self.cfg.crash_window) {
+            let count = self.crash.count();
+            self.log(
+                Level::WARN,
+                format!(
+                    "crash loop continues: {n} restarts since the last summary, {count} failures within {}",
+                    humantime::format_duration(self.cfg.crash_window)
+                ),
+            );
+        }
+    }
+
+    // -- queries ------------------------------------------------------------
+
+    fn log(&mut self, level: Level, text: String) {
+        self.out.push(Action::Log(level, text));
+    }
+
+    fn slot_mut(&mut self, slot: u32) -> &mut Slot {
+        self.slots.entry(slot).or_insert_with(Slot::new)
+    }
+
+    fn current_of(&self, slot: u32) -> Option<Pid> {
+        match self.slots.get(&slot)?.state {
+            SlotState::Live { current, .. } => Some(current),
+            _ => None,
+        }
+    }
+
+    fn is_ready(&self, pid: Pid) -> bool {
+        self.procs.get(&pid).is_some_and(|p| p.phase == Phase::Ready)
+    }
+
+    fn is_starting(&self) -> bool {
+        matches!(self.phase, PoolPhase::Starting { .. })
+    }
+
+    /// Whether a stop was requested (by an operator, a crash loop, a failed
+    /// start).
+    pub(crate) fn is_stopping(&self) -> bool {
+        matches!(self.phase, PoolPhase::Stopping { .. })
+    }
+
+    /// Whether the pool has ended: stopped and empty, or every slot done.
+    pub(crate) fn is_finished(&self) -> bool {
+        self.procs.is_empty()
+            && (self.is_stopping()
+                || self
+                    .slots
+                    .values()
+                    .all(|s| matches!(s.state, SlotState::Done { .. })))
+    }
+
+    /// Whether the pool ended in failure: a failed start, a crash loop with
+    /// `exit`, or a slot that ended with a failure.
+    pub(crate) fn failed(&self) -> bool {
+        matches!(
+            self.phase,
+            PoolPhase::Stopping {
+                outcome: Outcome::CrashLoop | Outcome::StartFailed
+            }
+        ) || self
+            .slots
+            .values()
+            .any(|s| s.state == SlotState::Done { failed: true })
+    }
+
+    /// The number of slots (wanted workers).
+    pub(crate) fn size(&self) -> u32 {
+        let n = self
+            .slots
+            .values()
+            .filter(|s| !matches!(s.state, SlotState::Done { .. }))
+            .count();
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }
+
+    /// Live processes.
+    pub(crate) fn live(&self) -> usize {
+        self.procs.len()
+    }
+
+    /// Slots waiting out a back-off.
+    pub(crate) fn waiting(&self, now: Instant) -> Vec<Waiting> {
+        self.slots
+            .iter()
+            .filter_map(|(slot, s)| match s.state {
+                SlotState::Waiting { until } => Some(Waiting {
+                    slot: *slot,
+                    restart_in: until.saturating_duration_since(now),
+                    restarts: s.restarts,
+                }),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Every live process, by slot.
+    pub(crate) fn processes(&self) -> Vec<ProcInfo> {
+        let mut v: Vec<ProcInfo> = self
+            .procs
+            .iter()
+            .map(|(pid, p)| ProcInfo {
+                slot: p.slot,
+                pid: *pid,
+                state: match p.phase {
+                    Phase::Starting { .. } => ProcState::Starting,
+                    Phase::Ready => ProcState::Running,
+                    Phase::Stopping { .. } => ProcState::Stopping,
+                },
+                started: p.started,
+                restarts: self.slots.get(&p.slot).map_or(0, |s| s.restarts),
+            })
+            .collect();
+        v.sort_by_key(|p| (p.slot, p.started, p.pid));
+        v
+    }
+}
+
+impl Slot {
+    fn new() -> Slot {
+        Slot {
+            state: SlotState::Spawning,
+            failures: 0,
+            restarts: 0,
+        }
+    }
+}

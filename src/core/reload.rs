@@ -1,0 +1,189 @@
+//! What a reload changes: the explicit list of keys and what each needs.
+//!
+//! Every key falls in one of three groups, and the compiler keeps the list
+//! complete (each config struct is destructured field by field, so a new
+//! key does not build until it is placed):
+//! * applied in place by the parent (back-off, health checks, pool size...);
+//! * read by a worker when it starts (stop signal, delays, the command, the
+//!   `[app]` settings...): workers are replaced one at a time;
+//! * fixed for the daemon's life (paths, accounts): need a restart.
+
+use crate::config::{Config, DaemonConfig, WorkersConfig};
+
+/// The reload's consequences.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) struct Plan {
+    /// The new static size, when it changed (`old`, `new`).
+    pub resize: Option<(u32, u32)>,
+    /// Changed keys that workers read when they start.
+    pub replace: Vec<&'static str>,
+    /// Changed keys the parent applies at once.
+    pub live: Vec<&'static str>,
+    /// Changed keys that only a restart applies.
+    pub restart: Vec<&'static str>,
+}
+
+impl Plan {
+    /// Whether running workers must be replaced.
+    pub(crate) fn replaces_workers(&self) -> bool {
+        !self.replace.is_empty()
+    }
+}
+
+/// Compares the running configuration with the new one.
+pub(crate) fn plan(old: &Config, new: &Config) -> Plan {
+    let mut p = Plan::default();
+    let WorkersConfig {
+        count,
+        restart,
+        backoff_initial,
+        backoff_max,
+        min_uptime,
+        stop_signal,
+        stop_timeout,
+        iteration_delay,
+        idle_delay,
+        title_interval,
+        heartbeat_timeout,
+        max_jobs,
+        max_memory,
+        max_lifetime,
+        check_interval,
+        crash_limit,
+        crash_window,
+        on_crash_loop,
+        mode,
+        min,
+        max,
+        min_idle,
+        max_idle,
+        idle_timeout,
+        command,
+        ready,
+        ready_timeout,
+        init_timeout,
+        reopen_signal,
+    } = &old.workers;
+    let n = &new.workers;
+    macro_rules! cmp {
+        ($list:ident, $($key:ident),+) => {
+            $(if *$key != n.$key {
+                p.$list.push(concat!("workers.", stringify!($key)));
+            })+
+        };
+    }
+    // Read by the worker process itself when it starts.
+    cmp!(
+        replace,
+        stop_signal,
+        stop_timeout,
+        iteration_delay,
+        idle_delay,
+        title_interval,
+        max_jobs,
+        command
+    );
+    // Enforced by the parent.
+    cmp!(
+        live,
+        restart,
+        backoff_initial,
+        backoff_max,
+        min_uptime,
+        heartbeat_timeout,
+        max_memory,
+        max_lifetime,
+        check_interval,
+        crash_limit,
+        crash_window,
+        on_crash_loop,
+        mode,
+        min,
+        max,
+        min_idle,
+        max_idle,
+        idle_timeout,
+        ready,
+        ready_timeout,
+        init_timeout,
+        reopen_signal
+    );
+    if count != &n.count {
+        if n.mode == crate::config::Mode::Static {
+            p.resize = Some((*count, n.count));
+        }
+        p.live.push("workers.count");
+    }
+    if old.app != new.app {
+        p.replace.push("app");
+    }
+    let DaemonConfig {
+        name,
+        pidfile,
+        logfile,
+        loglevel,
+        user,
+        group,
+        umask,
+        workdir,
+        control_socket,
+        watchdog,
+    } = &old.daemon;
+    let d = &new.daemon;
+    macro_rules! dcmp {
+        ($list:ident, $($key:ident),+) => {
+            $(if *$key != d.$key {
+                p.$list.push(concat!("daemon.", stringify!($key)));
+            })+
+        };
+    }
+    // A worker's log level is set when it starts.
+    dcmp!(replace, loglevel);
+    dcmp!(
+        restart,
+        name,
+        pidfile,
+        logfile,
+        user,
+        group,
+        umask,
+        workdir,
+        control_socket,
+        watchdog
+    );
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn each_change_lands_in_its_group() {
+        let old = Config::defaults("t");
+        assert_eq!(plan(&old, &old), Plan::default(), "no change, nothing to do");
+
+        let mut new = old.clone();
+        new.workers.count = 7;
+        new.workers.heartbeat_timeout = Duration::from_secs(9);
+        let p = plan(&old, &new);
+        assert_eq!(p.resize, Some((4, 7)));
+        assert_eq!(p.live, ["workers.heartbeat_timeout", "workers.count"]);
+        assert!(!p.replaces_workers(), "a resize alone replaces nobody");
+
+        let mut new = old.clone();
+        new.workers.stop_timeout = Duration::from_secs(3);
+        new.app.insert("rate".into(), toml::Value::Integer(5));
+        new.daemon.user = Some("nobody".into());
+        let p = plan(&old, &new);
+        assert_eq!(p.replace, ["workers.stop_timeout", "app"]);
+        assert_eq!(p.restart, ["daemon.user"]);
+        assert!(p.replaces_workers());
+
+        let mut new = old.clone();
+        new.workers.mode = crate::config::Mode::Dynamic;
+        new.workers.count = 2;
+        assert_eq!(plan(&old, &new).resize, None, "dynamic mode sizes itself");
+    }
+}

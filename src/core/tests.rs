@@ -1,0 +1,760 @@
+//! The core's policies, driven by a fake clock and fake pids.
+
+use super::*;
+use crate::config::Config;
+
+fn cfg(count: u32) -> WorkersConfig {
+    let mut c = Config::defaults("t").workers;
+    c.count = count;
+    c
+}
+
+/// A core driven by a fake clock; spawns are carried out at once with
+/// fake pids, as the executor would, and every action is kept.
+struct Sim {
+    core: Core,
+    now: Instant,
+    next_pid: i32,
+    log: Vec<Action>,
+    /// Pids the executor would know (live processes).
+    live: Vec<Pid>,
+}
+
+impl Sim {
+    fn new(c: WorkersConfig) -> Sim {
+        Sim::with_kind(c, Kind::Forked)
+    }
+    fn with_kind(c: WorkersConfig, kind: Kind) -> Sim {
+        let mut s = Sim {
+            core: Core::new(c, kind, 42),
+            now: Instant::now(),
+            next_pid: 100,
+            log: Vec::new(),
+            live: Vec::new(),
+        };
+        s.core.start(s.now);
+        s.run();
+        s
+    }
+    /// Carries out the queued actions; returns the pids spawned.
+    fn run(&mut self) -> Vec<Pid> {
+        let mut spawned = Vec::new();
+        loop {
+            let actions = self.core.take_actions();
+            if actions.is_empty() {
+                return spawned;
+            }
+            for a in actions {
+                if let Action::Spawn(order) = a {
+                    let pid = Pid::from_raw(self.next_pid);
+                    self.next_pid += 1;
+                    self.live.push(pid);
+                    spawned.push(pid);
+                    self.core.handle(self.now, Event::Spawned { order, pid });
+                }
+                self.log.push(a);
+            }
+        }
+    }
+    fn ev(&mut self, e: Event) -> Reply {
+        self.core.handle(self.now, e)
+    }
+    fn ready(&mut self, pid: Pid) {
+        self.ev(Event::Worker(pid, WorkerMsg::Ready));
+    }
+    fn ready_all(&mut self) {
+        for p in self.core.processes() {
+            self.ready(p.pid);
+        }
+    }
+    fn exit(&mut self, pid: Pid, status: ExitStatus) -> Option<WorkerExit> {
+        self.live.retain(|p| *p != pid);
+        self.log.clear();
+        self.ev(Event::Exited(pid, status));
+        self.run();
+        self.log.iter().find_map(|a| match a {
+            Action::Exited(e) => Some(e.clone()),
+            _ => None,
+        })
+    }
+    fn advance(&mut self, d: Duration) -> Vec<Pid> {
+        self.now += d;
+        self.ev(Event::Tick);
+        self.run()
+    }
+    fn pid_of(&self, slot: u32) -> Pid {
+        self.core
+            .processes()
+            .into_iter()
+            .find(|p| p.slot == slot && p.state != ProcState::Stopping)
+            .unwrap()
+            .pid
+    }
+    fn signals(&self) -> Vec<(Pid, Signal)> {
+        self.log
+            .iter()
+            .filter_map(|a| match a {
+                Action::Signal { pid, signal, .. } => Some((*pid, *signal)),
+                _ => None,
+            })
+            .collect()
+    }
+    fn started(&self) -> Option<Result<u32, String>> {
+        self.log.iter().find_map(|a| match a {
+            Action::Started(r) => Some(r.clone()),
+            _ => None,
+        })
+    }
+}
+
+#[test]
+fn starts_count_workers_and_reports_the_start_when_all_are_ready() {
+    let mut s = Sim::new(cfg(3));
+    assert_eq!(s.core.processes().len(), 3);
+    assert_eq!(s.started(), None, "not before every init returned");
+    let pids: Vec<Pid> = s.core.processes().iter().map(|p| p.pid).collect();
+    s.ready(pids[0]);
+    s.ready(pids[1]);
+    s.log.extend(s.core.take_actions());
+    assert_eq!(s.started(), None);
+    s.ready(pids[2]);
+    s.log.extend(s.core.take_actions());
+    assert_eq!(s.started(), Some(Ok(3)));
+    assert!(s.log.contains(&Action::Systemd(SdNote::Ready)));
+}
+
+#[test]
+fn an_idle_pool_has_no_timer() {
+    let mut c = cfg(2);
+    c.init_timeout = Duration::ZERO;
+    let mut s = Sim::new(c);
+    s.ready_all();
+    assert_eq!(s.core.next_deadline(), None);
+}
+
+#[test]
+fn a_failure_during_startup_fails_the_start_and_stops_everyone() {
+    let mut s = Sim::new(cfg(2));
+    let pids: Vec<Pid> = s.core.processes().iter().map(|p| p.pid).collect();
+    s.ready(pids[0]);
+    s.ev(Event::Worker(pids[1], WorkerMsg::Failed("no database".into())));
+    s.exit(pids[1], ExitStatus::Code(3));
+    assert_eq!(
+        s.started(),
+        Some(Err("worker 2 failed to start: no database".into()))
+    );
+    assert!(s.core.is_stopping());
+    assert_eq!(s.signals()[0], (pids[0], Signal::SIGTERM));
+    s.exit(pids[0], ExitStatus::Code(0));
+    assert!(s.core.is_finished());
+    assert!(s.core.failed());
+}
+
+#[test]
+fn an_init_that_never_returns_times_out() {
+    let mut c = cfg(1);
+    c.init_timeout = Duration::from_secs(30);
+    let mut s = Sim::new(c);
+    let pid = s.pid_of(1);
+    assert_eq!(s.core.next_deadline(), Some(s.now + Duration::from_secs(30)));
+    s.advance(Duration::from_secs(29));
+    assert!(s.signals().is_empty());
+    s.log.clear();
+    s.advance(Duration::from_secs(1));
+    assert_eq!(s.signals(), [(pid, Signal::SIGTERM), (pid, Signal::SIGCONT)]);
+    assert!(matches!(s.started(), Some(Err(e)) if e.contains("init did not return within 30s")));
+}
+
+#[test]
+fn commands_start_per_their_ready_mode() {
+    // spawn: up for min_uptime.
+    let mut c = cfg(1);
+    c.min_uptime = Duration::from_secs(1);
+    let mut s = Sim::with_kind(c.clone(), Kind::Command);
+    assert_eq!(s.started(), None);
+    s.advance(Duration::from_millis(999));
+    assert_eq!(s.started(), None);
+    s.advance(Duration::from_millis(1));
+    assert_eq!(s.started(), Some(Ok(1)));
+
+    // spawn: dies before min_uptime: the start fails, truthfully.
+    let mut s = Sim::with_kind(c.clone(), Kind::Command);
+    s.now += Duration::from_millis(200);
+    let pid = s.pid_of(1);
+    s.exit(pid, ExitStatus::Code(1));
+    assert_eq!(
+        s.started(),
+        Some(Err("worker 1 failed to start: exit status 1".into()))
+    );
+
+    // notify: says "ready", within ready_timeout.
+    c.ready = ReadyMode::Notify;
+    let mut s = Sim::with_kind(c.clone(), Kind::Command);
+    let pid = s.pid_of(1);
+    s.advance(Duration::from_secs(5));
+    assert_eq!(s.started(), None, "up is not ready");
+    s.ev(Event::Notify {
+        pid,
+        line: NotifyLine::Ready,
+        jobs: 0,
+    });
+    s.log.extend(s.core.take_actions());
+    assert_eq!(s.started(), Some(Ok(1)));
+
+    // notify: silent past ready_timeout.
+    let mut s = Sim::with_kind(c, Kind::Command);
+    s.advance(Duration::from_secs(30));
+    assert!(matches!(s.started(), Some(Err(e)) if e.contains("within 30s (workers.ready_timeout)")));
+    assert!(
+        s.log
+            .iter()
+            .any(|a| matches!(a, Action::Signal { group: true, .. })),
+        "commands are signalled as a group"
+    );
+}
+
+#[test]
+fn a_stop_signal_is_followed_by_sigcont() {
+    let mut s = Sim::new(cfg(1));
+    s.ready_all();
+    let pid = s.pid_of(1);
+    s.log.clear();
+    s.ev(Event::Stop("received SIGTERM".into()));
+    s.log.extend(s.core.take_actions());
+    assert_eq!(s.signals(), [(pid, Signal::SIGTERM), (pid, Signal::SIGCONT)]);
+}
+
+#[test]
+fn a_long_running_worker_is_restarted_at_once() {
+    let mut s = Sim::new(cfg(2));
+    s.ready_all();
+    let pid = s.pid_of(1);
+    s.now += Duration::from_secs(60);
+    let e = s.exit(pid, ExitStatus::Signaled(Signal::SIGKILL)).unwrap();
+    assert_eq!(e.restart_in, Some(Duration::ZERO));
+    assert_ne!(s.pid_of(1), pid);
+}
+
+#[test]
+fn quick_failures_back_off_exponentially_up_to_the_cap() {
+    let mut c = cfg(1);
+    c.backoff_initial = Duration::from_millis(100);
+    c.backoff_max = Duration::from_millis(1000);
+    c.crash_limit = 1000;
+    let mut s = Sim::new(c);
+    s.ready_all();
+    let mut delays = Vec::new();
+    for _ in 0..6 {
+        let pid = s.pid_of(1);
+        let e = s.exit(pid, ExitStatus::Code(1)).unwrap();
+        let d = e.restart_in.unwrap();
+        delays.push(d.as_millis());
+        assert_eq!(s.core.next_deadline(), Some(s.now + d));
+        assert!(
+            s.advance(d - Duration::from_millis(1)).is_empty(),
+            "not before the delay"
+        );
+        assert_eq!(s.advance(Duration::from_millis(1)).len(), 1);
+        let pid = s.pid_of(1);
+        s.ready(pid);
+    }
+    assert_eq!(delays, vec![100, 200, 400, 800, 1000, 1000]);
+    // Staying up min_uptime resets the back-off.
+    let pid = s.pid_of(1);
+    s.now += Duration::from_secs(2);
+    let e = s.exit(pid, ExitStatus::Code(1)).unwrap();
+    assert_eq!(e.restart_in, Some(Duration::ZERO));
+}
+
+#[test]
+fn huge_durations_never_overflow_a_deadline() {
+    let mut c = cfg(1);
+    c.backoff_initial = Duration::MAX;
+    c.backoff_max = Duration::MAX;
+    c.stop_timeout = Duration::MAX;
+    c.init_timeout = Duration::MAX;
+    c.max_lifetime = Duration::MAX;
+    let mut s = Sim::new(c);
+    s.ready_all();
+    let pid = s.pid_of(1);
+    let e = s.exit(pid, ExitStatus::Code(1)).unwrap();
+    assert_eq!(e.restart_in, Some(Duration::MAX));
+    assert!(s.core.next_deadline().is_some());
+    s.ev(Event::Stop("test".into()));
+    assert!(s.core.is_finished());
+}
+
+#[test]
+fn stop_signals_everyone_then_kills_at_the_deadline() {
+    let mut c = cfg(2);
+    c.stop_timeout = Duration::from_secs(10);
+    let mut s = Sim::new(c);
+    s.ready_all();
+    let pids: Vec<Pid> = s.core.processes().iter().map(|p| p.pid).collect();
+    s.log.clear();
+    s.ev(Event::Stop("received SIGTERM".into()));
+    s.log.extend(s.core.take_actions());
+    assert_eq!(s.signals().len(), 4, "stop signal and SIGCONT each");
+    s.exit(pids[0], ExitStatus::Code(0));
+    assert!(!s.core.is_finished());
+    s.now += Duration::from_secs(10);
+    s.ev(Event::Tick);
+    let acts = s.core.take_actions();
+    assert!(acts.contains(&Action::Kill {
+        pid: pids[1],
+        group: false
+    }));
+    let e = s.exit(pids[1], ExitStatus::Signaled(Signal::SIGKILL)).unwrap();
+    assert_eq!(e.restart_in, None, "no restart while stopping");
+    assert!(s.core.is_finished());
+    assert_eq!(s.core.next_deadline(), None, "no timer left behind");
+}
+
+#[test]
+fn recycling_starts_the_replacement_before_stopping_the_old_worker() {
+    let mut s = Sim::new(cfg(1));
+    s.ready_all();
+    let old = s.pid_of(1);
+    s.log.clear();
+    s.ev(Event::Worker(old, WorkerMsg::Recycle { jobs: 1000 }));
+    let new = s.run();
+    assert_eq!(new.len(), 1);
+    assert!(s.signals().is_empty(), "old one keeps working");
+    s.log.clear();
+    s.ready(new[0]);
+    s.log.extend(s.core.take_actions());
+    assert_eq!(s.signals(), [(old, Signal::SIGTERM), (old, Signal::SIGCONT)]);
+    let e = s.exit(old, ExitStatus::Code(0)).unwrap();
+    assert_eq!(e.restart_in, None, "the retired worker is not replaced again");
+    assert_eq!(s.pid_of(1), new[0]);
+}
+
+#[test]
+fn a_replacement_that_fails_is_retried_after_the_back_off_and_the_old_worker_stays() {
+    let mut c = cfg(1);
+    c.backoff_initial = Duration::from_millis(100);
+    let mut s = Sim::new(c);
+    s.ready_all();
+    let old = s.pid_of(1);
+    s.ev(Event::Worker(old, WorkerMsg::Recycle { jobs: 10 }));
+    let new = s.run();
+    s.exit(new[0], ExitStatus::Code(1));
+    assert!(s.signals().is_empty(), "the old worker keeps serving");
+    assert_eq!(s.pid_of(1), old);
+    let retry = s.advance(Duration::from_millis(100));
+    assert_eq!(retry.len(), 1, "a new replacement after the back-off");
+    s.ready(retry[0]);
+    assert_eq!(s.pid_of(1), retry[0]);
+}
+
+#[test]
+fn rolling_reload_replaces_one_slot_at_a_time_and_capacity_never_drops() {
+    let mut s = Sim::new(cfg(3));
+    s.ready_all();
+    let olds: Vec<Pid> = s.core.processes().iter().map(|p| p.pid).collect();
+    let old_cfg = Config::defaults("t");
+    let mut new_cfg = old_cfg.clone();
+    new_cfg.workers.count = 3;
+    new_cfg.workers.idle_delay = Duration::from_millis(5);
+    let plan = reload::plan(&old_cfg, &new_cfg);
+    let r = s.ev(Event::Reload(Ok((Box::new(new_cfg.workers), plan))));
+    assert!(matches!(r, Some(Ok(m)) if m.contains("replacing workers one at a time for workers.idle_delay")));
+    let mut new = s.run();
+    for (i, old) in olds.iter().enumerate() {
+        assert_eq!(new.len(), 1, "one replacement at a time (step {i})");
+        let running = s
+            .core
+            .processes()
+            .iter()
+            .filter(|p| p.state == ProcState::Running)
+            .count();
+        assert_eq!(running, 3, "capacity never drops");
+        s.ready(new[0]);
+        let next = s.run();
+        s.exit(*old, ExitStatus::Code(0));
+        new = next;
+    }
+    assert!(new.is_empty());
+    assert_eq!(s.core.processes().len(), 3);
+}
+
+#[test]
+fn an_invalid_reload_changes_nothing() {
+    let mut s = Sim::new(cfg(2));
+    s.ready_all();
+    let r = s.ev(Event::Reload(Err("x.toml:3:1: workers.count: bad".into())));
+    assert_eq!(r, Some(Err("x.toml:3:1: workers.count: bad".into())));
+    assert_eq!(s.core.size(), 2);
+    assert!(s.run().is_empty());
+}
+
+#[test]
+fn scaling_down_retires_the_highest_slots_and_up_fills_gaps() {
+    let mut s = Sim::new(cfg(4));
+    s.ready_all();
+    s.log.clear();
+    let r = s.ev(Event::Scale(ScaleSpec::To(2)));
+    assert_eq!(r, Some(Ok("scaled from 4 to 2 workers".into())));
+    s.log.extend(s.core.take_actions());
+    let stopped: Vec<u32> = s
+        .core
+        .processes()
+        .iter()
+        .filter(|p| p.state == ProcState::Stopping)
+        .map(|p| p.slot)
+        .collect();
+    assert_eq!(stopped, vec![3, 4]);
+    assert_eq!(s.core.size(), 2);
+    for p in s
+        .core
+        .processes()
+        .iter()
+        .filter(|p| p.state == ProcState::Stopping)
+    {
+        let e = s.exit(p.pid, ExitStatus::Code(0)).unwrap();
+        assert_eq!(e.restart_in, None);
+    }
+    assert_eq!(
+        s.ev(Event::Scale(ScaleSpec::Up(1))),
+        Some(Ok("scaled from 2 to 3 workers".into()))
+    );
+    let acts = s.core.take_actions();
+    assert!(matches!(
+        acts[..],
+        [Action::Log(..), Action::Spawn(SpawnOrder { slot: 3, .. })]
+    ));
+    assert!(matches!(s.ev(Event::Scale(ScaleSpec::To(0))), Some(Err(_))));
+    assert_eq!(
+        s.ev(Event::Scale(ScaleSpec::Down(2))),
+        Some(Ok("scaled from 3 to 1 worker".into())),
+        "singular"
+    );
+}
+
+#[test]
+fn a_crash_loop_can_stop_the_daemon() {
+    let mut c = cfg(1);
+    c.crash_limit = 3;
+    c.on_crash_loop = OnCrashLoop::Exit;
+    c.backoff_initial = Duration::from_millis(10);
+    let mut s = Sim::new(c);
+    s.ready_all();
+    for _ in 0..3 {
+        let pid = s.pid_of(1);
+        s.exit(pid, ExitStatus::Code(1));
+        s.advance(Duration::from_secs(1));
+        let pid = s.core.processes().first().map(|p| p.pid);
+        if let Some(p) = pid {
+            s.ready(p);
+        }
+    }
+    assert!(s.core.is_stopping());
+    assert!(s.core.failed());
+}
+
+#[test]
+fn restart_policies() {
+    let mut c = cfg(1);
+    c.restart = Restart::OnFailure;
+    let mut s = Sim::new(c.clone());
+    s.ready_all();
+    let pid = s.pid_of(1);
+    s.now += Duration::from_secs(5);
+    assert_eq!(s.exit(pid, ExitStatus::Code(0)).unwrap().restart_in, None);
+    assert!(s.core.is_finished());
+    assert!(!s.core.failed());
+
+    c.restart = Restart::Never;
+    let mut s = Sim::new(c);
+    s.ready_all();
+    let pid = s.pid_of(1);
+    assert_eq!(s.exit(pid, ExitStatus::Code(1)).unwrap().restart_in, None);
+    assert!(s.core.is_finished());
+    assert!(s.core.failed());
+}
+
+#[test]
+fn a_command_that_cannot_start_backs_off_and_counts_as_a_failure() {
+    let mut c = cfg(1);
+    c.backoff_initial = Duration::from_millis(10);
+    c.backoff_max = Duration::from_millis(40);
+    c.crash_limit = 4;
+    c.on_crash_loop = OnCrashLoop::Exit;
+    let mut core = Core::new(c, Kind::Command, 1);
+    let mut now = Instant::now();
+    core.start(now);
+    core.phase = PoolPhase::Running; // past the start, as after a reload
+    let mut delays = Vec::new();
+    for _ in 0..4 {
+        let acts = core.take_actions();
+        let order = acts
+            .iter()
+            .find_map(|a| match a {
+                Action::Spawn(o) => Some(*o),
+                _ => None,
+            })
+            .expect("a spawn");
+        core.handle(
+            now,
+            Event::SpawnFailed {
+                order,
+                error: "command not found: x".into(),
+            },
+        );
+        let Some(due) = core.next_deadline() else { break };
+        delays.push((due - now).as_millis());
+        now = due;
+        core.handle(now, Event::Tick);
+    }
+    assert_eq!(delays, vec![10, 20, 40], "backs off, no spin");
+    assert!(
+        core.is_stopping() && core.failed(),
+        "the 4th failure is a crash loop"
+    );
+    assert!(core.is_finished());
+}
+
+#[test]
+fn health_samples_decide_hangs_and_recycling() {
+    let mut c = cfg(2);
+    c.heartbeat_timeout = Duration::from_secs(10);
+    c.max_memory = 1000;
+    let mut s = Sim::new(c);
+    s.ready_all();
+    let (a, b) = (s.pid_of(1), s.pid_of(2));
+    s.log.clear();
+    let sample = |silent: u64, rss: u64| Sample {
+        silent_for: Duration::from_secs(silent),
+        rss: Some(rss),
+        idle_for: None,
+    };
+    s.ev(Event::Samples(vec![(a, sample(11, 10)), (b, sample(1, 2000))]));
+    let spawned = s.run();
+    assert_eq!(s.signals()[0], (a, Signal::SIGTERM), "hung: stopped first");
+    assert_eq!(spawned.len(), 1, "over memory: its replacement starts first");
+    assert!(s
+        .log
+        .iter()
+        .any(|a| matches!(a, Action::Log(_, t) if t.contains("rss") && t.contains("over max_memory"))));
+    let e = s.exit(a, ExitStatus::Signaled(Signal::SIGTERM)).unwrap();
+    assert_eq!(
+        e.restart_in,
+        Some(Duration::ZERO),
+        "a hung worker is replaced when gone"
+    );
+}
+
+#[test]
+fn heartbeats_cover_init() {
+    let mut c = cfg(1);
+    c.heartbeat_timeout = Duration::from_secs(10);
+    let mut s = Sim::new(c);
+    let pid = s.pid_of(1);
+    s.ev(Event::Samples(vec![(
+        pid,
+        Sample {
+            silent_for: Duration::from_secs(11),
+            ..Sample::default()
+        },
+    )]));
+    s.log.extend(s.core.take_actions());
+    assert_eq!(s.signals()[0], (pid, Signal::SIGTERM));
+}
+
+#[test]
+fn the_dynamic_pool_grows_and_shrinks_from_samples() {
+    let mut c = cfg(1);
+    c.mode = Mode::Dynamic;
+    c.min = 1;
+    c.max = 4;
+    c.min_idle = 1;
+    c.max_idle = 1;
+    c.idle_timeout = Duration::from_secs(5);
+    let mut s = Sim::new(c);
+    s.ready_all();
+    let a = s.pid_of(1);
+    let busy = Sample::default();
+    s.ev(Event::Samples(vec![(a, busy)]));
+    assert_eq!(s.run().len(), 1, "no idle worker: one more");
+    assert_eq!(s.core.size(), 2);
+    s.ready_all();
+    let idle = Sample {
+        idle_for: Some(Duration::from_secs(6)),
+        ..Sample::default()
+    };
+    let b = s.pid_of(2);
+    s.log.clear();
+    s.ev(Event::Samples(vec![(a, idle), (b, idle)]));
+    s.log.extend(s.core.take_actions());
+    assert_eq!(s.core.size(), 1, "two idle past the timeout: one retired");
+    assert_eq!(s.signals()[0].0, b, "the highest slot goes");
+}
+
+#[test]
+fn max_jobs_of_a_command_counts_done_lines_even_while_starting() {
+    let mut c = cfg(1);
+    c.max_jobs = 3;
+    let mut s = Sim::with_kind(c, Kind::Command);
+    let pid = s.pid_of(1);
+    for jobs in 1..=4 {
+        s.ev(Event::Notify {
+            pid,
+            line: NotifyLine::Done,
+            jobs,
+        });
+    }
+    assert!(s.run().is_empty(), "not recycled before it counts as started");
+    let spawned = s.advance(Duration::from_secs(1));
+    assert_eq!(spawned.len(), 1, "recycled once started");
+}
+
+mod properties {
+    //! Random event sequences against the core's invariants.
+
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Ready(usize),
+        Exit(usize, i32),
+        Advance(u64),
+        Scale(u32),
+        Reload,
+        Recycle(usize),
+        Hang(usize),
+        Stop,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0usize..16).prop_map(Op::Ready),
+            3 => (0usize..16, 0i32..3).prop_map(|(i, c)| Op::Exit(i, c)),
+            4 => (0u64..3000).prop_map(Op::Advance),
+            1 => (1u32..6).prop_map(Op::Scale),
+            1 => Just(Op::Reload),
+            1 => (0usize..16).prop_map(Op::Recycle),
+            1 => (0usize..16).prop_map(Op::Hang),
+            1 => Just(Op::Stop),
+        ]
+    }
+
+    /// Checks the invariants after every step.
+    fn check(s: &Sim, stop_at: Option<Instant>, killed: &[Pid]) -> Result<(), TestCaseError> {
+        let procs = s.core.processes();
+        // At most two processes per slot (current and replacement), not
+        // counting retiring ones.
+        for slot in s.core.slots.keys() {
+            let n = procs
+                .iter()
+                .filter(|p| p.slot == *slot && p.state != ProcState::Stopping)
+                .count();
+            prop_assert!(n <= 2, "slot {slot} has {n} live processes");
+        }
+        // No action names an unknown pid; no spawn once stopping.
+        for a in &s.log {
+            match a {
+                Action::Signal { pid, .. } | Action::Kill { pid, .. } => {
+                    prop_assert!(s.live.contains(pid) || killed.contains(pid), "unknown pid {pid}");
+                }
+                _ => {}
+            }
+        }
+        // Back-off stays within its bounds.
+        for w in s.core.waiting(s.now) {
+            prop_assert!(w.restart_in <= s.core.cfg.backoff_max);
+        }
+        // Once a stop was requested: every live process has been signalled,
+        // and after its deadline, killed.
+        if let Some(at) = stop_at {
+            for p in &procs {
+                prop_assert_eq!(p.state, ProcState::Stopping, "pid {} not stopping", p.pid);
+            }
+            if s.now >= at + s.core.cfg.stop_timeout {
+                prop_assert!(procs.iter().all(|p| killed.contains(&p.pid)));
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+        #[test]
+        fn invariants_hold_for_any_event_sequence(ops in proptest::collection::vec(op(), 1..80)) {
+            let mut c = cfg(3);
+            c.backoff_initial = Duration::from_millis(50);
+            c.backoff_max = Duration::from_millis(800);
+            c.stop_timeout = Duration::from_secs(2);
+            c.crash_limit = 1000;
+            let mut s = Sim::new(c);
+            let mut stop_at = None;
+            let mut killed: Vec<Pid> = Vec::new();
+            for op in ops {
+                let live: Vec<Pid> = s.core.processes().iter().map(|p| p.pid).collect();
+                let pick = |i: usize| live.get(i % live.len().max(1)).copied();
+                s.log.clear();
+                match op {
+                    Op::Ready(i) => if let Some(p) = pick(i) { s.ready(p) },
+                    Op::Exit(i, code) => if let Some(p) = pick(i) {
+                        s.exit(p, ExitStatus::Code(code));
+                    },
+                    Op::Advance(ms) => {
+                        s.now += Duration::from_millis(ms);
+                        s.ev(Event::Tick);
+                    }
+                    Op::Scale(n) => { s.ev(Event::Scale(ScaleSpec::To(n))); }
+                    Op::Reload => {
+                        let old = Config::defaults("t");
+                        let mut new = old.clone();
+                        new.workers = s.core.cfg.clone();
+                        new.workers.idle_delay += Duration::from_millis(1);
+                        let mut oldc = old.clone();
+                        oldc.workers = s.core.cfg.clone();
+                        let plan = reload::plan(&oldc, &new);
+                        s.ev(Event::Reload(Ok((Box::new(new.workers), plan))));
+                    }
+                    Op::Recycle(i) => if let Some(p) = pick(i) {
+                        s.ev(Event::Worker(p, WorkerMsg::Recycle { jobs: 5 }));
+                    },
+                    Op::Hang(i) => if let Some(p) = pick(i) {
+                        s.core.cfg.heartbeat_timeout = Duration::from_secs(1);
+                        s.ev(Event::Samples(vec![(p, Sample { silent_for: Duration::from_secs(2), ..Sample::default() })]));
+                    },
+                    Op::Stop => {
+                        if stop_at.is_none() { stop_at = Some(s.now); }
+                        s.ev(Event::Stop("test".into()));
+                    }
+                }
+                let acts = s.core.take_actions();
+                for a in &acts {
+                    if let Action::Kill { pid, .. } = a { killed.push(*pid); }
+                }
+                s.log.extend(acts.iter().cloned());
+                // Carry out the spawns, as the executor does.
+                for a in acts {
+                    if let Action::Spawn(order) = a {
+                        let pid = Pid::from_raw(s.next_pid);
+                        s.next_pid += 1;
+                        s.live.push(pid);
+                        s.core.handle(s.now, Event::Spawned { order, pid });
+                    }
+                }
+                s.run();
+                if s.core.is_stopping() && stop_at.is_none() {
+                    stop_at = Some(s.now);
+                }
+                check(&s, stop_at, &killed)?;
+            }
+            // Finally: stop, let every deadline pass, reap everyone.
+            s.ev(Event::Stop("end".into()));
+            s.now += Duration::from_secs(3);
+            s.ev(Event::Tick);
+            s.run();
+            for p in s.core.processes() {
+                s.exit(p.pid, ExitStatus::Signaled(Signal::SIGKILL));
+            }
+            prop_assert!(s.core.is_finished());
+            prop_assert_eq!(s.core.next_deadline(), None, "no timer outlives the pool");
+        }
+    }
+}

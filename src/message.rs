@@ -1,0 +1,151 @@
+//! The two small protocols between workers and the parent, each as one
+//! typed message with its encoder and decoder side by side, so both ends
+//! share one definition.
+//!
+//! * [`WorkerMsg`]: forked Rust workers write one line per message to a
+//!   pipe shared by all workers (`ready PID`, `fail PID error text`,
+//!   `recycle PID JOBS`). A line is written with a single `write` of at most
+//!   `PIPE_BUF` bytes, so lines from different workers never mix.
+//! * [`NotifyLine`]: external commands write words to their own notify
+//!   descriptor (`ready`, `heartbeat`, `busy`, `idle`, `done`), in the
+//!   spirit of s6's notification-fd.
+
+use nix::unistd::Pid;
+
+/// Longest encoded [`WorkerMsg`] line, newline included: below `PIPE_BUF`
+/// (4096 on Linux), so each write is atomic.
+pub(crate) const MAX_MSG: usize = 1024;
+
+/// What a forked worker tells the parent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum WorkerMsg {
+    /// `init` returned: the worker takes jobs.
+    Ready,
+    /// `init` failed with this error; the worker exits next.
+    Failed(String),
+    /// The worker reached its job limit after this many jobs and asks for a
+    /// replacement (it keeps working until told to stop).
+    Recycle {
+        /// Jobs done.
+        jobs: u64,
+    },
+}
+
+impl WorkerMsg {
+    /// One line, newline included, at most [`MAX_MSG`] bytes, cut at a
+    /// character boundary.
+    pub(crate) fn encode(&self, pid: Pid) -> String {
+        let mut line = match self {
+            WorkerMsg::Ready => format!("ready {pid}"),
+            WorkerMsg::Failed(e) => format!("fail {pid} {}", e.replace(['\n', '\r'], " ")),
+            WorkerMsg::Recycle { jobs } => format!("recycle {pid} {jobs}"),
+        };
+        crate::text::truncate_at_char_boundary(&mut line, MAX_MSG - 1);
+        line.push('\n');
+        line
+    }
+
+    /// Parses one line (without its newline); `None` for garbage.
+    pub(crate) fn decode(line: &str) -> Option<(Pid, WorkerMsg)> {
+        let mut parts = line.splitn(3, ' ');
+        let kind = parts.next()?;
+        let pid = Pid::from_raw(parts.next()?.parse().ok().filter(|p: &i32| *p > 0)?);
+        let rest = parts.next();
+        let msg = match kind {
+            "ready" if rest.is_none() => WorkerMsg::Ready,
+            "fail" => WorkerMsg::Failed(rest.unwrap_or("").to_string()),
+            "recycle" => WorkerMsg::Recycle {
+                jobs: rest?.trim().parse().ok()?,
+            },
+            _ => return None,
+        };
+        Some((pid, msg))
+    }
+}
+
+/// A line an external command writes on its notify descriptor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NotifyLine {
+    /// Started (counts with `workers.ready = "notify"`); also a heartbeat.
+    Ready,
+    /// A sign of life.
+    Heartbeat,
+    /// Took a job.
+    Busy,
+    /// Waiting for work.
+    Idle,
+    /// Finished a job.
+    Done,
+}
+
+impl NotifyLine {
+    /// Parses one line; surrounding white space is ignored.
+    pub(crate) fn parse(line: &str) -> Option<NotifyLine> {
+        Some(match line.trim() {
+            "ready" => NotifyLine::Ready,
+            "heartbeat" => NotifyLine::Heartbeat,
+            "busy" => NotifyLine::Busy,
+            "idle" => NotifyLine::Idle,
+            "done" => NotifyLine::Done,
+            _ => return None,
+        })
+    }
+
+    /// The word, as a command writes it.
+    #[cfg(test)]
+    pub(crate) fn word(self) -> &'static str {
+        match self {
+            NotifyLine::Ready => "ready",
+            NotifyLine::Heartbeat => "heartbeat",
+            NotifyLine::Busy => "busy",
+            NotifyLine::Idle => "idle",
+            NotifyLine::Done => "done",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_messages_round_trip() {
+        let pid = Pid::from_raw(42);
+        for m in [
+            WorkerMsg::Ready,
+            WorkerMsg::Failed("no database: connection refused".into()),
+            WorkerMsg::Recycle { jobs: 1000 },
+        ] {
+            let line = m.encode(pid);
+            assert!(line.ends_with('\n'));
+            assert_eq!(WorkerMsg::decode(line.trim_end_matches('\n')), Some((pid, m)));
+        }
+        assert_eq!(WorkerMsg::decode("ready x"), None);
+        assert_eq!(WorkerMsg::decode("ready -3"), None);
+        assert_eq!(WorkerMsg::decode("recycle 3 many"), None);
+        assert_eq!(WorkerMsg::decode("launch 3"), None);
+    }
+
+    #[test]
+    fn a_long_non_ascii_error_is_cut_at_a_character_boundary() {
+        let m = WorkerMsg::Failed("é".repeat(2000));
+        let line = m.encode(Pid::from_raw(7));
+        assert!(line.len() <= MAX_MSG);
+        let (_, back) = WorkerMsg::decode(line.trim_end()).unwrap();
+        assert!(matches!(back, WorkerMsg::Failed(e) if e.starts_with("éé")));
+    }
+
+    #[test]
+    fn notify_lines() {
+        for l in [
+            NotifyLine::Ready,
+            NotifyLine::Heartbeat,
+            NotifyLine::Busy,
+            NotifyLine::Idle,
+            NotifyLine::Done,
+        ] {
+            assert_eq!(NotifyLine::parse(&format!(" {} \r", l.word())), Some(l));
+        }
+        assert_eq!(NotifyLine::parse("READY"), None);
+    }
+}
