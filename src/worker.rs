@@ -235,7 +235,7 @@ fn child_life<W: Worker>(s: ChildSetup<'_, W>) -> i32 {
     // below (a credential change clears it).
     if let Err(e) = crate::privileges::become_worker(crate::privileges::workers()) {
         error!("{e}");
-        let line = format!("fail {} {e}\n", std::process::id());
+        let line = WorkerMsg::Failed(e.to_string()).encode(nix::unistd::getpid());
         let _ = nix::unistd::write(s.to_parent, line.as_bytes());
         return exit::WORKER_SETUP_FAILED;
     }
