@@ -101,6 +101,7 @@ pub mod generate;
 pub mod hooks;
 pub mod logging;
 mod message;
+pub mod notify;
 pub mod pidfile;
 pub mod privileges;
 pub mod scoreboard;
@@ -109,7 +110,7 @@ mod spawn;
 mod strays;
 mod supervisor;
 mod sys;
-mod text;
+pub mod text;
 pub mod titles;
 pub mod worker;
 
