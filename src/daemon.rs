@@ -306,6 +306,11 @@ impl<W: Worker> Daemon<W> {
             }
             return e.exit_code();
         }
+        // issue 9: a detached daemon's stdout and stderr are /dev/null.
+        if let Some(e) = logging::detached_problem(config.daemon.logfile.as_deref()).filter(|_| !no_daemon) {
+            say(&name, format!("config error: {e}"));
+            return exit::CONFIG;
+        }
         // A non-root start cannot become another account: say so now, on the
         // operator's terminal, before anything is opened or detached.
         match privileges::resolve(config.daemon.user.as_deref(), config.daemon.group.as_deref()) {

@@ -15,10 +15,12 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use tracing::{Event, Subscriber};
+
+use crate::text;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
 use tracing_subscriber::layer::SubscriberExt;
@@ -124,36 +126,215 @@ static SINK: Mutex<Sink> = Mutex::new(Sink {
     console: true,
     role: String::new(),
     pid: 0,
+    generation: 0,
+    lost: 0,
+    lost_error: None,
+    partial: None,
 });
 
+/// The reopen generation, in memory shared with every worker (see
+/// [`reopen_everywhere`]).
+static GENERATION: OnceLock<&'static AtomicU64> = OnceLock::new();
+
 struct Sink {
+    /// The file to reopen by path (`None`: no file, or a stream).
     path: Option<PathBuf>,
     file: Option<File>,
     console: bool,
     role: String,
     pid: u32,
+    /// The reopen generation this process's file belongs to.
+    generation: u64,
+    /// Lines that could not be written since the last one that could.
+    lost: u64,
+    /// Why the first of them was lost.
+    lost_error: Option<String>,
+    /// A line cut short (disk full) that could not be rolled back yet: it
+    /// is still at the end of the file, and must go before the next line.
+    partial: Option<Vec<u8>>,
 }
 
-/// Opens a log file for appending: created 0640 if missing, never through
-/// a symlink, closed on exec.
-pub fn open_log(path: &Path) -> io::Result<File> {
-    std::fs::OpenOptions::new()
+/// A log file as [`open_log`] opened it.
+#[derive(Debug)]
+pub struct LogFile {
+    /// The open file (or a duplicate of standard output or error).
+    pub file: File,
+    /// Whether this call created it. Only a file the daemon created may be
+    /// handed to the daemon's user (`fchown`): an existing one may be
+    /// anybody's.
+    pub created: bool,
+}
+
+/// A log path that names a stream rather than a file: the container idiom
+/// `--logfile /dev/stdout`. Such a path is written as it is, never
+/// reopened, and not copied to stderr again with `-n`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogStream {
+    /// `/dev/stdout`, `/dev/fd/1`, `/proc/self/fd/1`.
+    Stdout,
+    /// `/dev/stderr`, `/dev/fd/2`, `/proc/self/fd/2`.
+    Stderr,
+    /// `/dev/null`: lines are discarded.
+    Null,
+}
+
+impl LogStream {
+    /// The stream `path` names, if it names one. These paths are symbolic
+    /// links to whatever descriptor 1 or 2 is (a pipe, a terminal), which a
+    /// log file opened with `O_NOFOLLOW` would refuse.
+    pub fn of(path: &Path) -> Option<LogStream> {
+        match path.to_str()? {
+            "/dev/stdout" | "/dev/fd/1" | "/proc/self/fd/1" => Some(LogStream::Stdout),
+            "/dev/stderr" | "/dev/fd/2" | "/proc/self/fd/2" => Some(LogStream::Stderr),
+            "/dev/null" => Some(LogStream::Null),
+            _ => None,
+        }
+    }
+
+    fn open(self) -> io::Result<File> {
+        use std::os::fd::AsFd;
+        Ok(match self {
+            LogStream::Stdout => File::from(io::stdout().as_fd().try_clone_to_owned()?),
+            LogStream::Stderr => File::from(io::stderr().as_fd().try_clone_to_owned()?),
+            LogStream::Null => std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_CLOEXEC)
+                .open("/dev/null")?,
+        })
+    }
+}
+
+/// Why `logfile` cannot be the log of a daemon that detaches (whose
+/// standard output and error are `/dev/null`): `"-"` (stderr only),
+/// `/dev/stdout` and `/dev/stderr` would discard every line without a
+/// word. `None` when it can. Checked before detaching, so the operator sees
+/// it.
+pub fn detached_problem(logfile: Option<&Path>) -> Option<String> {
+    let what = match logfile {
+        None => "\"-\" (stderr only)".to_string(),
+        Some(p) => match LogStream::of(p) {
+            Some(LogStream::Stdout | LogStream::Stderr) => format!("{:?}", p.display().to_string()),
+            _ => return None,
+        },
+    };
+    Some(format!(
+        "daemon.logfile: {what} would discard every line: a detached daemon's stdout and stderr \
+         are /dev/null (give a file path, or run in the foreground with --no-daemon)"
+    ))
+}
+
+/// Opens a log file for appending, safely enough for a privileged parent
+/// writing in a directory its unprivileged user can write to:
+///
+/// - created 0640 with `O_EXCL` when missing ([`LogFile::created`] says so;
+///   only such a file may be `fchown`ed to the daemon's user);
+/// - never through a symbolic link (`O_NOFOLLOW`);
+/// - never blocking (`O_NONBLOCK`: a FIFO planted at the path fails at
+///   once), and only a regular file is accepted;
+/// - refused when the file has more than one hard link: a link planted at
+///   the path would make the parent append to (and chown) someone else's
+///   file;
+/// - closed on exec; opened for reading too, so a line cut short by a full
+///   disk can be recognised at the end of the file and rolled back.
+///
+/// `/dev/stdout`, `/dev/stderr` (and `/dev/fd/N`, `/proc/self/fd/N`) and
+/// `/dev/null` name streams (see [`LogStream`]): they are duplicated, not
+/// opened.
+pub fn open_log(path: &Path) -> io::Result<LogFile> {
+    if let Some(stream) = LogStream::of(path) {
+        return Ok(LogFile {
+            file: stream.open()?,
+            created: false,
+        });
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.read(true)
         .append(true)
-        .create(true)
         .mode(0o640)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY);
+    let (file, created) = match opts.clone().create_new(true).open(path) {
+        Ok(f) => (f, true),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => (opts.open(path).map_err(explain)?, false),
+        Err(e) => return Err(explain(e)),
+    };
+    check_opened(&file)?;
+    Ok(LogFile { file, created })
 }
 
-/// Installs the global subscriber. `file` is the already opened log file.
+/// Clearer words for the errors a hostile or odd log path gives.
+fn explain(e: io::Error) -> io::Error {
+    match e.raw_os_error() {
+        Some(libc::ELOOP) => io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "it is a symbolic link (refused: give the real path)",
+        ),
+        Some(libc::ENXIO) => io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "it is not a regular file (a FIFO or socket?)",
+        ),
+        _ => e,
+    }
+}
+
+/// Refuses what is not a plain, singly linked regular file.
+fn check_opened(file: &File) -> io::Result<()> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let meta = file.metadata()?;
+    let ft = meta.file_type();
+    if !ft.is_file() {
+        let kind = if ft.is_fifo() {
+            "a FIFO"
+        } else if ft.is_socket() {
+            "a socket"
+        } else if ft.is_char_device() || ft.is_block_device() {
+            "a device"
+        } else if ft.is_dir() {
+            "a directory"
+        } else {
+            "not a regular file"
+        };
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("it is {kind}, not a regular file"),
+        ));
+    }
+    if meta.nlink() != 1 {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "it has {} hard links (refused: a link planted there would make the daemon write to another file)",
+                meta.nlink()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The reopen generation, mapped shared before the first fork.
+fn generation() -> &'static AtomicU64 {
+    static LOCAL: AtomicU64 = AtomicU64::new(0);
+    GENERATION.get_or_init(|| {
+        crate::sys::shared_cells::<AtomicU64>(1)
+            .map(|cells| &cells[0])
+            .unwrap_or(&LOCAL)
+    })
+}
+
+/// Installs the global subscriber. `file` is the already opened log file
+/// (from [`open_log`]). Call before the first worker is forked: this maps
+/// the reopen generation shared with workers (see [`reopen_everywhere`]).
 pub fn init(level: Level, path: Option<&Path>, file: Option<File>, console: bool) {
     set_level(level);
+    let generation = generation().load(Ordering::Relaxed);
     {
         let mut s = lock();
-        s.path = path.map(Path::to_path_buf);
+        let stream = path.is_some_and(|p| LogStream::of(p).is_some());
+        s.path = path.filter(|_| !stream).map(Path::to_path_buf);
         s.file = file;
-        s.console = console || s.file.is_none();
+        // A stream is the console already: copying would double each line.
+        s.console = (console && !stream) || s.file.is_none();
         s.pid = std::process::id();
+        s.generation = generation;
         if s.role.is_empty() {
             s.role = "parent".into();
         }
@@ -199,16 +380,37 @@ pub fn request_reopen() {
 }
 
 /// The flag behind [`request_reopen`], for `signal_hook::flag::register`:
-/// a signal handler sets it, the next line written reopens the file.
+/// a signal handler sets it, the next line written reopens the file. (A
+/// worker keeps this for a SIGUSR1 sent to it by hand; the parent no
+/// longer signals workers to reopen, see [`reopen_everywhere`].)
 pub fn reopen_flag() -> Arc<AtomicBool> {
     static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
     FLAG.get_or_init(|| Arc::new(AtomicBool::new(false))).clone()
 }
 
-/// Reopens the log file now, if one is configured.
+/// Reopens this process's log file now, if one is configured.
 pub fn reopen() -> io::Result<()> {
     let mut s = lock();
     reopen_locked(&mut s)
+}
+
+/// `reopen-logs` for the whole daemon, called by the parent: reopens the
+/// parent's file by path (creating it again if it was moved or deleted,
+/// and handing a file it created to the workers' account, see
+/// [`crate::privileges::open_log_shared`]), then
+/// bumps the reopen generation in shared memory. Each worker's log writer
+/// compares that number with its own (one relaxed atomic load) before its
+/// next line, and reopens by path when it changed. No signal is sent to
+/// any worker, so none of their system calls is interrupted (a read with
+/// `SO_RCVTIMEO` is not restarted after a handler, and would fail with
+/// `EINTR`). On error the generation is left alone: workers keep the file
+/// they have, like the parent.
+pub fn reopen_everywhere() -> io::Result<()> {
+    let mut s = lock();
+    reopen_locked(&mut s)?;
+    let g = generation();
+    s.generation = g.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+    Ok(())
 }
 
 fn reopen_locked(s: &mut Sink) -> io::Result<()> {
@@ -218,6 +420,7 @@ fn reopen_locked(s: &mut Sink) -> io::Result<()> {
         // workers' account, so that workers can reopen it too.
         let f = crate::privileges::open_log_shared(&path)?;
         s.file = Some(f);
+        s.partial = None;
     }
     Ok(())
 }
@@ -229,17 +432,152 @@ fn lock() -> std::sync::MutexGuard<'static, Sink> {
 /// Writes one finished line to the file (and stderr) in one `write` each.
 fn write_line(line: &[u8]) {
     let mut s = lock();
-    if reopen_flag().load(Ordering::SeqCst) {
+    let mut reopen = reopen_flag().load(Ordering::SeqCst);
+    if let Some(g) = GENERATION.get() {
+        let now = g.load(Ordering::Relaxed);
+        if now != s.generation {
+            s.generation = now;
+            reopen = true;
+        }
+    }
+    if reopen {
         if let Err(e) = reopen_locked(&mut s) {
             let _ = io::stderr().write_all(format!("rookery: cannot reopen log file: {e}\n").as_bytes());
         }
     }
-    if let Some(f) = s.file.as_mut() {
-        let _ = f.write_all(line);
-    }
+    s.append(line);
     if s.console {
         let _ = io::stderr().write_all(line);
     }
+}
+
+/// How a single `write` of a line went wrong.
+enum Short {
+    /// Nothing was written.
+    Nothing(io::Error),
+    /// Only the first `n` bytes were written (a full disk): a partial line
+    /// now ends the file.
+    Partial(usize),
+}
+
+/// One `write(2)` of `buf` (retried only on `EINTR`, when nothing was
+/// written): a retry of the rest could land after another process's line.
+fn write_once(mut f: &File, buf: &[u8]) -> Result<(), Short> {
+    loop {
+        return match f.write(buf) {
+            Ok(n) if n == buf.len() => Ok(()),
+            Ok(0) => Err(Short::Nothing(io::ErrorKind::WriteZero.into())),
+            Ok(n) => Err(Short::Partial(n)),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => Err(Short::Nothing(e)),
+        };
+    }
+}
+
+/// Removes `partial` from the end of the file if it is still there (then
+/// nobody appended after it: with the disk full, nobody could). `Ok` also
+/// when it is no longer at the end (the file was rotated or truncated, or
+/// space came back and a line followed it: nothing left to repair).
+fn roll_back(f: &File, partial: &[u8]) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let size = f.metadata()?.len();
+    let n = partial.len() as u64;
+    if n == 0 || size < n {
+        return Ok(());
+    }
+    let mut tail = vec![0u8; partial.len()];
+    f.read_exact_at(&mut tail, size - n)?;
+    if tail != partial {
+        return Ok(());
+    }
+    f.set_len(size - n)
+}
+
+impl Sink {
+    /// Appends one whole line to the file, or nothing: a line cut short by
+    /// a full disk is rolled back (or, failing that, ended with a newline
+    /// before the next line), counted as lost, and the count is logged
+    /// before the first line that can be written again.
+    fn append(&mut self, line: &[u8]) {
+        let Some(f) = self.file.as_ref() else {
+            return;
+        };
+        if let Some(partial) = self.partial.take() {
+            if roll_back(f, &partial).is_err() && write_once(f, b"\n").is_err() {
+                self.partial = Some(partial);
+                self.lose("cannot repair a line cut short".into());
+                return;
+            }
+        }
+        if self.lost > 0 {
+            let why = self.lost_error.take().unwrap_or_default();
+            let n = self.lost;
+            let s = if n == 1 { "" } else { "s" };
+            let notice = format!(
+                "{}{n} log line{s} lost: {why}\n",
+                prefix(" WARN", self.pid, &self.role)
+            );
+            let f = self.file.as_ref().expect("checked above");
+            match write_once(f, notice.as_bytes()) {
+                Ok(()) => self.lost = 0,
+                Err(short) => {
+                    self.lost_error = Some(why);
+                    self.failed(short, notice.as_bytes());
+                    self.lose(String::new());
+                    return;
+                }
+            }
+        }
+        let f = self.file.as_ref().expect("checked above");
+        if let Err(short) = write_once(f, line) {
+            self.failed(short, line);
+            self.lose(String::new());
+        }
+    }
+
+    /// Repairs after a failed write of `buf`; records why.
+    fn failed(&mut self, short: Short, buf: &[u8]) {
+        match short {
+            Short::Nothing(e) => self.note_error(e.to_string()),
+            Short::Partial(n) => {
+                let partial = &buf[..n];
+                let repaired = self.file.as_ref().is_some_and(|f| roll_back(f, partial).is_ok());
+                if !repaired {
+                    self.partial = Some(partial.to_vec());
+                }
+                // The kernel says why only on the next write; a short write
+                // on a regular file is a full disk or a quota.
+                self.note_error("write cut short (disk full?)".into());
+            }
+        }
+    }
+
+    fn note_error(&mut self, why: String) {
+        // Keep the first OS error; a "cut short" is the least informative.
+        if self
+            .lost_error
+            .as_deref()
+            .is_none_or(|w| w.starts_with("write cut short"))
+            && !why.is_empty()
+        {
+            self.lost_error = Some(why);
+        }
+    }
+
+    fn lose(&mut self, why: String) {
+        self.lost += 1;
+        if !why.is_empty() {
+            self.note_error(why);
+        }
+    }
+}
+
+/// `2026-11-23T21:19:34.123Z  INFO [4242] worker 3: `.
+fn prefix(level: &str, pid: u32, role: &str) -> String {
+    format!(
+        "{} {level} [{pid}] {role}: ",
+        humantime::format_rfc3339_millis(std::time::SystemTime::now())
+    )
 }
 
 struct LineFormat;
@@ -250,7 +588,6 @@ where
     N: for<'a> FormatFields<'a> + 'static,
 {
     fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut w: Writer<'_>, event: &Event<'_>) -> fmt::Result {
-        let now = std::time::SystemTime::now();
         let (pid, role) = {
             let s = lock();
             (s.pid, s.role.clone())
@@ -262,14 +599,25 @@ where
             tracing::Level::DEBUG => "DEBUG",
             tracing::Level::TRACE => "TRACE",
         };
-        write!(
-            w,
-            "{} {level} [{pid}] {role}: ",
-            humantime::format_rfc3339_millis(now)
-        )?;
-        ctx.field_format().format_fields(w.by_ref(), event)?;
+        let mut message = String::with_capacity(120);
+        ctx.field_format()
+            .format_fields(Writer::new(&mut message), event)?;
+        w.write_str(&prefix(level, pid, &role))?;
+        w.write_str(&one_line(&message))?;
         writeln!(w)
     }
+}
+
+/// A log message as one line: control characters (a newline in an error
+/// text, a CR or an escape sequence from user data) shown escaped, so no
+/// text can start a forged line or repaint a terminal, and cut at a
+/// character boundary to [`text::MAX_LINE`].
+fn one_line(message: &str) -> std::borrow::Cow<'_, str> {
+    let escaped = text::escape_controls(message);
+    if escaped.len() <= text::MAX_LINE {
+        return escaped;
+    }
+    text::escape_line(message.as_bytes()).into()
 }
 
 struct MakeLine;
@@ -324,5 +672,146 @@ mod tests {
         assert!(!Level::Warning.admits(&tracing::Level::INFO));
         assert!(Level::Notice.admits(&tracing::Level::INFO));
         assert!(!Level::Err.admits(&tracing::Level::WARN));
+    }
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("rookery-logging-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn sink(file: File) -> Sink {
+        Sink {
+            path: None,
+            file: Some(file),
+            console: false,
+            role: "test".into(),
+            pid: 1,
+            generation: 0,
+            lost: 0,
+            lost_error: None,
+            partial: None,
+        }
+    }
+
+    #[test]
+    fn a_log_file_is_created_once_and_reopened_as_existing() {
+        let dir = temp_dir("create");
+        let p = dir.join("d.log");
+        let first = open_log(&p).unwrap();
+        assert!(first.created);
+        let again = open_log(&p).unwrap();
+        assert!(!again.created, "an existing file is never reported as ours");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o640);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn links_fifos_and_directories_are_refused_at_once() {
+        let dir = temp_dir("refuse");
+        let target = dir.join("someone-elses");
+        std::fs::write(&target, "secret\n").unwrap();
+
+        let hard = dir.join("hard.log");
+        std::fs::hard_link(&target, &hard).unwrap();
+        let e = open_log(&hard).unwrap_err();
+        assert!(e.to_string().contains("2 hard links"), "{e}");
+
+        let soft = dir.join("soft.log");
+        std::os::unix::fs::symlink(&target, &soft).unwrap();
+        let e = open_log(&soft).unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+
+        let fifo = dir.join("fifo.log");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        // No reader: a blocking open would wait for ever.
+        let e = open_log(&fifo).unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        // With a reader: opens, and is refused as a FIFO.
+        let _reader = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+            .unwrap();
+        let e = open_log(&fifo).unwrap_err();
+        assert!(e.to_string().contains("a FIFO"), "{e}");
+
+        let e = open_log(&dir).unwrap_err();
+        assert!(!e.to_string().is_empty());
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "secret\n", "untouched");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn stream_paths_are_streams() {
+        assert_eq!(LogStream::of(Path::new("/dev/stdout")), Some(LogStream::Stdout));
+        assert_eq!(
+            LogStream::of(Path::new("/proc/self/fd/2")),
+            Some(LogStream::Stderr)
+        );
+        assert_eq!(LogStream::of(Path::new("/dev/null")), Some(LogStream::Null));
+        assert_eq!(LogStream::of(Path::new("/var/log/d.log")), None);
+        assert!(open_log(Path::new("/dev/stderr")).is_ok_and(|l| !l.created));
+        assert!(open_log(Path::new("/dev/null")).is_ok());
+        let e = detached_problem(None).unwrap();
+        assert!(e.starts_with("daemon.logfile: \"-\""), "{e}");
+        assert!(detached_problem(Some(Path::new("/dev/stdout"))).is_some());
+        assert!(detached_problem(Some(Path::new("/dev/null"))).is_none());
+        assert!(detached_problem(Some(Path::new("/tmp/d.log"))).is_none());
+    }
+
+    #[test]
+    fn a_partial_line_at_the_end_is_rolled_back_and_nothing_else() {
+        let dir = temp_dir("rollback");
+        let p = dir.join("d.log");
+        let f = open_log(&p).unwrap().file;
+        (&f).write_all(b"one\ntw").unwrap();
+        roll_back(&f, b"tw").unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "one\n");
+        // Not at the end any more: left alone.
+        (&f).write_all(b"tw").unwrap();
+        (&f).write_all(b"o\n").unwrap();
+        roll_back(&f, b"tw").unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "one\ntwo\n");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn lost_lines_are_counted_and_reported_once_writing_works_again() {
+        let dir = temp_dir("lost");
+        let p = dir.join("d.log");
+        drop(open_log(&p).unwrap());
+        // A read-only descriptor: every write fails (EBADF), as on a full disk.
+        let mut s = sink(File::open(&p).unwrap());
+        s.append(b"first\n");
+        s.append(b"second\n");
+        assert_eq!(s.lost, 2);
+        s.file = Some(open_log(&p).unwrap().file);
+        s.append(b"third\n");
+        s.append(b"fourth\n");
+        let text = std::fs::read_to_string(&p).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(
+            lines[0].contains(" WARN [1] test: 2 log lines lost: Bad file descriptor"),
+            "{text}"
+        );
+        assert_eq!(&lines[1..], ["third", "fourth"]);
+        assert_eq!(s.lost, 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn messages_become_one_escaped_line() {
+        assert_eq!(one_line("plain"), "plain");
+        assert_eq!(
+            one_line("user said: ok\n2026-01-01T00:00:00.000Z ERROR [1] parent: forged\r\x1b[2J"),
+            "user said: ok\\n2026-01-01T00:00:00.000Z ERROR [1] parent: forged\\r\\x1b[2J"
+        );
+        let long = "é".repeat(text::MAX_LINE);
+        let out = one_line(&long);
+        assert!(out.len() <= text::MAX_LINE && out.ends_with(text::CUT_MARK));
     }
 }

@@ -37,7 +37,9 @@ impl WorkerMsg {
     pub(crate) fn encode(&self, pid: Pid) -> String {
         let mut line = match self {
             WorkerMsg::Ready => format!("ready {pid}"),
-            WorkerMsg::Failed(e) => format!("fail {pid} {}", e.replace(['\n', '\r'], " ")),
+            // issue 9: one line, control characters shown escaped (the
+            // text reaches the operator's terminal in the start verdict).
+            WorkerMsg::Failed(e) => format!("fail {pid} {}", crate::text::escape_controls(e)),
             WorkerMsg::Recycle { jobs } => format!("recycle {pid} {jobs}"),
         };
         crate::text::truncate_at_char_boundary(&mut line, MAX_MSG - 1);
@@ -133,6 +135,13 @@ mod tests {
         assert!(line.len() <= MAX_MSG);
         let (_, back) = WorkerMsg::decode(line.trim_end()).unwrap();
         assert!(matches!(back, WorkerMsg::Failed(e) if e.starts_with("éé")));
+    }
+
+    #[test]
+    fn an_error_is_sent_as_one_line_with_its_control_characters_shown() {
+        let m = WorkerMsg::Failed("no db\nat\r\x1b[2Jhost".into());
+        let line = m.encode(Pid::from_raw(7));
+        assert_eq!(line, "fail 7 no db\\nat\\r\\x1b[2Jhost\n");
     }
 
     #[test]

@@ -216,15 +216,16 @@ pub fn become_worker(identity: Option<&WorkerIdentity>) -> Result<(), PrivilegeE
 /// file planted in the log directory. The check after the open (one link,
 /// owned by us) closes the race with a file planted between the two steps.
 pub fn open_log_shared(path: &Path) -> std::io::Result<File> {
-    let existed = std::fs::symlink_metadata(path).is_ok();
-    let file = crate::logging::open_log(path)?;
-    if let Some(w) = workers().filter(|_| !existed) {
-        let m = file.metadata()?;
+    // issue 9: `open_log` creates with O_EXCL and says whether it did, and
+    // refuses links, FIFOs and devices.
+    let log = crate::logging::open_log(path)?;
+    if let Some(w) = workers().filter(|_| log.created) {
+        let m = log.file.metadata()?;
         if m.nlink() == 1 && m.uid() == Uid::effective().as_raw() && m.uid() != w.account.uid.as_raw() {
-            nix::unistd::fchown(&file, Some(w.account.uid), Some(w.account.gid))?;
+            nix::unistd::fchown(&log.file, Some(w.account.uid), Some(w.account.gid))?;
         }
     }
-    Ok(file)
+    Ok(log.file)
 }
 
 /// The groups, gid and uid an external command switches to between fork

@@ -85,7 +85,8 @@ impl<W: Worker> Spawner for ForkSpawner<W> {
     }
 
     fn forwards_usr1(&self) -> bool {
-        true
+        // issue 9: Rust workers reopen on logging's shared generation, unsignalled.
+        false
     }
 }
 

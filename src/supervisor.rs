@@ -170,7 +170,8 @@ impl Pipe {
         self.buf.drain(..start);
         // A line with no end in sight is cut, so memory stays bounded.
         while self.buf.len() >= MAX_LINE {
-            let part: Vec<u8> = self.buf.drain(..MAX_LINE).collect();
+            let n = crate::text::utf8_cut_point(&self.buf, MAX_LINE); // issue 9
+            let part: Vec<u8> = self.buf.drain(..n).collect();
             lines.push(format!("{} [line continues]", crate::text::escape_line(&part)));
         }
     }

@@ -7,15 +7,17 @@
 //! - **Cut at character boundaries.** `String::truncate` panics in the
 //!   middle of a multi-byte character, and a byte slice cut there turns
 //!   into a replacement character (or worse, invalid UTF-8 in a title).
-//!   [`truncate_to_char_boundary`], [`cut`] and [`utf8_cut_point`] never
+//!   [`truncate_at_char_boundary`], [`cut`] and [`utf8_cut_point`] never
 //!   split a character.
 //! - **One event, one line, no terminal tricks.** A carriage return, a
 //!   newline, a NUL or an escape sequence written raw into a log lets
 //!   whoever controls the text forge log lines or repaint the operator's
 //!   terminal. [`escape_line`] and [`escape_controls`] show every control
-//!   character visibly instead (`\r`, `\n`, `\t`, `\0`, `\x1b`, `\u{9b}`).
-//!   A backslash itself is left alone: the aim is that nothing invisible or
-//!   line-breaking gets through, not a reversible encoding.
+//!   character visibly instead (`\r`, `\n`, `\0`, `\x1b`, `\u{9b}`), except
+//!   the tab, which can neither end a line nor move back over it, and keeps
+//!   tab-separated output readable. A backslash itself is left alone: the
+//!   aim is that nothing invisible or line-breaking gets through, not a
+//!   reversible encoding.
 
 use std::borrow::Cow;
 
@@ -39,7 +41,7 @@ pub fn floor_char_boundary(s: &str, max: usize) -> usize {
 
 /// Shortens `s` to at most `max_bytes` bytes, cutting at a character
 /// boundary (so possibly a few bytes shorter). Never panics.
-pub fn truncate_to_char_boundary(s: &mut String, max_bytes: usize) {
+pub fn truncate_at_char_boundary(s: &mut String, max_bytes: usize) {
     let n = floor_char_boundary(s, max_bytes);
     s.truncate(n);
 }
@@ -82,9 +84,10 @@ pub fn utf8_cut_point(bytes: &[u8], max: usize) -> usize {
     }
 }
 
-/// Whether `c` is shown escaped: C0 controls, DEL and C1 controls.
+/// Whether `c` is shown escaped: C0 controls but the tab, DEL and C1
+/// controls.
 fn is_escaped(c: char) -> bool {
-    c.is_control()
+    c.is_control() && c != '\t'
 }
 
 /// Appends the visible form of the control character `c` to `out`.
@@ -93,7 +96,6 @@ fn push_escaped(out: &mut String, c: char) {
     match c {
         '\r' => out.push_str("\\r"),
         '\n' => out.push_str("\\n"),
-        '\t' => out.push_str("\\t"),
         '\0' => out.push_str("\\0"),
         c if (c as u32) < 0x80 => {
             let _ = write!(out, "\\x{:02x}", c as u32);
@@ -167,17 +169,17 @@ mod tests {
     #[test]
     fn truncation_never_splits_a_character() {
         let mut s = "é".repeat(1000); // 2000 bytes
-        truncate_to_char_boundary(&mut s, 999);
+        truncate_at_char_boundary(&mut s, 999);
         assert_eq!(s.len(), 998);
         assert!(s.chars().all(|c| c == 'é'));
         let mut s = String::from("a€b"); // € is 3 bytes
         for max in 0..=6 {
             let mut t = s.clone();
-            truncate_to_char_boundary(&mut t, max);
+            truncate_at_char_boundary(&mut t, max);
             assert!(t.len() <= max, "{max}");
             assert!(s.starts_with(&t));
         }
-        truncate_to_char_boundary(&mut s, 100);
+        truncate_at_char_boundary(&mut s, 100);
         assert_eq!(s, "a€b");
         assert_eq!(cut("a€b", 3), "a");
         assert_eq!(cut("a€b", 4), "a€");
@@ -218,7 +220,7 @@ mod tests {
         );
         assert_eq!(
             escape_line(b"a\0b\x1b[31mred\x7f\tx\n"),
-            "a\\0b\\x1b[31mred\\x7f\\tx\\n"
+            "a\\0b\\x1b[31mred\\x7f\tx\\n"
         );
         assert_eq!(escape_line("c1 \u{9b}2J".as_bytes()), "c1 \\u{9b}2J");
         assert_eq!(escape_line(b"bad \xff utf8"), "bad \u{fffd} utf8");

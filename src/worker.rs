@@ -60,7 +60,10 @@ pub trait Worker: Sized + 'static {
     /// Handles one job (or one batch). Called again and again until a stop
     /// is requested. A call may block (waiting for a job), preferably with a
     /// timeout, or by polling [`Context::stop_fd`], so that a stop request is
-    /// noticed. An error ends the worker with a failure (it is restarted).
+    /// noticed. An error ends the worker with a failure (it is restarted),
+    /// except after a stop request: the stop signal interrupts blocking
+    /// calls (a socket read with a timeout fails with `EINTR`), so an error
+    /// then ends the worker normally (logged at info, exit status 0).
     fn run(&mut self, ctx: &mut Context<Self>) -> Result<Step, BoxError>;
 
     /// Runs once before the worker exits normally.
@@ -256,6 +259,10 @@ fn child_life<W: Worker>(s: ChildSetup<'_, W>) -> i32 {
             return exit::WORKER_SETUP_FAILED;
         }
     };
+    // The parent does not send SIGUSR1 to reopen logs (the log writer
+    // watches a shared reopen generation instead, so no system call of the
+    // worker's is interrupted); a SIGUSR1 sent by hand still reopens
+    // rather than killing the worker.
     let _ = signal_hook::flag::register(Signal::SIGUSR1 as i32, crate::logging::reopen_flag());
     let _ = signal_hook::flag::register(Signal::SIGHUP as i32, std::sync::Arc::new(Default::default()));
     for s in [Signal::SIGTTIN, Signal::SIGTTOU] {
@@ -346,6 +353,16 @@ fn child_life<W: Worker>(s: ChildSetup<'_, W>) -> i32 {
                 }
             }
             Ok(Step::Exit) => break 0,
+            Err(e) if ctx.should_stop() => {
+                // A stop request interrupts blocking calls (a read with
+                // SO_RCVTIMEO fails with EINTR rather than restarting): an
+                // error now is the stop doing its job, not a failure.
+                info!(
+                    "stopping: run returned an error after the stop request: {}",
+                    error_chain(&*e)
+                );
+                break 0;
+            }
             Err(e) => {
                 error!("run failed: {}", error_chain(&*e));
                 worker.cleanup(&mut ctx);

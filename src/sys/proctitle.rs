@@ -31,6 +31,8 @@
 use std::ffi::{c_char, CStr, CString};
 use std::sync::{Mutex, Once};
 
+use crate::text::floor_char_boundary;
+
 extern "C" {
     /// The C library's environment: a NULL-terminated array of pointers to
     /// `NAME=value` strings.
@@ -265,15 +267,6 @@ fn render(area: &mut [u8], arg_len: usize, title: &str) -> usize {
         area[arg_len - 1] = MARKER;
     }
     kept
-}
-
-/// The largest `n <= max` that cuts `s` at a character boundary.
-fn floor_char_boundary(s: &str, max: usize) -> usize {
-    let mut n = s.len().min(max);
-    while !s.is_char_boundary(n) {
-        n -= 1;
-    }
-    n
 }
 
 /// Sets the calling thread's `comm` name (the main thread's is the
