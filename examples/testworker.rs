@@ -19,11 +19,15 @@
 //! | `crash_with = "exit"` | `exit` (status 7), `panic`, or `error` (return an error from `run`) |
 //! | `log_env = ["HOME"]` | in `init`, log `env NAME=VALUE` for each of these variables |
 //! | `hook_file = "PATH"` | the parent's `on_start` hook opens PATH, inheritable (no close-on-exec), and keeps it open |
+//! | `fail_init_with = "text"` | `init` fails with this message |
+//! | `block_read = "5s"` | each `run` blocks in a socket read with this read timeout (`SO_RCVTIMEO`), as a Redis or HTTP client does, and fails on any other error (`EINTR` included) |
 //!
 //! ```text
 //! cargo run --example testworker -- --no-daemon -w 2
 //! ```
 
+use std::io::ErrorKind;
+use std::os::unix::net::UnixDatagram;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -45,6 +49,9 @@ struct Settings {
     crash_with: CrashWith,
     log_env: Vec<String>,
     hook_file: Option<std::path::PathBuf>,
+    fail_init_with: Option<String>,
+    #[serde(deserialize_with = "opt_duration")]
+    block_read: Option<Duration>,
 }
 
 impl Default for Settings {
@@ -59,6 +66,8 @@ impl Default for Settings {
             crash_with: CrashWith::Exit,
             log_env: Vec::new(),
             hook_file: None,
+            fail_init_with: None,
+            block_read: None,
         }
     }
 }
@@ -77,10 +86,17 @@ fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error
     humantime::parse_duration(&s).map_err(serde::de::Error::custom)
 }
 
+fn opt_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
+}
+
 /// One worker process.
 struct TestWorker {
     jobs: u64,
     leaked: Vec<Vec<u8>>,
+    /// `block_read`: the socket read from (nothing is ever sent on it) and
+    /// its peer, kept open.
+    socket: Option<(UnixDatagram, UnixDatagram)>,
 }
 
 impl Worker for TestWorker {
@@ -92,13 +108,39 @@ impl Worker for TestWorker {
             let v = std::env::var(k).unwrap_or_else(|_| "(unset)".into());
             info!("env {k}={v}");
         }
+        let s = ctx.settings();
+        if let Some(msg) = &s.fail_init_with {
+            return Err(msg.clone().into());
+        }
+        let socket = match s.block_read {
+            Some(timeout) => {
+                let (a, b) = UnixDatagram::pair()?;
+                a.set_read_timeout(Some(timeout))?;
+                Some((a, b))
+            }
+            None => None,
+        };
         Ok(TestWorker {
             jobs: 0,
             leaked: Vec::new(),
+            socket,
         })
     }
 
     fn run(&mut self, ctx: &mut Context<Self>) -> Result<Step, BoxError> {
+        if let Some((sock, _)) = &self.socket {
+            let mut buf = [0u8; 64];
+            // Like a queue client: a timeout means "no job", any other
+            // error is an error (std does not retry EINTR here).
+            return match sock.recv(&mut buf) {
+                Ok(_) => Ok(Step::Worked),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    info!("read timed out");
+                    Ok(Step::Idle)
+                }
+                Err(e) => Err(format!("read failed: {e}").into()),
+            };
+        }
         let s = ctx.settings().clone();
         if s.crash_after.is_some_and(|n| self.jobs >= n) {
             info!("crashing after {} jobs ({:?})", self.jobs, s.crash_with);

@@ -496,8 +496,9 @@ fn roll_back(f: &File, partial: &[u8]) -> io::Result<()> {
 impl Sink {
     /// Appends one whole line to the file, or nothing: a line cut short by
     /// a full disk is rolled back (or, failing that, ended with a newline
-    /// before the next line), counted as lost, and the count is logged
-    /// before the first line that can be written again.
+    /// before the next line) and counted as lost. The count goes out in
+    /// the same `write` as the first line that fits again, so on a disk
+    /// that stays full the count grows rather than the notices.
     fn append(&mut self, line: &[u8]) {
         let Some(f) = self.file.as_ref() else {
             return;
@@ -509,29 +510,31 @@ impl Sink {
                 return;
             }
         }
-        if self.lost > 0 {
-            let why = self.lost_error.take().unwrap_or_default();
+        let with_notice;
+        let buf = if self.lost > 0 {
             let n = self.lost;
+            let why = self.lost_error.as_deref().unwrap_or("unknown error");
             let s = if n == 1 { "" } else { "s" };
-            let notice = format!(
+            let mut b = format!(
                 "{}{n} log line{s} lost: {why}\n",
                 prefix(" WARN", self.pid, &self.role)
-            );
-            let f = self.file.as_ref().expect("checked above");
-            match write_once(f, notice.as_bytes()) {
-                Ok(()) => self.lost = 0,
-                Err(short) => {
-                    self.lost_error = Some(why);
-                    self.failed(short, notice.as_bytes());
-                    self.lose(String::new());
-                    return;
-                }
+            )
+            .into_bytes();
+            b.extend_from_slice(line);
+            with_notice = b;
+            &with_notice[..]
+        } else {
+            line
+        };
+        match write_once(f, buf) {
+            Ok(()) => {
+                self.lost = 0;
+                self.lost_error = None;
             }
-        }
-        let f = self.file.as_ref().expect("checked above");
-        if let Err(short) = write_once(f, line) {
-            self.failed(short, line);
-            self.lose(String::new());
+            Err(short) => {
+                self.failed(short, buf);
+                self.lose(String::new());
+            }
         }
     }
 
@@ -541,13 +544,21 @@ impl Sink {
             Short::Nothing(e) => self.note_error(e.to_string()),
             Short::Partial(n) => {
                 let partial = &buf[..n];
-                let repaired = self.file.as_ref().is_some_and(|f| roll_back(f, partial).is_ok());
+                let Some(f) = self.file.as_ref() else {
+                    return;
+                };
+                let repaired = roll_back(f, partial).is_ok();
+                // The kernel says why only on a further write: ask the file
+                // system whether it is full (else a quota, most likely).
+                let full = nix::sys::statvfs::fstatvfs(f).is_ok_and(|v| v.blocks_available() == 0);
                 if !repaired {
                     self.partial = Some(partial.to_vec());
                 }
-                // The kernel says why only on the next write; a short write
-                // on a regular file is a full disk or a quota.
-                self.note_error("write cut short (disk full?)".into());
+                self.note_error(if full {
+                    io::Error::from_raw_os_error(libc::ENOSPC).to_string()
+                } else {
+                    "write cut short (disk full or quota?)".into()
+                });
             }
         }
     }
@@ -796,7 +807,7 @@ mod tests {
         assert_eq!(lines.len(), 3, "{text}");
         assert!(
             lines[0].contains(" WARN [1] test: 2 log lines lost: Bad file descriptor"),
-            "{text}"
+            "one notice, with the count and the first error: {text}"
         );
         assert_eq!(&lines[1..], ["third", "fourth"]);
         assert_eq!(s.lost, 0);

@@ -13,3 +13,4 @@ mod queues;
 mod servers;
 mod titles;
 mod util;
+mod worker_io;
