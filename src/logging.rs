@@ -4,9 +4,21 @@
 //! formatted in full and handed to the kernel in a single `write(2)` on a
 //! descriptor opened with `O_APPEND`, so lines from different processes never
 //! interleave inside a line. There is no background thread (a writer thread
-//! would not survive `fork`), and the file is reopened by path when
-//! [`request_reopen`] has been called, which is what `SIGUSR1` does, so
-//! logrotate can move the file away and the next line lands in a new one.
+//! would not survive `fork`).
+//!
+//! - **Reopening** by path, so logrotate can move the file away and the next
+//!   line lands in a new one: the parent calls [`reopen_everywhere`], which
+//!   bumps a generation counter shared with the workers; their writers see
+//!   it before their next line. No signal reaches a worker (a signal would
+//!   interrupt its reads with `EINTR`).
+//! - **Opening** ([`open_log`]) refuses symbolic links, hard links, FIFOs and
+//!   devices, never blocks, and says whether it created the file (only then
+//!   may it be handed to the daemon's user). `/dev/stdout` and friends are
+//!   streams ([`LogStream`]).
+//! - **Every message is one line**: control characters are shown escaped
+//!   and long text is cut at a character boundary ([`crate::text`]).
+//! - **A full disk** never leaves half a line: a write cut short is rolled
+//!   back, and the number of lines lost is logged when writing works again.
 //!
 //! Every line reads `2026-11-23T21:19:34.123Z  INFO [4242] worker 3: message`.
 
@@ -619,16 +631,20 @@ where
     }
 }
 
+/// The longest message a log line carries, in bytes: room for a captured
+/// output line ([`text::MAX_LINE`]) with its prefix and marks.
+const MAX_MESSAGE: usize = 4 * text::MAX_LINE;
+
 /// A log message as one line: control characters (a newline in an error
 /// text, a CR or an escape sequence from user data) shown escaped, so no
 /// text can start a forged line or repaint a terminal, and cut at a
-/// character boundary to [`text::MAX_LINE`].
+/// character boundary to [`MAX_MESSAGE`].
 fn one_line(message: &str) -> std::borrow::Cow<'_, str> {
     let escaped = text::escape_controls(message);
-    if escaped.len() <= text::MAX_LINE {
+    if escaped.len() <= MAX_MESSAGE {
         return escaped;
     }
-    text::escape_line(message.as_bytes()).into()
+    text::escape_line_max(message.as_bytes(), MAX_MESSAGE).into()
 }
 
 struct MakeLine;
@@ -821,8 +837,14 @@ mod tests {
             one_line("user said: ok\n2026-01-01T00:00:00.000Z ERROR [1] parent: forged\r\x1b[2J"),
             "user said: ok\\n2026-01-01T00:00:00.000Z ERROR [1] parent: forged\\r\\x1b[2J"
         );
-        let long = "é".repeat(text::MAX_LINE);
+        let long = "é".repeat(MAX_MESSAGE);
         let out = one_line(&long);
-        assert!(out.len() <= text::MAX_LINE && out.ends_with(text::CUT_MARK));
+        assert!(out.len() <= MAX_MESSAGE && out.ends_with(text::CUT_MARK));
+        let captured = format!("worker 1: {} [line continues]", "x".repeat(text::MAX_LINE));
+        assert_eq!(
+            one_line(&captured),
+            captured,
+            "a captured piece is never cut again"
+        );
     }
 }

@@ -21,9 +21,8 @@
 
 use std::borrow::Cow;
 
-/// The longest line kept from a worker's output, and the longest message a
-/// log line carries, in bytes; longer ones are cut (at a character
-/// boundary) and marked with [`CUT_MARK`].
+/// The longest line kept from a worker's output, in bytes; longer ones are
+/// cut (at a character boundary) and marked with [`CUT_MARK`].
 pub const MAX_LINE: usize = 16 * 1024;
 
 /// Appended to text that was cut.
