@@ -266,7 +266,16 @@ pub fn open_log(path: &Path) -> io::Result<LogFile> {
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY);
     let (file, created) = match opts.clone().create_new(true).open(path) {
         Ok(f) => (f, true),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => (opts.open(path).map_err(explain)?, false),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            let f = match opts.open(path) {
+                // Writable but not readable (0620 for a group): append
+                // only; a line cut short then cannot be checked and rolled
+                // back, only ended before the next one.
+                Err(e) if e.kind() == io::ErrorKind::PermissionDenied => opts.read(false).open(path),
+                other => other,
+            };
+            (f.map_err(explain)?, false)
+        }
         Err(e) => return Err(explain(e)),
     };
     check_opened(&file)?;

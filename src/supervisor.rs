@@ -228,7 +228,7 @@ pub(crate) struct Supervisor<'h, O: Os = RealOs> {
 }
 
 fn notify_systemd(states: &[sd_notify::NotifyState<'_>]) {
-    let _ = sd_notify::notify(states);
+    let _ = crate::notify::send(states); // issue 9: MSG_DONTWAIT, never blocks
 }
 
 fn set_nonblocking(fd: BorrowedFd<'_>) -> std::io::Result<()> {

@@ -305,6 +305,14 @@ fn child_life<W: Worker>(s: ChildSetup<'_, W>) -> i32 {
     ctx.refresh_title(true);
     let mut worker = match W::init(&mut ctx) {
         Ok(w) => w,
+        Err(e) if ctx.should_stop() => {
+            // As in `run` below: the stop interrupted what init was doing.
+            info!(
+                "stopping: init returned an error after the stop request: {}",
+                error_chain(&*e)
+            );
+            return 0;
+        }
         Err(e) => {
             let msg = error_chain(&*e);
             error!("init failed: {msg}");
