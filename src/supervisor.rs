@@ -479,7 +479,9 @@ impl<'h, O: Os> Supervisor<'h, O> {
 
     fn reopen_logs(&mut self) {
         info!("reopening log files");
-        if let Err(e) = crate::logging::reopen() {
+        // issue 9: reopen ours, then bump the generation the workers' log
+        // writers watch; Rust workers are not signalled (EINTR).
+        if let Err(e) = crate::logging::reopen_everywhere() {
             error!("cannot reopen log file: {e}");
         }
         let signal = match self.core_kind() {
