@@ -3,7 +3,14 @@
 //! [`Cli`] is generic over the daemon's own flags (`X`, any `clap::Args`),
 //! which are flattened next to the framework's, so `mydaemon --help` lists
 //! both. Global options may come before or after the subcommand.
+//!
+//! Output goes through [`out`] and [`say`], never `println!`: a command's
+//! output may go to a pipe whose reader has left (`status | head -1`), and a
+//! closed pipe must end the output quietly, not panic (nor abort, when
+//! stderr is the same closed pipe).
 
+use std::fmt::Display;
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -50,6 +57,42 @@ pub struct Cli<X: clap::Args> {
     /// The daemon's own options.
     #[command(flatten)]
     pub app: X,
+}
+
+impl<X: clap::Args> Cli<X> {
+    /// What to do: the subcommand, `start` without one. The seed's
+    /// `--write-init` stands for `write-init` only on its own: with another
+    /// subcommand it is a usage error naming both (it must never turn a
+    /// `stop` into writing an init script).
+    pub fn action(&self) -> Result<Command, String> {
+        match (&self.command, self.write_init) {
+            (None, true) => Ok(Command::WriteInit(Output::default())),
+            (Some(Command::WriteInit(o)), true) => Ok(Command::WriteInit(o.clone())),
+            (Some(c), true) => Err(format!(
+                "--write-init cannot be combined with the `{}` command",
+                c.name()
+            )),
+            (Some(c), false) => Ok(c.clone()),
+            (None, false) => Ok(Command::Start),
+        }
+    }
+}
+
+/// Writes `text` and a newline to standard output. A closed or failing
+/// stdout drops the text: the command's result is in its exit code.
+pub fn out(text: impl Display) {
+    let _ = writeln!(std::io::stdout().lock(), "{text}");
+}
+
+/// Writes `text` as it is (it ends with its own newline) to standard output.
+pub fn out_raw(text: impl Display) {
+    let _ = write!(std::io::stdout().lock(), "{text}");
+}
+
+/// A line for the operator on stderr, prefixed with the program name;
+/// dropped if stderr is closed.
+pub fn say(name: &str, msg: impl Display) {
+    let _ = writeln!(std::io::stderr().lock(), "{name}: {msg}");
 }
 
 /// No options of the daemon's own.
@@ -125,6 +168,27 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// The subcommand as typed.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Start => "start",
+            Command::Stop { .. } => "stop",
+            Command::Restart { .. } => "restart",
+            Command::Status { .. } => "status",
+            Command::Reload => "reload",
+            Command::Scale { .. } => "scale",
+            Command::ReopenLogs => "reopen-logs",
+            Command::CheckConfig => "check-config",
+            Command::SampleConfig => "sample-config",
+            Command::WriteInit(_) => "write-init",
+            Command::WriteSystemd(_) => "write-systemd",
+            Command::WriteLogrotate(_) => "write-logrotate",
+            Command::Run { .. } => "run",
+        }
+    }
+}
+
 /// A parsed `scale` argument.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ScaleSpec {
@@ -178,6 +242,23 @@ mod tests {
         assert_eq!("+3".parse::<ScaleSpec>(), Ok(ScaleSpec::Up(3)));
         assert_eq!("7".parse::<ScaleSpec>(), Ok(ScaleSpec::To(7)));
         assert!("x".parse::<ScaleSpec>().is_err());
+    }
+
+    #[test]
+    fn the_seed_write_init_flag_never_overrides_a_subcommand() {
+        let action = |args: &[&str]| Cli::<NoArgs>::try_parse_from(args).unwrap().action();
+        assert!(matches!(
+            action(&["d", "--write-init"]),
+            Ok(Command::WriteInit(_))
+        ));
+        assert!(matches!(
+            action(&["d", "--write-init", "write-init"]),
+            Ok(Command::WriteInit(_))
+        ));
+        assert!(matches!(action(&["d"]), Ok(Command::Start)));
+        assert!(matches!(action(&["d", "stop"]), Ok(Command::Stop { .. })));
+        let e = action(&["d", "--write-init", "stop"]).unwrap_err();
+        assert!(e.contains("--write-init") && e.contains("`stop`"), "{e}");
     }
 
     #[test]

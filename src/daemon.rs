@@ -3,20 +3,20 @@
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
 
 use clap::{CommandFactory, FromArgMatches};
 use tracing::{error, info};
 
-use crate::cli::{Cli, Command, ScaleSpec};
+use crate::cli::{out, out_raw, Cli, Command, ScaleSpec};
+use crate::client;
 use crate::config::{absolute, Config, ConfigError, Overrides, Problem};
-use crate::control::{self, Request, Response};
+use crate::control::{self, Request};
 use crate::daemonize::{self, Launch, StartupReport};
 use crate::exit;
 use crate::generate::{self, Invocation, Kind};
 use crate::hooks::{Hooks, NoHooks};
 use crate::logging;
-use crate::pidfile::{self, Acquired};
+use crate::pidfile::{self, Acquired, Holder};
 use crate::privileges;
 use crate::signals::Inbox;
 use crate::spawn::{CommandSpawner, ForkSpawner, Spawner};
@@ -50,7 +50,7 @@ pub fn run<W: Worker>() -> ExitCode {
 
 /// A line for the operator on stderr, prefixed with the program name.
 fn say(name: &str, msg: impl std::fmt::Display) {
-    eprintln!("{name}: {msg}");
+    crate::cli::say(name, msg);
 }
 
 impl<W: Worker> Daemon<W> {
@@ -97,7 +97,8 @@ impl<W: Worker> Daemon<W> {
         titles::init();
         std::panic::set_hook(Box::new(|info| {
             tracing::error!("panic: {info}");
-            eprintln!("panic: {info}");
+            // issue 9: never a second panic (an abort) on a closed stderr.
+            let _ = std::io::Write::write_fmt(&mut std::io::stderr(), format_args!("panic: {info}\n"));
         }));
         let mut cmd = Cli::<W::Args>::command().name(self.name.clone());
         if let Some(v) = &self.version {
@@ -125,10 +126,13 @@ impl<W: Worker> Daemon<W> {
     fn dispatch(&mut self, cli: Cli<W::Args>) -> u8 {
         let name = self.name.clone();
         self.cli_args = Some(cli.app.clone());
-        let mut command = cli.command.clone().unwrap_or(Command::Start);
-        if cli.write_init {
-            command = Command::WriteInit(Default::default());
-        }
+        let mut command = match cli.action() {
+            Ok(c) => c,
+            Err(e) => {
+                say(&name, e);
+                return exit::USAGE;
+            }
+        };
         let mut overrides = Overrides {
             workers: cli.workers,
             pidfile: cli.pidfile.clone(),
@@ -168,7 +172,32 @@ impl<W: Worker> Daemon<W> {
                     if let Some(c) = Config::locate(&name, config_path.as_deref(), &overrides)
                         .filter(|c| matches!(pidfile::running(&c.daemon.pidfile), Ok(Some(_))))
                     {
-                        return control_call(&c, &Request::Reload);
+                        return client::control_call(&c, &Request::Reload);
+                    }
+                }
+                // `stop`, `status` and `reopen-logs` need only the pidfile
+                // and socket paths: a config broken since the start must not
+                // keep the operator from the running daemon.
+                if matches!(
+                    command,
+                    Command::Stop { .. } | Command::Status { .. } | Command::ReopenLogs
+                ) {
+                    if let Some(c) = Config::locate(&name, config_path.as_deref(), &overrides) {
+                        say(
+                            &c.daemon.name,
+                            format!(
+                                "the config has errors ({} shows them); `{}` uses only its pidfile {} and control socket {}",
+                                "check-config",
+                                command.name(),
+                                c.daemon.pidfile.display(),
+                                c.daemon.control_socket.display()
+                            ),
+                        );
+                        return match command {
+                            Command::Stop { timeout } => client::stop(&c, timeout),
+                            Command::Status { json } => client::status(&c, json),
+                            _ => client::signal_running(&c, nix::sys::signal::Signal::SIGUSR1),
+                        };
                     }
                 }
                 for p in &e.problems {
@@ -181,7 +210,7 @@ impl<W: Worker> Daemon<W> {
         match command {
             Command::CheckConfig => match preflight(&config) {
                 Ok(()) => {
-                    print!("{}", config.to_toml());
+                    out_raw(config.to_toml());
                     exit::OK
                 }
                 Err(e) => {
@@ -192,25 +221,36 @@ impl<W: Worker> Daemon<W> {
                 }
             },
             Command::SampleConfig => {
-                print!("{}", crate::SAMPLE_CONFIG);
+                out_raw(crate::SAMPLE_CONFIG);
                 exit::OK
             }
-            Command::Status { json } => status(&config, json),
-            Command::Stop { timeout } => stop(&config, timeout),
-            Command::Reload => control_call(&config, &Request::Reload),
+            Command::Status { json } => client::status(&config, json),
+            Command::Stop { timeout } => client::stop(&config, timeout),
+            Command::Reload => client::control_call(&config, &Request::Reload),
             Command::Scale { spec } => match spec.parse::<ScaleSpec>() {
-                Ok(s) => control_call(&config, &Request::Scale { spec: s.to_string() }),
+                Ok(s) => client::control_call(&config, &Request::Scale { spec: s.to_string() }),
                 Err(e) => {
                     say(&name, e);
                     exit::USAGE
                 }
             },
-            Command::ReopenLogs => signal_running(&config, nix::sys::signal::Signal::SIGUSR1),
+            Command::ReopenLogs => client::signal_running(&config, nix::sys::signal::Signal::SIGUSR1),
             Command::WriteInit(out) => self.write(Kind::Init, &config, &cli, &out),
             Command::WriteSystemd(out) => self.write(Kind::Systemd, &config, &cli, &out),
             Command::WriteLogrotate(out) => self.write(Kind::Logrotate, &config, &cli, &out),
             Command::Restart { timeout } => {
-                let code = stop(&config, timeout);
+                // issue 9: the new config must be startable before the
+                // running daemon is touched.
+                // issue 9: loaded with the daemon's own checks above; what
+                // `start` checks before detaching comes first too.
+                if let Err(e) = preflight(&config) {
+                    for p in &e.problems {
+                        say(&name, format!("config error: {p}"));
+                    }
+                    say(&name, "not restarting: the running daemon is left as it is");
+                    return e.exit_code();
+                }
+                let code = client::stop(&config, timeout);
                 if code != exit::OK && code != exit::NOT_RUNNING {
                     return code;
                 }
@@ -279,7 +319,7 @@ impl<W: Worker> Daemon<W> {
         match generate::write(kind, config, &inv, out) {
             Ok(notes) => {
                 for n in notes {
-                    eprintln!("{n}");
+                    let _ = std::io::Write::write_fmt(&mut std::io::stderr(), format_args!("{n}\n"));
                 }
                 exit::OK
             }
@@ -328,11 +368,12 @@ impl<W: Worker> Daemon<W> {
             }
         }
         let mut report = StartupReport::none();
+        // issue 9: already running, or orphaned workers of a killed parent
+        // to wait for, said on the operator's terminal before detaching.
+        if let Some(code) = client::before_start(&config) {
+            return code;
+        }
         if !no_daemon {
-            if let Ok(Some(pid)) = pidfile::running(&config.daemon.pidfile) {
-                println!("{name} is already running (pid {pid})");
-                return exit::OK;
-            }
             match daemonize::daemonize(&config.daemon.workdir, config.daemon.umask) {
                 Err(e) => {
                     say(&name, format!("cannot daemonize: {e}"));
@@ -340,7 +381,7 @@ impl<W: Worker> Daemon<W> {
                 }
                 Ok(Launch::Waiter(code, msg)) => {
                     if code == exit::OK {
-                        println!("{name}: {msg}");
+                        out(format!("{name}: {msg}"));
                     } else {
                         say(&name, msg);
                     }
@@ -389,16 +430,30 @@ impl<W: Worker> Daemon<W> {
         );
         let pid_lock = match pidfile::acquire(&config.daemon.pidfile) {
             Ok(Acquired::Locked(p)) => p,
-            Ok(Acquired::Running(pid)) => {
-                let msg = format!("{name} is already running (pid {pid})");
+            Ok(Acquired::Held(Holder::Pid(pid))) => {
+                let msg = format!("already running (pid {pid})");
                 if report.pending() {
                     report.send(exit::OK, &msg);
                 } else {
-                    println!("{msg}");
+                    out(format!("{name}: {msg}"));
                 }
                 return exit::OK;
             }
-            Err(e) => return fail(report, exit::CONFIG, e.to_string()),
+            Ok(Acquired::Held(Holder::Headless { pid, locked })) => {
+                let msg = match (pid, locked) {
+                    (_, false) => format!(
+                        "another instance holds the guard of {} (its pidfile was deleted?); not starting a second one",
+                        config.daemon.pidfile.display()
+                    ),
+                    (pid, true) => format!(
+                        "workers of a previous parent (pid {}) still hold {}; not starting beside them (try again later)",
+                        pid.map_or_else(|| "unknown".into(), |p| p.to_string()),
+                        config.daemon.pidfile.display()
+                    ),
+                };
+                return fail(report, exit::TEMPFAIL, msg);
+            }
+            Err(e) => return fail(report, e.exit_code(), e.to_string()),
         };
         // The parent keeps its privileges (see `privileges`); only workers
         // switch, to this identity, recorded once for the daemon's life.
@@ -553,165 +608,4 @@ fn preflight(config: &Config) -> Result<(), ConfigError> {
     } else {
         Err(ConfigError::new(problems))
     }
-}
-
-fn status(config: &Config, json: bool) -> u8 {
-    let name = &config.daemon.name;
-    match pidfile::running(&config.daemon.pidfile) {
-        Ok(None) => {
-            if json {
-                println!("{{\"running\":false}}");
-            } else {
-                println!("{name} is not running");
-            }
-            exit::NOT_RUNNING
-        }
-        Err(e) => {
-            say(
-                name,
-                format!("cannot read pidfile {}: {e}", config.daemon.pidfile.display()),
-            );
-            exit::NOT_RUNNING
-        }
-        Ok(Some(pid)) => match control::call(
-            &config.daemon.control_socket,
-            &Request::Status,
-            Duration::from_secs(5),
-        ) {
-            Ok(Response::Status(s)) => {
-                if json {
-                    let mut v = serde_json::to_value(&*s).unwrap_or_default();
-                    v["running"] = serde_json::Value::Bool(true);
-                    println!("{v}");
-                } else {
-                    print!("{}", s.render());
-                }
-                exit::OK
-            }
-            Ok(Response::Error { message }) => {
-                say(name, message);
-                exit::NOPERM
-            }
-            Ok(other) => {
-                say(name, format!("unexpected answer: {other:?}"));
-                exit::SOFTWARE
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-                println!("{name} is running (pid {pid})");
-                say(name, refused(&config.daemon.control_socket, &e));
-                exit::NOPERM
-            }
-            Err(e) => {
-                // Running (the lock is held), but not answering: say so.
-                println!(
-                    "{name} is running (pid {pid}); no detail: control socket {}: {e}",
-                    config.daemon.control_socket.display()
-                );
-                exit::OK
-            }
-        },
-    }
-}
-
-fn control_call(config: &Config, req: &Request) -> u8 {
-    let name = &config.daemon.name;
-    if !matches!(pidfile::running(&config.daemon.pidfile), Ok(Some(_))) {
-        say(name, "not running");
-        return exit::NOT_RUNNING;
-    }
-    match control::call(&config.daemon.control_socket, req, Duration::from_secs(30)) {
-        Ok(Response::Ok { message }) => {
-            println!("{name}: {message}");
-            exit::OK
-        }
-        Ok(Response::Error { message }) => {
-            say(name, message);
-            exit::FAILURE
-        }
-        Ok(other) => {
-            say(name, format!("unexpected answer: {other:?}"));
-            exit::SOFTWARE
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-            say(name, refused(&config.daemon.control_socket, &e));
-            exit::NOPERM
-        }
-        Err(e) => {
-            say(
-                name,
-                format!(
-                    "cannot reach the daemon at {}: {e}",
-                    config.daemon.control_socket.display()
-                ),
-            );
-            exit::FAILURE
-        }
-    }
-}
-
-/// The message for a caller the control socket's permissions keep out (it
-/// is 0600 and owned by the daemon's user): the same words the daemon uses
-/// when its `SO_PEERCRED` check refuses someone.
-fn refused(socket: &Path, e: &std::io::Error) -> String {
-    format!(
-        "permission denied: only root and the daemon's user may control it (control socket {}: {e})",
-        socket.display()
-    )
-}
-
-fn signal_running(config: &Config, sig: nix::sys::signal::Signal) -> u8 {
-    let name = &config.daemon.name;
-    match pidfile::running(&config.daemon.pidfile) {
-        Ok(Some(pid)) if pid > 0 => match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig) {
-            Ok(()) => {
-                println!("{name}: sent {} to pid {pid}", sig.as_str());
-                exit::OK
-            }
-            Err(e) => {
-                say(name, format!("cannot signal pid {pid}: {e}"));
-                exit::NOPERM
-            }
-        },
-        _ => {
-            say(name, "not running");
-            exit::NOT_RUNNING
-        }
-    }
-}
-
-/// Graceful stop: SIGTERM, then wait until the pidfile lock is free (the
-/// parent and every worker are gone).
-fn stop(config: &Config, timeout: Option<Duration>) -> u8 {
-    let name = &config.daemon.name;
-    let pid = match pidfile::running(&config.daemon.pidfile) {
-        Ok(Some(pid)) if pid > 0 => pid,
-        _ => {
-            println!("{name} is not running");
-            return exit::OK;
-        }
-    };
-    if let Err(e) = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM)
-    {
-        say(name, format!("cannot signal pid {pid}: {e}"));
-        return exit::NOPERM;
-    }
-    let limit = timeout.unwrap_or(config.workers.stop_timeout + Duration::from_secs(5));
-    let deadline = Instant::now() + limit;
-    let mut wait = Duration::from_millis(1);
-    while Instant::now() < deadline {
-        if !matches!(pidfile::running(&config.daemon.pidfile), Ok(Some(_))) {
-            println!("{name} stopped (pid {pid})");
-            return exit::OK;
-        }
-        std::thread::sleep(wait);
-        wait = (wait * 2).min(Duration::from_millis(50));
-    }
-    say(
-        name,
-        format!(
-            "pid {pid} did not stop within {}",
-            humantime::format_duration(limit)
-        ),
-    );
-    exit::FAILURE
 }

@@ -32,3 +32,55 @@ pub const CONFIG: u8 = 78;
 pub const WORKER_INIT_FAILED: i32 = 3;
 /// Exit status of a worker child that could not be set up before user code.
 pub const WORKER_SETUP_FAILED: i32 = 121;
+
+/// The sysexits code for a failed system call: one mapping for every
+/// command, so the same cause always gives the same code.
+///
+/// Permission problems are [`NOPERM`]; a missing file is [`NOINPUT`]; a
+/// daemon that does not answer (refused, reset, timed out) is
+/// [`UNAVAILABLE`]; a full or read-only file system is [`CANTCREAT`]; a
+/// resource that is busy for now is [`TEMPFAIL`]; anything else is [`OSERR`].
+pub fn from_io(e: &std::io::Error) -> u8 {
+    use std::io::ErrorKind as K;
+    match e.kind() {
+        K::PermissionDenied => return NOPERM,
+        K::NotFound => return NOINPUT,
+        K::ConnectionRefused
+        | K::ConnectionReset
+        | K::ConnectionAborted
+        | K::NotConnected
+        | K::BrokenPipe
+        | K::TimedOut
+        | K::UnexpectedEof => return UNAVAILABLE,
+        K::WouldBlock => return TEMPFAIL,
+        _ => {}
+    }
+    match e.raw_os_error() {
+        Some(libc::EPERM) => NOPERM,
+        Some(libc::ENOTDIR) => NOINPUT,
+        Some(libc::ENOSPC | libc::EDQUOT | libc::EROFS | libc::EEXIST | libc::EISDIR) => CANTCREAT,
+        Some(libc::EAGAIN | libc::EBUSY | libc::EINTR) => TEMPFAIL,
+        _ => OSERR,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Error;
+
+    #[test]
+    fn system_errors_map_to_one_sysexits_code_each() {
+        let os = Error::from_raw_os_error;
+        assert_eq!(from_io(&os(libc::EACCES)), NOPERM);
+        assert_eq!(from_io(&os(libc::EPERM)), NOPERM);
+        assert_eq!(from_io(&os(libc::ENOENT)), NOINPUT);
+        assert_eq!(from_io(&os(libc::ECONNREFUSED)), UNAVAILABLE);
+        assert_eq!(from_io(&os(libc::ETIMEDOUT)), UNAVAILABLE);
+        assert_eq!(from_io(&os(libc::ENOSPC)), CANTCREAT);
+        assert_eq!(from_io(&os(libc::EROFS)), CANTCREAT);
+        assert_eq!(from_io(&os(libc::EAGAIN)), TEMPFAIL);
+        assert_eq!(from_io(&os(libc::EMFILE)), OSERR);
+        assert_eq!(from_io(&Error::other("x")), OSERR);
+    }
+}

@@ -91,6 +91,7 @@
 
 pub mod beanstalk;
 pub mod cli;
+mod client;
 pub mod config;
 pub mod control;
 mod core;

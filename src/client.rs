@@ -1,0 +1,500 @@
+//! The operator's side: the commands that find a running daemon and talk
+//! to it or signal it (`status`, `stop`, `reload`, `scale`, `reopen-logs`),
+//! and the check `start` makes before it detaches.
+//!
+//! **Nothing is signalled on the pidfile's word alone.** A pidfile can be
+//! rewritten by whoever can write it (the daemon's user, anyone at all in a
+//! world-writable directory), and after a crash its pid may belong to an
+//! unrelated process. Before sending any signal, the command connects to
+//! the control socket and reads the listener's credentials
+//! (`SO_PEERCRED`): the kernel records them when the daemon's parent calls
+//! `listen`, and forked workers close the listener, so only a live parent
+//! answers. The pid the kernel names must be the pid in the pidfile, and
+//! its uid must be root, the caller, or the configured daemon user;
+//! otherwise the command refuses in one line and signals nothing. The
+//! parent's start time is remembered, so an escalation after the timeout
+//! never reaches a process that took over its pid meanwhile.
+
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr};
+
+use crate::cli::{out, out_raw, say};
+use crate::config::Config;
+use crate::control::{self, Request, Response};
+use crate::exit;
+use crate::pidfile::{self, Holder};
+
+/// A process proven to be the daemon's parent, as it was when proven.
+#[derive(Debug, Clone, Copy)]
+struct Parent {
+    pid: i32,
+    /// Start time in clock ticks since boot (`/proc/PID/stat` field 22).
+    started: u64,
+}
+
+impl Parent {
+    /// Whether the pid still belongs to the process that was proven.
+    fn still_there(&self) -> bool {
+        pidfile::alive(self.pid) && start_time(self.pid) == Some(self.started)
+    }
+
+    fn signal(&self, sig: Signal) -> nix::Result<()> {
+        if !self.still_there() {
+            return Err(nix::errno::Errno::ESRCH);
+        }
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid), sig)
+    }
+}
+
+/// Start time of `pid` in clock ticks since boot.
+fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_start_time(&stat)
+}
+
+fn parse_start_time(stat: &str) -> Option<u64> {
+    // Fields after the ")" that closes comm start at field 3 (state);
+    // starttime is field 22.
+    stat[stat.rfind(')')? + 1..]
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
+}
+
+/// Why a pid could not be proven to be the daemon's parent.
+#[derive(Debug)]
+enum Unproven {
+    /// Nothing answers on the control socket (no live parent listens).
+    NoAnswer(std::io::Error),
+    /// Something else is wrong: (exit code, one-line message).
+    Refused(u8, String),
+}
+
+/// The credentials of whatever listens on the control socket. The connect
+/// is non-blocking, so a wedged parent with a full backlog does not hang us;
+/// nothing is sent, and the connection is closed at once.
+fn listener_of(socket: &Path) -> std::io::Result<socket::UnixCredentials> {
+    let fd: OwnedFd = socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )?;
+    socket::connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &UnixAddr::new(socket)?)?;
+    Ok(socket::getsockopt(&fd, socket::sockopt::PeerCredentials)?)
+}
+
+/// The uid the config runs the daemon as, if it names a user.
+fn daemon_uid(config: &Config) -> Option<u32> {
+    let user = config.daemon.user.as_deref()?;
+    user.parse().ok().or_else(|| {
+        nix::unistd::User::from_name(user)
+            .ok()
+            .flatten()
+            .map(|u| u.uid.as_raw())
+    })
+}
+
+/// Proves which process is the daemon's parent (see the module doc).
+fn prove(config: &Config, holder: Holder) -> Result<Parent, Unproven> {
+    let socket = &config.daemon.control_socket;
+    let cred = listener_of(socket).map_err(|e| match e.kind() {
+        std::io::ErrorKind::PermissionDenied => Unproven::Refused(exit::NOPERM, refused(socket, &e)),
+        _ => Unproven::NoAnswer(e),
+    })?;
+    let (pid, uid) = (cred.pid(), cred.uid());
+    let allowed = uid == 0 || uid == nix::unistd::geteuid().as_raw() || Some(uid) == daemon_uid(config);
+    if !allowed {
+        return Err(Unproven::Refused(
+            exit::NOPERM,
+            format!(
+                "refusing to signal: the control socket {} is served by pid {pid} of uid {uid}, \
+                 neither root nor the daemon's user",
+                socket.display()
+            ),
+        ));
+    }
+    if let Some(p) = holder.file_pid().filter(|p| *p != pid) {
+        return Err(Unproven::Refused(
+            exit::UNAVAILABLE,
+            format!(
+                "refusing to signal pid {p}: the pidfile {} names it, but the daemon's control socket {} is served by pid {pid}",
+                config.daemon.pidfile.display(),
+                socket.display()
+            ),
+        ));
+    }
+    match start_time(pid) {
+        Some(started) if pidfile::alive(pid) => Ok(Parent { pid, started }),
+        _ => Err(Unproven::NoAnswer(std::io::Error::from_raw_os_error(libc::ESRCH))),
+    }
+}
+
+/// The message for a caller the control socket's permissions keep out (it
+/// is 0600 and owned by the daemon's user): the same words the daemon uses
+/// when its `SO_PEERCRED` check refuses someone.
+fn refused(socket: &Path, e: &std::io::Error) -> String {
+    format!(
+        "permission denied: only root and the daemon's user may control it (control socket {}: {e})",
+        socket.display()
+    )
+}
+
+/// `running`, with an unreadable pidfile reported (never taken for "not running").
+fn holder(config: &Config) -> Result<Option<Holder>, u8> {
+    pidfile::running(&config.daemon.pidfile).map_err(|e| {
+        say(
+            &config.daemon.name,
+            format!("cannot read pidfile {}: {e}", config.daemon.pidfile.display()),
+        );
+        exit::from_io(&e)
+    })
+}
+
+/// Polls until nothing holds the pidfile's guards, for at most `limit`.
+fn wait_free(pidfile: &Path, limit: Duration) -> bool {
+    let deadline = Instant::now().checked_add(limit);
+    let mut pause = Duration::from_millis(1);
+    loop {
+        if matches!(pidfile::running(pidfile), Ok(None)) {
+            return true;
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return false;
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
+
+fn human(d: Duration) -> humantime::FormattedDuration {
+    humantime::format_duration(d)
+}
+
+fn pid_text(pid: Option<i32>) -> String {
+    pid.map_or_else(|| "unknown".into(), |p| p.to_string())
+}
+
+/// Before `start` detaches: exits 0 if the daemon already runs; if the
+/// previous parent died and its orphaned workers still hold the pidfile,
+/// says so, waits for them (at most `stop_timeout`: they got the stop
+/// signal when the parent died, and die of `alarm` by then) and returns
+/// `None` so the start goes on, or exits 75 if they are still there.
+/// `None` means: go ahead (the lock decides races and reports errors).
+pub(crate) fn before_start(config: &Config) -> Option<u8> {
+    let name = &config.daemon.name;
+    let pidfile = &config.daemon.pidfile;
+    let holder = pidfile::running(pidfile).ok()??;
+    if let Holder::Pid(pid) = holder {
+        out(format!("{name}: already running (pid {pid})"));
+        return Some(exit::OK);
+    }
+    // A live parent whose pidfile was emptied or deleted still answers.
+    if let Ok(p) = prove(config, holder) {
+        say(
+            name,
+            format!("its pidfile {} is missing or empty", pidfile.display()),
+        );
+        out(format!("{name}: already running (pid {})", p.pid));
+        return Some(exit::OK);
+    }
+    let limit = config.workers.stop_timeout;
+    say(
+        name,
+        format!(
+            "the previous parent (pid {}) is gone but its workers still hold {}; waiting up to {} for them to finish",
+            pid_text(holder.file_pid()),
+            pidfile.display(),
+            human(limit)
+        ),
+    );
+    if wait_free(pidfile, limit) {
+        return None;
+    }
+    say(
+        name,
+        format!(
+            "workers of the previous parent still hold {} after {}; not starting beside them (try again later)",
+            pidfile.display(),
+            human(limit)
+        ),
+    );
+    Some(exit::TEMPFAIL)
+}
+
+/// `status`: 0 running, 3 not running, 1 dead with its workers still
+/// holding the pidfile (LSB "dead and pidfile exists").
+pub(crate) fn status(config: &Config, json: bool) -> u8 {
+    let name = &config.daemon.name;
+    let holder = match holder(config) {
+        Ok(Some(h)) => h,
+        Ok(None) => {
+            if json {
+                out("{\"running\":false}");
+            } else {
+                out(format!("{name} is not running"));
+            }
+            return exit::NOT_RUNNING;
+        }
+        Err(code) => return code,
+    };
+    let socket = &config.daemon.control_socket;
+    match control::call(socket, &Request::Status, Duration::from_secs(5)) {
+        Ok(Response::Status(s)) => {
+            if json {
+                let mut v = serde_json::to_value(&*s).unwrap_or_default();
+                v["running"] = serde_json::Value::Bool(true);
+                out(v);
+            } else {
+                out_raw(s.render());
+            }
+            exit::OK
+        }
+        Ok(Response::Error { message }) => {
+            say(name, message);
+            exit::NOPERM
+        }
+        Ok(other) => {
+            say(name, format!("unexpected answer: {other:?}"));
+            exit::SOFTWARE
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            out(format!("{name} is running (pid {})", pid_text(holder.file_pid())));
+            say(name, refused(socket, &e));
+            exit::NOPERM
+        }
+        Err(e) => match holder {
+            // Running (the lock is held by a live pid), but not answering.
+            Holder::Pid(pid) => {
+                out(format!(
+                    "{name} is running (pid {pid}); no detail: control socket {}: {e}",
+                    socket.display()
+                ));
+                exit::OK
+            }
+            Holder::Headless { pid, .. } => {
+                out(format!(
+                    "{name} is not running: its parent (pid {}) is gone, but its workers still hold {}",
+                    pid_text(pid),
+                    config.daemon.pidfile.display()
+                ));
+                exit::FAILURE
+            }
+        },
+    }
+}
+
+/// `reload` and `scale`: one request over the control socket.
+pub(crate) fn control_call(config: &Config, req: &Request) -> u8 {
+    let name = &config.daemon.name;
+    match holder(config) {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            say(name, "not running");
+            return exit::NOT_RUNNING;
+        }
+        Err(code) => return code,
+    }
+    let socket = &config.daemon.control_socket;
+    match control::call(socket, req, Duration::from_secs(30)) {
+        Ok(Response::Ok { message }) => {
+            out(format!("{name}: {message}"));
+            exit::OK
+        }
+        Ok(Response::Error { message }) => {
+            say(name, message);
+            exit::FAILURE
+        }
+        Ok(other) => {
+            say(name, format!("unexpected answer: {other:?}"));
+            exit::SOFTWARE
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            say(name, refused(socket, &e));
+            exit::NOPERM
+        }
+        Err(e) => {
+            say(
+                name,
+                format!("cannot reach the daemon at {}: {e}", socket.display()),
+            );
+            exit::from_io(&e)
+        }
+    }
+}
+
+/// Says why `holder` could not be proven to be the daemon; the exit code.
+fn unproven(config: &Config, holder: Holder, u: Unproven) -> u8 {
+    match u {
+        Unproven::Refused(code, msg) => {
+            say(&config.daemon.name, msg);
+            code
+        }
+        Unproven::NoAnswer(e) => {
+            say(
+                &config.daemon.name,
+                format!(
+                    "not signalling pid {}: nothing proves it is the daemon (control socket {}: {e})",
+                    pid_text(holder.file_pid()),
+                    config.daemon.control_socket.display()
+                ),
+            );
+            exit::UNAVAILABLE
+        }
+    }
+}
+
+/// `reopen-logs`: a signal to the proven parent.
+pub(crate) fn signal_running(config: &Config, sig: Signal) -> u8 {
+    let name = &config.daemon.name;
+    let holder = match holder(config) {
+        Ok(Some(h)) => h,
+        Ok(None) => {
+            say(name, "not running");
+            return exit::NOT_RUNNING;
+        }
+        Err(code) => return code,
+    };
+    let parent = match prove(config, holder) {
+        Ok(p) => p,
+        Err(u) => return unproven(config, holder, u),
+    };
+    match parent.signal(sig) {
+        Ok(()) => {
+            out(format!("{name}: sent {} to pid {}", sig.as_str(), parent.pid));
+            exit::OK
+        }
+        Err(e) => {
+            say(name, format!("cannot signal pid {}: {}", parent.pid, e.desc()));
+            exit::from_io(&e.into())
+        }
+    }
+}
+
+/// `stop`: SIGTERM to the proven parent, then wait until both guards are
+/// free (the parent and every worker are gone). A parent still there after
+/// `timeout` (default `stop_timeout` + 5 s) is killed, as systemd does; its
+/// workers then get their parent-death signal, and are waited for another
+/// `stop_timeout` + 5 s. A parent that is already dead is not signalled:
+/// its orphaned workers are waited for.
+pub(crate) fn stop(config: &Config, timeout: Option<Duration>) -> u8 {
+    let name = &config.daemon.name;
+    let pidfile = &config.daemon.pidfile;
+    let holder = match holder(config) {
+        Ok(Some(h)) => h,
+        Ok(None) => {
+            out(format!("{name} is not running"));
+            return exit::OK;
+        }
+        Err(code) => return code,
+    };
+    let afterwards = config.workers.stop_timeout.saturating_add(Duration::from_secs(5));
+    let grace = timeout.unwrap_or(afterwards);
+    let parent = match prove(config, holder) {
+        Ok(p) => p,
+        Err(Unproven::NoAnswer(_)) if matches!(holder, Holder::Headless { locked: true, .. }) => {
+            // The parent is dead; its workers got the stop signal when it died.
+            let pid = pid_text(holder.file_pid());
+            say(
+                name,
+                format!(
+                    "the parent (pid {pid}) is gone; waiting up to {} for its workers to finish",
+                    human(afterwards)
+                ),
+            );
+            if wait_free(pidfile, afterwards) {
+                out(format!("{name} stopped (workers of pid {pid} finished)"));
+                return exit::OK;
+            }
+            say(
+                name,
+                format!(
+                    "workers still hold {} after {}",
+                    pidfile.display(),
+                    human(afterwards)
+                ),
+            );
+            return exit::FAILURE;
+        }
+        Err(u) => return unproven(config, holder, u),
+    };
+    stop_parent(config, parent, grace, afterwards)
+}
+
+fn stop_parent(config: &Config, parent: Parent, grace: Duration, afterwards: Duration) -> u8 {
+    let name = &config.daemon.name;
+    let pidfile = &config.daemon.pidfile;
+    let pid = parent.pid;
+    if let Err(e) = parent.signal(Signal::SIGTERM) {
+        say(name, format!("cannot signal pid {pid}: {}", e.desc()));
+        return exit::from_io(&e.into());
+    }
+    if wait_free(pidfile, grace) {
+        out(format!("{name} stopped (pid {pid})"));
+        return exit::OK;
+    }
+    if parent.signal(Signal::SIGKILL).is_ok() {
+        say(
+            name,
+            format!("pid {pid} did not stop within {}; sent SIGKILL", human(grace)),
+        );
+    } else {
+        say(
+            name,
+            format!(
+                "pid {pid} exited, but its workers still hold {} after {}; waiting",
+                pidfile.display(),
+                human(grace)
+            ),
+        );
+    }
+    if wait_free(pidfile, afterwards) {
+        out(format!(
+            "{name} stopped (pid {pid}, killed after {})",
+            human(grace)
+        ));
+        return exit::OK;
+    }
+    say(
+        name,
+        format!(
+            "workers of pid {pid} still hold {} after {}",
+            pidfile.display(),
+            human(afterwards)
+        ),
+    );
+    exit::FAILURE
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_time_is_field_22_even_when_comm_has_spaces_and_parens() {
+        let stat = "42 (a b) c) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 98765 1000 10";
+        assert_eq!(parse_start_time(stat), Some(98765));
+        assert_eq!(parse_start_time("garbage"), None);
+        let me = std::process::id() as i32;
+        assert!(start_time(me).is_some());
+        let p = Parent {
+            pid: me,
+            started: start_time(me).unwrap(),
+        };
+        assert!(p.still_there());
+        let other = Parent {
+            started: p.started + 1,
+            ..p
+        };
+        assert!(
+            !other.still_there(),
+            "a different start time is a different process"
+        );
+        assert_eq!(other.signal(Signal::SIGUSR1), Err(nix::errno::Errno::ESRCH));
+    }
+}
