@@ -7,6 +7,7 @@ mod core;
 mod external;
 mod generate;
 mod health;
+mod lifecycle;
 mod operations;
 mod privileges;
 mod queues;
