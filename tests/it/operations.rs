@@ -808,10 +808,14 @@ fn an_invalid_reload_is_refused_and_the_daemon_keeps_its_workers() {
         assert_eq!(d.pid(), Some(parent));
         assert_eq!(d.workers(parent), workers);
     }
-    // Other commands refuse a broken file; fixed, it shows the same
-    // workers still running.
+    // `status` still reaches the daemon, saying it uses only the paths
+    // (issue 9); a command that needs the config refuses a broken file;
+    // fixed, it shows the same workers still running.
     d.rewrite_config("[workers]\ncount = 0\n");
-    assert_eq!(d.run(&["status"]).status.code(), Some(78));
+    let out = d.run(&["status"]);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert!(stderr(&out).contains("the config has errors"), "{}", show(&out));
+    assert_eq!(d.run(&["scale", "3"]).status.code(), Some(78));
     d.rewrite_config(FAST);
     assert_eq!(pids_in_state(&status_json(&d), "running"), workers);
     assert!(d.run(&["stop"]).status.success());
