@@ -180,6 +180,15 @@ fn pid_text(pid: Option<i32>) -> String {
     pid.map_or_else(|| "unknown".into(), |p| p.to_string())
 }
 
+/// What to say of a daemon whose parent is gone while its workers finish.
+fn headless(config: &Config, pid: Option<i32>) -> String {
+    format!(
+        "not running: its parent (pid {}) is gone, but its workers still hold {}",
+        pid_text(pid),
+        config.daemon.pidfile.display()
+    )
+}
+
 /// Before `start` detaches: exits 0 if the daemon already runs; if the
 /// previous parent died and its orphaned workers still hold the pidfile,
 /// says so, waits for them (at most `stop_timeout`: they got the stop
@@ -278,11 +287,11 @@ pub(crate) fn status(config: &Config, json: bool) -> u8 {
                 exit::OK
             }
             Holder::Headless { pid, .. } => {
-                out(format!(
-                    "{name} is not running: its parent (pid {}) is gone, but its workers still hold {}",
-                    pid_text(pid),
-                    config.daemon.pidfile.display()
-                ));
+                if json {
+                    out("{\"running\":false,\"workers_left\":true}");
+                } else {
+                    out(format!("{name} is {}", headless(config, pid)));
+                }
                 exit::FAILURE
             }
         },
@@ -292,14 +301,14 @@ pub(crate) fn status(config: &Config, json: bool) -> u8 {
 /// `reload` and `scale`: one request over the control socket.
 pub(crate) fn control_call(config: &Config, req: &Request) -> u8 {
     let name = &config.daemon.name;
-    match holder(config) {
-        Ok(Some(_)) => {}
+    let holder = match holder(config) {
+        Ok(Some(h)) => h,
         Ok(None) => {
             say(name, "not running");
             return exit::NOT_RUNNING;
         }
         Err(code) => return code,
-    }
+    };
     let socket = &config.daemon.control_socket;
     match control::call(socket, req, Duration::from_secs(30)) {
         Ok(Response::Ok { message }) => {
@@ -319,10 +328,17 @@ pub(crate) fn control_call(config: &Config, req: &Request) -> u8 {
             exit::NOPERM
         }
         Err(e) => {
-            say(
-                name,
-                format!("cannot reach the daemon at {}: {e}", socket.display()),
-            );
+            match holder {
+                Holder::Headless { pid, locked: true }
+                    if e.kind() == std::io::ErrorKind::ConnectionRefused =>
+                {
+                    say(name, headless(config, pid))
+                }
+                _ => say(
+                    name,
+                    format!("cannot reach the daemon at {}: {e}", socket.display()),
+                ),
+            }
             exit::from_io(&e)
         }
     }
@@ -334,6 +350,10 @@ fn unproven(config: &Config, holder: Holder, u: Unproven) -> u8 {
         Unproven::Refused(code, msg) => {
             say(&config.daemon.name, msg);
             code
+        }
+        Unproven::NoAnswer(_) if matches!(holder, Holder::Headless { locked: true, .. }) => {
+            say(&config.daemon.name, headless(config, holder.file_pid()));
+            exit::UNAVAILABLE
         }
         Unproven::NoAnswer(e) => {
             say(

@@ -136,7 +136,7 @@ pub enum Acquired {
 pub struct Pidfile {
     path: PathBuf,
     file: File,
-    _guard: UnixDatagram,
+    guard: UnixDatagram,
 }
 
 /// How long a starting instance may take between binding its guard,
@@ -297,7 +297,7 @@ pub fn acquire(path: &Path) -> Result<Acquired, PidfileError> {
                 return Ok(Acquired::Locked(Pidfile {
                     path: path.to_path_buf(),
                     file,
-                    _guard: guard,
+                    guard,
                 }));
             }
             Err(Errno::EAGAIN | Errno::EACCES) => {
@@ -373,6 +373,13 @@ impl Pidfile {
     /// The locked descriptor (workers inherit it).
     pub fn raw_fd(&self) -> i32 {
         self.file.as_raw_fd()
+    }
+
+    /// The instance guard's descriptor. Like [`Pidfile::raw_fd`], forked
+    /// workers must keep it open (code that closes inherited descriptors
+    /// must spare both); it is close-on-exec, so commands never get it.
+    pub fn guard_fd(&self) -> i32 {
+        self.guard.as_raw_fd()
     }
 
     /// Gives the file to the account the daemon switches to.
