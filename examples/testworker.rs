@@ -18,6 +18,7 @@
 //! | `crash_after = N` | after N jobs (0: at once), fail the way `crash_with` says |
 //! | `crash_with = "exit"` | `exit` (status 7), `panic`, or `error` (return an error from `run`) |
 //! | `log_env = ["HOME"]` | in `init`, log `env NAME=VALUE` for each of these variables |
+//! | `init_sleep = "0s"` | `init` blocks this long first, without heartbeats (a connect to a database that is down) |
 //! | `hook_file = "PATH"` | the parent's `on_start` hook opens PATH, inheritable (no close-on-exec), and keeps it open |
 //! | `fail_init_with = "text"` | `init` fails with this message |
 //! | `block_read = "5s"` | each `run` blocks in a socket read with this read timeout (`SO_RCVTIMEO`), as a Redis or HTTP client does, and fails on any other error (`EINTR` included) |
@@ -48,6 +49,8 @@ struct Settings {
     crash_after: Option<u64>,
     crash_with: CrashWith,
     log_env: Vec<String>,
+    #[serde(deserialize_with = "duration")]
+    init_sleep: Duration,
     hook_file: Option<std::path::PathBuf>,
     fail_init_with: Option<String>,
     #[serde(deserialize_with = "opt_duration")]
@@ -65,6 +68,7 @@ impl Default for Settings {
             crash_after: None,
             crash_with: CrashWith::Exit,
             log_env: Vec::new(),
+            init_sleep: Duration::ZERO,
             hook_file: None,
             fail_init_with: None,
             block_read: None,
@@ -104,6 +108,9 @@ impl Worker for TestWorker {
     type Args = rookery::NoArgs;
 
     fn init(ctx: &mut Context<Self>) -> Result<Self, BoxError> {
+        // Blocks like a connect without a timeout: not even a stop request
+        // ends it.
+        std::thread::sleep(ctx.settings().init_sleep);
         for k in &ctx.settings().log_env {
             let v = std::env::var(k).unwrap_or_else(|_| "(unset)".into());
             info!("env {k}={v}");
@@ -179,6 +186,10 @@ impl Worker for TestWorker {
         }
         self.jobs += 1;
         Ok(Step::Worked)
+    }
+
+    fn cleanup(&mut self, _ctx: &mut Context<Self>) {
+        info!("cleanup after {} jobs", self.jobs);
     }
 }
 

@@ -132,7 +132,8 @@ pub struct BackoffStatus {
 pub const MAX_REQUEST: usize = 4096;
 /// Time a client has to send its request and read the answer.
 pub const CLIENT_DEADLINE: Duration = Duration::from_secs(2);
-/// Control connections served at once; more are closed at once.
+/// Control connections served at once; a new one past the cap takes the
+/// place of the oldest that has not sent its request yet.
 pub const MAX_CLIENTS: usize = 16;
 
 /// The daemon's listening socket and its open connections.
@@ -160,6 +161,21 @@ enum ConnState {
     Reading(Vec<u8>),
     /// Sending the answer from this offset.
     Writing(Vec<u8>, usize),
+}
+
+/// What [`Server::accept`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accepted {
+    /// No connection was pending.
+    Nothing,
+    /// One was closed at once (no room, or unusable).
+    Dropped,
+    /// A new client, under the token given; `evicted`: the token of the
+    /// connection closed to make room for it.
+    Client {
+        /// The connection closed to make room, if any.
+        evicted: Option<u64>,
+    },
 }
 
 /// What became of a connection after it was readable.
@@ -216,15 +232,32 @@ impl Server {
     }
 
     /// Accepts one pending connection under `token`; false when none was
-    /// pending. A connection over [`MAX_CLIENTS`] is closed at once
-    /// (and true is returned: there may be more to accept). Callers from
-    /// other users get their refusal queued at once.
-    pub fn accept(&mut self, token: u64, now: Instant) -> bool {
+    /// pending. Past [`MAX_CLIENTS`], the oldest connection still waiting
+    /// for its request is closed to make room (so silent clients cannot
+    /// lock an operator out); if all are being answered, the new one is
+    /// closed at once. Callers from other users get their refusal queued.
+    pub fn accept(&mut self, token: u64, now: Instant) -> Accepted {
         let Ok((stream, _)) = self.listener.accept() else {
-            return false;
+            return Accepted::Nothing;
         };
-        if self.conns.len() >= MAX_CLIENTS || stream.set_nonblocking(true).is_err() {
-            return true; // dropped: closed at once
+        let mut evicted = None;
+        if self.conns.len() >= MAX_CLIENTS {
+            let oldest = self
+                .conns
+                .iter()
+                .filter(|(_, c)| matches!(c.state, ConnState::Reading(_)))
+                .min_by_key(|(t, c)| (c.deadline, **t))
+                .map(|(t, _)| *t);
+            match oldest {
+                Some(t) => {
+                    self.conns.remove(&t);
+                    evicted = Some(t);
+                }
+                None => return Accepted::Dropped,
+            }
+        }
+        if stream.set_nonblocking(true).is_err() {
+            return Accepted::Dropped;
         }
         let cred = nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials);
         let allowed = cred.is_ok_and(|c| c.uid() == 0 || c.uid() == self.owner);
@@ -244,12 +277,19 @@ impl Server {
                 },
             );
         }
-        true
+        Accepted::Client { evicted }
     }
 
     /// The descriptor of connection `token`, to watch.
     pub fn fd(&self, token: u64) -> Option<std::os::fd::BorrowedFd<'_>> {
         self.conns.get(&token).map(|c| c.stream.as_fd())
+    }
+
+    /// The descriptors of the open connections: a forked worker must close
+    /// them, or a client would never see its connection end.
+    pub fn client_fds(&self) -> impl Iterator<Item = std::os::fd::RawFd> + '_ {
+        use std::os::fd::AsRawFd;
+        self.conns.values().map(|c| c.stream.as_raw_fd())
     }
 
     /// Whether connection `token` has an answer still to send.

@@ -752,6 +752,12 @@ impl<'h, O: Os> Supervisor<'h, O> {
             self.core.handle(now, Event::SpawnFailed { order, error });
             return;
         };
+        // The parent's own descriptors, and its control clients': none
+        // belongs in a worker.
+        let mut close = self.parent_only.clone();
+        if let Some(c) = &self.control {
+            close.extend(c.client_fds());
+        }
         let cx = SpawnContext {
             slot: order.slot,
             id: order.id,
@@ -759,7 +765,7 @@ impl<'h, O: Os> Supervisor<'h, O> {
             config: &self.config,
             parent: nix::unistd::getpid(),
             to_parent: &self.msg_write,
-            close: &self.parent_only,
+            close: &close,
             max_jobs: order.max_jobs,
         };
         match self.spawner.spawn(&cx) {
@@ -816,8 +822,14 @@ impl<'h, O: Os> Supervisor<'h, O> {
         for _ in 0..control::MAX_CLIENTS {
             let token = self.next_token;
             let Some(c) = self.control.as_mut() else { return };
-            if !c.accept(token, now) {
-                return;
+            match c.accept(token, now) {
+                control::Accepted::Nothing => return,
+                control::Accepted::Dropped => continue,
+                control::Accepted::Client { evicted } => {
+                    if let Some(t) = evicted {
+                        self.sources.remove(&t);
+                    }
+                }
             }
             self.next_token += 1;
             let Some(fd) = self.control.as_ref().and_then(|c| c.fd(token)) else {
@@ -959,6 +971,109 @@ impl<'h, O: Os> Supervisor<'h, O> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    /// What the fake OS was asked to do, shared with the test.
+    #[derive(Default)]
+    struct Calls {
+        signals: Vec<(Pid, bool, Signal)>,
+        reapable: Vec<(Pid, ExitStatus)>,
+        spawned: Vec<u32>,
+        now: Option<Instant>,
+    }
+
+    struct FakeOs(Rc<RefCell<Calls>>);
+
+    impl Os for FakeOs {
+        fn now(&self) -> Instant {
+            *self.0.borrow_mut().now.get_or_insert_with(Instant::now)
+        }
+        fn signal(&mut self, pid: Pid, group: bool, signal: Signal) {
+            self.0.borrow_mut().signals.push((pid, group, signal));
+        }
+        fn reap(&mut self) -> Option<(Pid, ExitStatus)> {
+            self.0.borrow_mut().reapable.pop()
+        }
+        fn rss(&self, _pid: Pid) -> Option<u64> {
+            Some(1)
+        }
+    }
+
+    /// Spawns nothing: hands out fake pids.
+    struct FakeSpawner(Rc<RefCell<Calls>>, i32);
+
+    impl Spawner for FakeSpawner {
+        fn spawn(&mut self, cx: &SpawnContext<'_>) -> std::io::Result<crate::spawn::Spawned> {
+            self.0.borrow_mut().spawned.push(cx.slot);
+            self.1 += 1;
+            Ok(crate::spawn::Spawned {
+                pid: Pid::from_raw(self.1),
+                output: Vec::new(),
+                notify: None,
+                ready_at_spawn: true,
+            })
+        }
+        fn reload(&mut self, _cfg: &Config) -> Result<(), ConfigError> {
+            Ok(())
+        }
+        fn forwards_usr1(&self) -> bool {
+            false
+        }
+    }
+
+    #[test]
+    fn the_loop_carries_out_the_core_s_actions_through_the_os_seam() {
+        let calls = Rc::new(RefCell::new(Calls::default()));
+        let mut config = Config::defaults("t");
+        config.workers.count = 2;
+        config.workers.min_uptime = Duration::ZERO;
+        config.workers.command = Some(vec!["true".into()]);
+        let mut hooks = crate::hooks::NoHooks;
+        let inbox = Inbox::open().unwrap();
+        let mut sup = Supervisor::with_os(
+            FakeOs(calls.clone()),
+            config,
+            Box::new(FakeSpawner(calls.clone(), 1000)),
+            &mut hooks,
+            inbox,
+            None,
+            StartupReport::none(),
+            Box::new(|| Err(ConfigError::new(Vec::new()))),
+        )
+        .unwrap();
+        let now = sup.os.now();
+        sup.core.start(now);
+        sup.execute();
+        assert_eq!(calls.borrow().spawned, [1, 2]);
+        // A worker dies: reaped through the seam, restarted by the core.
+        calls
+            .borrow_mut()
+            .reapable
+            .push((Pid::from_raw(1001), ExitStatus::Signaled(Signal::SIGKILL)));
+        sup.reap();
+        assert_eq!(calls.borrow().spawned, [1, 2, 1]);
+        assert!(!sup.workers.contains_key(&Pid::from_raw(1001)));
+        // SIGTERM: every command's group gets the stop signal, then SIGCONT.
+        sup.on_signal(Signal::SIGTERM);
+        sup.execute();
+        let mut sent = calls.borrow().signals.clone();
+        sent.sort();
+        let p = Pid::from_raw;
+        assert_eq!(
+            sent,
+            [
+                (p(1002), true, Signal::SIGTERM),
+                (p(1002), true, Signal::SIGCONT),
+                (p(1003), true, Signal::SIGTERM),
+                (p(1003), true, Signal::SIGCONT),
+            ]
+        );
+        calls.borrow_mut().reapable = vec![(p(1002), ExitStatus::Code(0)), (p(1003), ExitStatus::Code(0))];
+        sup.reap();
+        assert!(sup.core.is_finished());
+        assert_eq!(calls.borrow().spawned.len(), 3, "no restart while stopping");
+    }
 
     /// A `Pipe` reading the far end of a pipe whose near end is returned.
     fn piped() -> (Pipe, OwnedFd) {

@@ -8,6 +8,7 @@ mod external;
 mod generate;
 mod health;
 mod lifecycle;
+mod never_stalls;
 mod operations;
 mod privileges;
 mod queues;
