@@ -136,6 +136,7 @@ static SINK: Mutex<Sink> = Mutex::new(Sink {
     path: None,
     file: None,
     console: true,
+    console_out: None,
     role: String::new(),
     pid: 0,
     generation: 0,
@@ -151,8 +152,11 @@ static GENERATION: OnceLock<&'static AtomicU64> = OnceLock::new();
 struct Sink {
     /// The file to reopen by path (`None`: no file, or a stream).
     path: Option<PathBuf>,
-    file: Option<File>,
+    file: Option<Out>,
+    /// Whether lines are copied to stderr (`-n`).
     console: bool,
+    /// Where they are copied: stderr, opened so as never to block.
+    console_out: Option<Out>,
     role: String,
     pid: u32,
     /// The reopen generation this process's file belongs to.
@@ -204,15 +208,78 @@ impl LogStream {
     }
 
     fn open(self) -> io::Result<File> {
-        use std::os::fd::AsFd;
-        Ok(match self {
-            LogStream::Stdout => File::from(io::stdout().as_fd().try_clone_to_owned()?),
-            LogStream::Stderr => File::from(io::stderr().as_fd().try_clone_to_owned()?),
+        match self {
+            LogStream::Stdout => open_stream(1),
+            LogStream::Stderr => open_stream(2),
             LogStream::Null => std::fs::OpenOptions::new()
                 .write(true)
                 .custom_flags(libc::O_CLOEXEC)
-                .open("/dev/null")?,
-        })
+                .open("/dev/null"),
+        }
+    }
+}
+
+/// Descriptor `fd` (1 or 2) for log lines, such that writing never blocks
+/// the parent when the reader stalls (a container runtime's pipe, a
+/// terminal stopped with Ctrl-S), without changing how user code's own
+/// writes to that descriptor behave: `O_NONBLOCK` on a duplicate would apply
+/// to the shared open file description, and make a worker's `println!`
+/// fail (and panic) when the pipe is full.
+///
+/// A pipe or a terminal is opened again through `/proc/self/fd/N`, which
+/// gives a description of our own, non-blocking. A socket (journald's
+/// stream) is duplicated and written with `MSG_DONTWAIT` (see [`Out`]). A
+/// regular file is duplicated.
+fn open_stream(fd: i32) -> io::Result<File> {
+    use std::os::fd::AsFd;
+    match fd {
+        1 => writer_of(io::stdout().as_fd()),
+        2 => writer_of(io::stderr().as_fd()),
+        _ => Err(io::ErrorKind::InvalidInput.into()),
+    }
+}
+
+/// See [`open_stream`].
+fn writer_of(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<File> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::FileTypeExt;
+    let dup = File::from(fd.try_clone_to_owned()?);
+    let ft = dup.metadata()?.file_type();
+    if ft.is_fifo() || ft.is_char_device() {
+        let again = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY)
+            .open(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+        if let Ok(f) = again {
+            return Ok(f);
+        }
+    }
+    Ok(dup)
+}
+
+/// A descriptor log lines go to, with how to write it without blocking.
+struct Out {
+    file: File,
+    /// A socket: written with `send(MSG_DONTWAIT)`, which does not block
+    /// even though the descriptor (shared with user code) is blocking.
+    socket: bool,
+}
+
+impl Out {
+    fn new(file: File) -> Out {
+        use std::os::unix::fs::FileTypeExt;
+        let socket = file.metadata().is_ok_and(|m| m.file_type().is_socket());
+        Out { file, socket }
+    }
+
+    fn write(&self, buf: &[u8]) -> io::Result<usize> {
+        use std::os::fd::AsRawFd;
+        if self.socket {
+            use nix::sys::socket::{send, MsgFlags};
+            let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
+            return send(self.file.as_raw_fd(), buf, flags).map_err(io::Error::from);
+        }
+        (&self.file).write(buf)
     }
 }
 
@@ -351,9 +418,11 @@ pub fn init(level: Level, path: Option<&Path>, file: Option<File>, console: bool
         let mut s = lock();
         let stream = path.is_some_and(|p| LogStream::of(p).is_some());
         s.path = path.filter(|_| !stream).map(Path::to_path_buf);
-        s.file = file;
+        s.file = file.map(Out::new);
         // A stream is the console already: copying would double each line.
         s.console = (console && !stream) || s.file.is_none();
+        s.console_out = None;
+        open_console(&mut s);
         s.pid = std::process::id();
         s.generation = generation;
         if s.role.is_empty() {
@@ -393,6 +462,13 @@ pub fn set_role(role: &str) {
 pub fn set_console(on: bool) {
     let mut s = lock();
     s.console = on || s.file.is_none();
+    open_console(&mut s);
+}
+
+fn open_console(s: &mut Sink) {
+    if s.console && s.console_out.is_none() {
+        s.console_out = open_stream(2).ok().map(Out::new);
+    }
 }
 
 /// Asks for the log file to be reopened before the next line is written.
@@ -440,7 +516,7 @@ fn reopen_locked(s: &mut Sink) -> io::Result<()> {
         // issue 9: a new file the privileged parent creates is given to the
         // workers' account, so that workers can reopen it too.
         let f = crate::privileges::open_log_shared(&path)?;
-        s.file = Some(f);
+        s.file = Some(Out::new(f));
         s.partial = None;
     }
     Ok(())
@@ -468,7 +544,10 @@ fn write_line(line: &[u8]) {
     }
     s.append(line);
     if s.console {
-        let _ = io::stderr().write_all(line);
+        // A copy: when stderr cannot take it now, it is dropped.
+        if let Some(out) = &s.console_out {
+            let _ = out.write(line);
+        }
     }
 }
 
@@ -483,7 +562,7 @@ enum Short {
 
 /// One `write(2)` of `buf` (retried only on `EINTR`, when nothing was
 /// written): a retry of the rest could land after another process's line.
-fn write_once(mut f: &File, buf: &[u8]) -> Result<(), Short> {
+fn write_once(f: &Out, buf: &[u8]) -> Result<(), Short> {
     loop {
         return match f.write(buf) {
             Ok(n) if n == buf.len() => Ok(()),
@@ -525,7 +604,7 @@ impl Sink {
             return;
         };
         if let Some(partial) = self.partial.take() {
-            if roll_back(f, &partial).is_err() && write_once(f, b"\n").is_err() {
+            if roll_back(&f.file, &partial).is_err() && write_once(f, b"\n").is_err() {
                 self.partial = Some(partial);
                 self.lose("cannot repair a line cut short".into());
                 return;
@@ -568,10 +647,10 @@ impl Sink {
                 let Some(f) = self.file.as_ref() else {
                     return;
                 };
-                let repaired = roll_back(f, partial).is_ok();
+                let repaired = roll_back(&f.file, partial).is_ok();
                 // The kernel says why only on a further write: ask the file
                 // system whether it is full (else a quota, most likely).
-                let full = nix::sys::statvfs::fstatvfs(f).is_ok_and(|v| v.blocks_available() == 0);
+                let full = nix::sys::statvfs::fstatvfs(&f.file).is_ok_and(|v| v.blocks_available() == 0);
                 if !repaired {
                     self.partial = Some(partial.to_vec());
                 }
@@ -720,7 +799,8 @@ mod tests {
     fn sink(file: File) -> Sink {
         Sink {
             path: None,
-            file: Some(file),
+            file: Some(Out::new(file)),
+            console_out: None,
             console: false,
             role: "test".into(),
             pid: 1,
@@ -824,7 +904,7 @@ mod tests {
         s.append(b"first\n");
         s.append(b"second\n");
         assert_eq!(s.lost, 2);
-        s.file = Some(open_log(&p).unwrap().file);
+        s.file = Some(Out::new(open_log(&p).unwrap().file));
         s.append(b"third\n");
         s.append(b"fourth\n");
         let text = std::fs::read_to_string(&p).unwrap();
@@ -837,6 +917,49 @@ mod tests {
         assert_eq!(&lines[1..], ["third", "fourth"]);
         assert_eq!(s.lost, 0);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_stalled_pipe_or_socket_never_blocks_the_writer_nor_changes_user_code_s_descriptor() {
+        use std::os::fd::AsFd;
+        // A pipe nobody reads, as a container runtime's stdout may become.
+        let (_r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let out = Out::new(writer_of(w.as_fd()).unwrap());
+        assert!(!out.socket);
+        let line = [b'x'; 1000];
+        let mut refused = None;
+        for _ in 0..1000 {
+            if let Err(e) = out.write(&line) {
+                refused = Some(e.kind());
+                break;
+            }
+        }
+        assert_eq!(
+            refused,
+            Some(io::ErrorKind::WouldBlock),
+            "the full pipe blocked or never filled"
+        );
+        let flags = nix::fcntl::fcntl(&w, nix::fcntl::FcntlArg::F_GETFL).unwrap();
+        assert_eq!(
+            flags & libc::O_NONBLOCK,
+            0,
+            "user code's descriptor stays blocking"
+        );
+
+        // A stream socket nobody reads, as journald's may become.
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let out = Out::new(writer_of(a.as_fd()).unwrap());
+        assert!(out.socket);
+        let mut refused = None;
+        for _ in 0..100_000 {
+            if let Err(e) = out.write(&line) {
+                refused = Some(e.kind());
+                break;
+            }
+        }
+        assert_eq!(refused, Some(io::ErrorKind::WouldBlock));
+        let flags = nix::fcntl::fcntl(&a, nix::fcntl::FcntlArg::F_GETFL).unwrap();
+        assert_eq!(flags & libc::O_NONBLOCK, 0);
     }
 
     #[test]

@@ -387,3 +387,72 @@ fn a_full_disk_loses_whole_lines_counts_them_and_says_so_when_space_returns() {
     }
     drop(tmpfs);
 }
+
+#[test]
+fn a_log_stream_nobody_reads_never_stalls_the_parent() {
+    let mut d = Daemon::demo(
+        "[workers]\ncount = 2\nstop_timeout = \"5s\"\n\n[app]\njob_interval = \"1ms\"\njob_time = \"0ms\"\n",
+    );
+    // A container runtime that stopped reading: a pipe nobody drains.
+    let mut child = d
+        .cmd(&["--no-daemon", "--logfile", "/dev/stdout"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let parent = child.id() as i32;
+    let stdout = child.stdout.take().unwrap();
+    d.foreground.push(child);
+    let workers = d.wait_workers(parent, 2);
+    // A job line is about 90 bytes: 2,000 of them are far more than the
+    // pipe's 64 KiB.
+    assert!(
+        wait_until(DEADLINE, || workers
+            .iter()
+            .map(|w| title_jobs(*w).unwrap_or(0))
+            .sum::<u64>()
+            >= 2000),
+        "the workers stalled on the full pipe"
+    );
+    // The parent logs the exit and restarts the worker: blocked in a write
+    // to the pipe, it would do neither, nor answer `status`.
+    kill(workers[0], 9);
+    let mut now = Vec::new();
+    assert!(
+        wait_until(DEADLINE, || {
+            now = d.workers(parent);
+            now.len() == 2 && !now.contains(&workers[0])
+        }),
+        "no replacement: the parent is stuck ({now:?})"
+    );
+    let out = run_with_timeout(&mut d.cmd(&["status"]), Duration::from_secs(20));
+    assert!(out.status.success(), "{}", show(&out));
+
+    // Reading again: the lines that did not fit are counted, not merged.
+    let text = Arc::new(Mutex::new(String::new()));
+    let t = text.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let mut t = t.lock().unwrap();
+            t.push_str(&line);
+            t.push('\n');
+        }
+    });
+    assert!(
+        wait_until(DEADLINE, || text.lock().unwrap().contains(" lost: ")),
+        "no count of lost lines:\n{}",
+        text.lock()
+            .unwrap()
+            .lines()
+            .rev()
+            .take(20)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    kill(parent, 15);
+    assert!(wait_until(DEADLINE, || !alive(parent)));
+    for line in text.lock().unwrap().lines() {
+        assert!(whole_line(line), "a broken or merged log line: {line:?}");
+    }
+}
