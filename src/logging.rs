@@ -539,7 +539,19 @@ fn write_line(line: &[u8]) {
     }
     if reopen {
         if let Err(e) = reopen_locked(&mut s) {
-            let _ = io::stderr().write_all(format!("rookery: cannot reopen log file: {e}\n").as_bytes());
+            // Said in the file still open (the parent's stderr may be
+            // /dev/null): this process keeps writing there.
+            let path = s
+                .path
+                .as_deref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            let msg = format!(
+                "{}cannot reopen log file {path}: {}\n",
+                prefix(" WARN", s.pid, &s.role),
+                text::escape_controls(&e.to_string())
+            );
+            s.append(msg.as_bytes());
         }
     }
     s.append(line);
