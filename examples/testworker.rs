@@ -21,6 +21,7 @@
 //! | `init_sleep = "0s"` | `init` blocks this long first, without heartbeats (a connect to a database that is down) |
 //! | `hook_file = "PATH"` | the parent's `on_start` hook opens PATH, inheritable (no close-on-exec), and keeps it open |
 //! | `fail_init_with = "text"` | `init` fails with this message |
+//! | `init_block_read = "5s"` | `init` first blocks in a socket read with this read timeout (a connect to a database that is down), failing on any other error |
 //! | `block_read = "5s"` | each `run` blocks in a socket read with this read timeout (`SO_RCVTIMEO`), as a Redis or HTTP client does, and fails on any other error (`EINTR` included) |
 //!
 //! ```text
@@ -54,6 +55,8 @@ struct Settings {
     hook_file: Option<std::path::PathBuf>,
     fail_init_with: Option<String>,
     #[serde(deserialize_with = "opt_duration")]
+    init_block_read: Option<Duration>,
+    #[serde(deserialize_with = "opt_duration")]
     block_read: Option<Duration>,
 }
 
@@ -71,6 +74,7 @@ impl Default for Settings {
             init_sleep: Duration::ZERO,
             hook_file: None,
             fail_init_with: None,
+            init_block_read: None,
             block_read: None,
         }
     }
@@ -118,6 +122,16 @@ impl Worker for TestWorker {
         let s = ctx.settings();
         if let Some(msg) = &s.fail_init_with {
             return Err(msg.clone().into());
+        }
+        if let Some(timeout) = s.init_block_read {
+            let (a, _b) = UnixDatagram::pair()?;
+            a.set_read_timeout(Some(timeout))?;
+            match a.recv(&mut [0u8; 8]) {
+                Err(e) if !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    return Err(format!("connect failed: {e}").into());
+                }
+                _ => info!("init read timed out"),
+            }
         }
         let socket = match s.block_read {
             Some(timeout) => {

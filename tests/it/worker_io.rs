@@ -98,10 +98,32 @@ fn reopen_logs_and_stop_do_not_break_a_worker_blocked_in_a_read_with_a_timeout()
     );
     assert_eq!(d.workers(parent), workers, "a worker exited:\n{}", both());
 
-    // A stop interrupts the read (EINTR): that ends the worker normally.
+    // A stop interrupts the read (EINTR): that ends the worker normally,
+    // whether one worker is stopped (scale -1) or all of them.
     assert!(wait_until(DEADLINE, || workers
         .iter()
         .all(|w| blocked_in_recv(*w))));
+    let out = d.run(&["scale", "-1"]);
+    assert!(out.status.success(), "{}", show(&out));
+    let mut left = Vec::new();
+    assert!(wait_until(DEADLINE, || {
+        left = d.workers(parent);
+        left.len() == 1
+    }));
+    let gone = workers.iter().copied().find(|w| !left.contains(w)).unwrap();
+    assert!(
+        wait_until(DEADLINE, || d.log().lines().any(|l| l
+            .contains(&format!("pid {gone})"))
+            && l.contains("exit status 0"))),
+        "the worker scaled away did not exit 0:\n{}",
+        both()
+    );
+    assert!(
+        !both().contains("ERROR"),
+        "scale -1 made a worker fail:\n{}",
+        both()
+    );
+    assert!(wait_until(DEADLINE, || left.iter().all(|w| blocked_in_recv(*w))));
     let out = d.run(&["stop"]);
     assert!(out.status.success(), "{}", show(&out));
     assert!(wait_until(DEADLINE, || workers.iter().all(|w| !alive(*w))));
@@ -118,6 +140,34 @@ fn reopen_logs_and_stop_do_not_break_a_worker_blocked_in_a_read_with_a_timeout()
             "worker {w} did not exit 0:\n{log}"
         );
     }
+}
+
+#[test]
+fn a_stop_that_interrupts_init_ends_the_worker_normally() {
+    let mut d = testworker("[workers]\ncount = 1\n\n[app]\ninit_block_read = \"30s\"\n");
+    let parent = d.spawn_foreground(&[]);
+    let mut worker = Vec::new();
+    assert!(
+        wait_until(DEADLINE, || {
+            worker = d.workers(parent);
+            worker.len() == 1 && blocked_in_recv(worker[0])
+        }),
+        "no worker blocked in init:\n{}",
+        d.log()
+    );
+    kill(parent, 15);
+    assert!(wait_until(DEADLINE, || !alive(parent)), "{}", d.log());
+    let log = d.log();
+    assert!(!log.contains("ERROR") && !log.contains("init failed"), "{log}");
+    assert!(
+        log.contains("init returned an error after the stop request"),
+        "{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains(&format!("pid {})", worker[0])) && l.contains("exit status 0")),
+        "{log}"
+    );
 }
 
 #[test]
