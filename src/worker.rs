@@ -393,9 +393,44 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
     while let Some(cause) = src {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
+        // issue 9: an error that already shows its source (a `{source}` in
+        // its format) must not make the line say it twice.
+        let text = cause.to_string();
+        if !s.ends_with(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
         src = cause.source();
     }
     s.replace('\n', " ")
+}
+
+#[cfg(test)]
+mod error_chain_tests {
+    use super::error_chain;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("beanstalkd connect: {source}")]
+    struct Shows {
+        source: std::io::Error,
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("init failed")]
+    struct Hides {
+        #[source]
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let refused = || std::io::Error::from_raw_os_error(libc::ECONNREFUSED);
+        let text = error_chain(&Shows { source: refused() });
+        assert_eq!(text.matches("os error 111").count(), 1, "{text}");
+        let text = error_chain(&Hides { source: refused() });
+        assert!(
+            text.starts_with("init failed: ") && text.contains("os error 111"),
+            "{text}"
+        );
+    }
 }
