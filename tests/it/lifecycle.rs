@@ -459,3 +459,39 @@ fn an_unreadable_pidfile_is_not_taken_for_a_stopped_daemon() {
     assert!(alive(parent));
     assert!(d.run(&["stop"]).status.success());
 }
+
+#[test]
+fn the_init_scripts_restart_and_force_reload_leave_the_daemon_alone_on_a_broken_config() {
+    let d = Daemon::demo(FAST);
+    let script = d.dir.path().join("demodaemon.init");
+    let out = d.run(&["write-init", "--output", script.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", show(&out));
+    let init = |action: &str| -> Output {
+        run_with_timeout(
+            Command::new("dash")
+                .arg(&script)
+                .arg(action)
+                .current_dir(d.dir.path()),
+            Duration::from_secs(60),
+        )
+    };
+    let out = init("start");
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let parent = d.pid().expect("pidfile");
+    let workers = d.wait_workers(parent, 2);
+    d.rewrite_config("[workers]\ncount = 2\n\n[app]\njob_time = 5\n");
+    let out = init("restart");
+    assert_eq!(out.status.code(), Some(6), "LSB: not configured: {}", show(&out));
+    let out = init("force-reload");
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert_eq!(d.pid(), Some(parent));
+    assert_eq!(d.workers(parent), workers, "the running daemon was not touched");
+    let out = init("stop");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stop works on a broken config: {}",
+        show(&out)
+    );
+    assert!(wait_until(DEADLINE, || !alive(parent)));
+}
