@@ -25,6 +25,11 @@
 //! guard first; `running` looks it up in `/proc/net/unix`, again without
 //! taking it. The guard is per network namespace: a daemon in a private
 //! network namespace is guarded by its lock only.
+//!
+//! **Daemons of earlier versions** held an exclusive `flock` instead. An
+//! exclusive flock on the pidfile, seen in `/proc/locks`, still counts as a
+//! running daemon, so `stop` after an upgrade reaches the old daemon and
+//! `start` never runs a second pool beside it.
 
 use std::fs::File;
 use std::io::{self, Read, Seek, Write};
@@ -176,6 +181,39 @@ fn lock_held(file: &File) -> io::Result<Option<libc::c_int>> {
     })
 }
 
+/// Whether another process holds an exclusive `flock` on `file` (a daemon
+/// of an earlier version), from `/proc/locks`; false if that cannot be read.
+fn legacy_flock_held(file: &File) -> bool {
+    let Ok(meta) = file.metadata() else {
+        return false;
+    };
+    let locks = std::fs::read_to_string("/proc/locks").unwrap_or_default();
+    exclusive_flock_on(
+        &locks,
+        libc::major(meta.dev()),
+        libc::minor(meta.dev()),
+        meta.ino(),
+    )
+}
+
+/// Whether the `/proc/locks` text `locks` lists a granted exclusive flock on
+/// the inode `ino` of device `major:minor` (printed as hex `MM:mm:ino`).
+fn exclusive_flock_on(locks: &str, major: u32, minor: u32, ino: u64) -> bool {
+    locks.lines().any(|line| {
+        let mut f = line.split_whitespace().skip(1);
+        let (Some("FLOCK"), Some(_), Some("WRITE"), Some(_), Some(id)) =
+            (f.next(), f.next(), f.next(), f.next(), f.next())
+        else {
+            return false; // a waiter ("->"), another kind or mode of lock
+        };
+        let mut parts = id.split(':');
+        let hex = |p: Option<&str>| p.and_then(|x| u32::from_str_radix(x, 16).ok());
+        hex(parts.next()) == Some(major)
+            && hex(parts.next()) == Some(minor)
+            && parts.next().and_then(|x| x.parse().ok()) == Some(ino)
+    })
+}
+
 fn read_pid(f: &mut File) -> Option<i32> {
     let mut s = String::new();
     let _ = f.seek(io::SeekFrom::Start(0));
@@ -290,6 +328,13 @@ pub fn acquire(path: &Path) -> Result<Acquired, PidfileError> {
                     Ok(m) if m.ino() == ours.ino() && m.dev() == ours.dev() => {}
                     _ => continue,
                 }
+                if legacy_flock_held(&file) {
+                    drop(file);
+                    match running(path).map_err(open_err)? {
+                        Some(h) => return Ok(Acquired::Held(h)),
+                        None => continue,
+                    }
+                }
                 file.set_len(0).map_err(write_err)?;
                 file.seek(io::SeekFrom::Start(0)).map_err(write_err)?;
                 file.write_all(format!("{}\n", std::process::id()).as_bytes())
@@ -348,7 +393,7 @@ fn look(path: &Path, name: &str) -> io::Result<Option<Holder>> {
         Err(e) => return Err(e),
     };
     let locked = match &file {
-        Some(f) => lock_held(f)? == Some(libc::F_WRLCK),
+        Some(f) => lock_held(f)? == Some(libc::F_WRLCK) || legacy_flock_held(f),
         None => false,
     };
     if !locked && !guard_held(name)? {
@@ -485,6 +530,21 @@ mod tests {
         drop(p);
         assert!(running(&path).unwrap().is_none());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_exclusive_flock_of_an_earlier_version_is_found_by_device_and_inode() {
+        let locks = "1: FLOCK  ADVISORY  READ  99 fe:00:246951 0 EOF\n\
+                     2: POSIX  ADVISORY  WRITE 98 fe:00:246951 0 EOF\n\
+                     3: FLOCK  ADVISORY  WRITE 97 fe:00:246952 0 EOF\n\
+                     3: -> FLOCK  ADVISORY  WRITE 96 fe:00:246951 0 EOF\n";
+        assert!(
+            !exclusive_flock_on(locks, 0xfe, 0, 246951),
+            "shared, POSIX, other inode, waiter"
+        );
+        assert!(exclusive_flock_on(locks, 0xfe, 0, 246952));
+        assert!(!exclusive_flock_on(locks, 0xfd, 0, 246952));
+        assert!(!exclusive_flock_on(locks, 0xfe, 1, 246952));
     }
 
     #[test]

@@ -495,3 +495,41 @@ fn the_init_scripts_restart_and_force_reload_leave_the_daemon_alone_on_a_broken_
     );
     assert!(wait_until(DEADLINE, || !alive(parent)));
 }
+
+#[test]
+fn an_exclusive_flock_of_an_earlier_version_still_counts_as_running() {
+    let d = Daemon::demo(FAST);
+    fs::write(&d.pidfile, "").unwrap();
+    // A daemon of an earlier rookery version: an exclusive flock, its pid inside.
+    let mut old = Command::new("flock")
+        .arg("-x")
+        .arg(&d.pidfile)
+        .args(["sleep", "60"])
+        .spawn()
+        .expect("flock(1)");
+    let old_pid = old.id() as i32;
+    let locked = wait_until(DEADLINE, || {
+        fs::read_to_string("/proc/locks")
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.contains("FLOCK") && l.contains("WRITE") && l.contains(&format!(" {old_pid} ")))
+    });
+    fs::write(&d.pidfile, format!("{old_pid}\n")).unwrap();
+    let out = d.run(&["start"]);
+    let fg = d.run(&["--no-daemon"]);
+    let started = parents(&d);
+    let _ = old.kill();
+    let _ = old.wait();
+    assert!(locked, "flock(1) never took its lock");
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(
+        text(&out).contains(&format!("already running (pid {old_pid})")),
+        "{}",
+        show(&out)
+    );
+    assert!(fg.status.success(), "{}", show(&fg));
+    assert!(
+        started.is_empty(),
+        "a second pool started beside the old daemon: {started:?}"
+    );
+}
