@@ -105,6 +105,7 @@ mod message;
 pub mod notify;
 pub mod pidfile;
 pub mod privileges;
+pub mod procfs;
 pub mod scoreboard;
 pub mod signals;
 mod spawn;

@@ -28,6 +28,8 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tracing::{info, warn};
 
+use crate::procfs;
+
 /// Strays being stopped: pid → when SIGKILL is due (`None` once sent).
 #[derive(Debug, Default)]
 pub(crate) struct Strays {
@@ -89,53 +91,20 @@ impl Strays {
     }
 }
 
-/// This process's children (the parent is single-threaded, so the main
-/// thread's list is the whole list). Falls back to scanning `/proc` when
-/// the kernel has no `children` file (`CONFIG_PROC_CHILDREN`).
+/// This process's children (see [`procfs::children`]).
 fn children() -> Vec<Pid> {
-    let me = std::process::id();
-    if let Ok(list) = std::fs::read_to_string(format!("/proc/{me}/task/{me}/children")) {
-        return list
-            .split_whitespace()
-            .filter_map(|p| p.parse().ok())
-            .map(Pid::from_raw)
-            .collect();
-    }
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| ppid(*pid) == Some(me as i32))
-        .map(Pid::from_raw)
-        .collect()
-}
-
-/// The parent pid field of `/proc/PID/stat` (after the command name, which
-/// may contain spaces and parentheses).
-fn ppid(pid: i32) -> Option<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+    procfs::children(Pid::this())
 }
 
 /// The process's command name, for the log.
 fn comm(pid: Pid) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .map(|s| s.trim_end().to_string())
-        .unwrap_or_else(|_| "?".into())
+    procfs::comm(pid).unwrap_or_else(|| "?".into())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Duration;
-
-    #[test]
-    fn ppid_of_self_is_the_real_parent() {
-        assert_eq!(
-            ppid(std::process::id() as i32),
-            Some(nix::unistd::getppid().as_raw())
-        );
-    }
 
     #[test]
     fn deadlines_and_reaping() {

@@ -93,7 +93,8 @@ impl Os for RealOs {
     }
 
     fn rss(&self, pid: Pid) -> Option<u64> {
-        titles::rss_bytes(Some(pid.as_raw()))
+        // issue 9 (#18): the whole tree, so `sh -c 'php w.php'` counts php.
+        crate::procfs::tree_rss_bytes(pid)
     }
 }
 

@@ -40,8 +40,9 @@
 use std::path::Path;
 use std::time::SystemTime;
 
-use nix::unistd::{sysconf, SysconfVar};
+use nix::unistd::Pid;
 
+use crate::procfs;
 use crate::sys::proctitle;
 
 /// Claims the memory titles are written into. Call once, at the start of
@@ -137,23 +138,14 @@ fn format_bytes(bytes: u64) -> String {
     format!("{value:.1} {}", UNITS[unit])
 }
 
-/// The resident memory of this process (`None`) or of `pid`, in bytes, from
-/// `/proc/…/statm`; `None` if it cannot be read (no such process, no
-/// `/proc`).
-pub fn rss_bytes(pid: Option<i32>) -> Option<u64> {
-    let path = match pid {
-        Some(pid) => format!("/proc/{pid}/statm"),
-        None => "/proc/self/statm".to_owned(),
-    };
-    let statm = std::fs::read_to_string(path).ok()?;
-    let page_size = u64::try_from(sysconf(SysconfVar::PAGE_SIZE).ok()??).ok()?;
-    resident_bytes(&statm, page_size)
-}
-
-/// Resident pages (the second field of `statm`) times the page size.
-fn resident_bytes(statm: &str, page_size: u64) -> Option<u64> {
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    pages.checked_mul(page_size)
+/// The resident memory of this process (`None`) or of `pid`, in bytes
+/// (see [`procfs::rss_bytes`]); `None` if it cannot be read (no such
+/// process, no `/proc`).
+pub fn rss_bytes(pid: Option<Pid>) -> Option<u64> {
+    match pid {
+        Some(pid) => procfs::rss_bytes(pid),
+        None => procfs::own_rss_bytes(),
+    }
 }
 
 #[cfg(test)]
@@ -194,17 +186,9 @@ mod tests {
     }
 
     #[test]
-    fn statm_parsing() {
-        assert_eq!(resident_bytes("2410 731 500 1 0 300 0\n", 4096), Some(731 * 4096));
-        assert_eq!(resident_bytes("2410\n", 4096), None);
-        assert_eq!(resident_bytes("", 4096), None);
-    }
-
-    #[test]
     fn own_rss_is_positive() {
         assert!(rss_bytes(None).unwrap() > 0);
-        let me = i32::try_from(std::process::id()).unwrap();
-        assert!(rss_bytes(Some(me)).unwrap() > 0);
-        assert_eq!(rss_bytes(Some(i32::MAX)), None);
+        assert!(rss_bytes(Some(Pid::this())).unwrap() > 0);
+        assert_eq!(rss_bytes(Some(Pid::from_raw(i32::MAX))), None);
     }
 }

@@ -20,12 +20,9 @@ pub enum Forked {
     Child,
 }
 
-/// How many threads this process has, from `/proc/self/stat`.
+/// How many threads this process has (see [`crate::procfs::thread_count`]).
 pub fn thread_count() -> Option<usize> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Field 20 (num_threads) counted after the ")" that ends the comm field.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split_whitespace().nth(17)?.parse().ok()
+    crate::procfs::thread_count()
 }
 
 /// Forks, refusing to do so if the process has more than one thread.

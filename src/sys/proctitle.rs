@@ -64,11 +64,8 @@ struct Layout {
 impl Layout {
     /// Parses the contents of `/proc/self/stat`.
     fn parse(stat: &str) -> Option<Layout> {
-        // The comm field (2) may hold spaces and ')': fields after it are
-        // counted from the last ')'. `rest` starts with field 3.
-        let rest = stat.get(stat.rfind(')')? + 1..)?;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let field = |n: usize| -> Option<usize> { fields.get(n - 3)?.parse().ok() };
+        let fields = crate::procfs::StatFields::parse(stat)?;
+        let field = |n: usize| -> Option<usize> { fields.num(n) };
         Some(Layout {
             start_stack: field(28)?,
             arg_start: field(48)?,
