@@ -109,109 +109,80 @@ struct Cli {
 // ---------------------------------------------------------------------------
 // /proc
 
-/// Reading other processes' state; nothing here wakes them.
+/// Reading other processes' state through the library's one /proc parser
+/// (`rookery::procfs`), with the bench's plain `i32` pids; nothing here
+/// wakes them.
 mod procfs {
-    use std::fs;
+    use rookery::procfs::{self as p, Pid};
 
-    /// Children of a single-threaded process, zombies included.
-    pub fn children(pid: i32) -> Vec<i32> {
-        fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-            .map(|s| s.split_whitespace().filter_map(|p| p.parse().ok()).collect())
-            .unwrap_or_default()
+    fn pid(raw: i32) -> Pid {
+        Pid::from_raw(raw)
     }
 
-    fn stat_fields(pid: i32) -> Option<Vec<String>> {
-        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let rest = &stat[stat.rfind(')')? + 2..];
-        Some(rest.split_whitespace().map(str::to_string).collect())
-    }
-
-    /// The one-letter state (`R`, `S`, `Z`, ...), if the process exists.
-    pub fn state(pid: i32) -> Option<char> {
-        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        stat[stat.rfind(')')? + 2..].chars().next()
+    /// Children, zombies included, but not the guard of a `rookery`
+    /// parent that runs commands (a child whose title is `NAME: guard of parent PID`,
+    /// see src/guard.rs): the workers.
+    pub fn children(parent: i32) -> Vec<i32> {
+        p::children(pid(parent))
+            .into_iter()
+            .map(Pid::as_raw)
+            .filter(|c| {
+                !cmdline(*c)
+                    .split_once(": guard of parent ")
+                    .is_some_and(|(name, _)| !name.contains(' '))
+            })
+            .collect()
     }
 
     /// Exists and is not a zombie.
-    pub fn alive(pid: i32) -> bool {
-        matches!(state(pid), Some(s) if s != 'Z' && s != 'X')
+    pub fn alive(raw: i32) -> bool {
+        p::alive(pid(raw))
     }
 
     /// The parent pid.
-    pub fn ppid(pid: i32) -> Option<i32> {
-        stat_fields(pid)?.get(1)?.parse().ok()
+    pub fn ppid(raw: i32) -> Option<i32> {
+        p::ppid(pid(raw)).map(Pid::as_raw)
     }
 
     /// utime + stime in clock ticks (USER_HZ, 100 per second on Linux).
-    pub fn cpu_ticks(pid: i32) -> Option<u64> {
-        let f = stat_fields(pid)?;
-        // Fields 14 and 15 of stat; `f` starts at field 3.
-        Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+    pub fn cpu_ticks(raw: i32) -> Option<u64> {
+        p::stat(pid(raw)).map(|s| s.utime + s.stime)
+    }
+
+    /// The CPU it last ran on.
+    pub fn processor(raw: i32) -> Option<u32> {
+        p::stat(pid(raw)).map(|s| s.processor)
     }
 
     /// CPU time in nanoseconds from the scheduler (`/proc/PID/schedstat`).
-    pub fn cpu_ns(pid: i32) -> Option<u64> {
-        fs::read_to_string(format!("/proc/{pid}/schedstat"))
-            .ok()?
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok()
+    pub fn cpu_ns(raw: i32) -> Option<u64> {
+        p::schedstat_cpu_ns(pid(raw))
     }
 
     /// `/proc/PID/cmdline` with NULs as spaces.
-    pub fn cmdline(pid: i32) -> String {
-        let raw = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        String::from_utf8_lossy(&raw)
-            .trim_end_matches('\0')
-            .replace('\0', " ")
+    pub fn cmdline(raw: i32) -> String {
+        p::cmdline(pid(raw)).unwrap_or_default()
     }
 
     /// `/proc/PID/comm`.
-    pub fn comm(pid: i32) -> String {
-        fs::read_to_string(format!("/proc/{pid}/comm"))
-            .unwrap_or_default()
-            .trim()
-            .to_string()
-    }
-
-    /// A `kB` line of a status-like file (`VmRSS`, `Pss`).
-    fn kb(text: &str, key: &str) -> Option<u64> {
-        text.lines()
-            .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))?
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok()
+    pub fn comm(raw: i32) -> String {
+        p::comm(pid(raw)).unwrap_or_default()
     }
 
     /// A `kB` field of `/proc/PID/status`.
-    pub fn status_kb(pid: i32, key: &str) -> Option<u64> {
-        kb(&fs::read_to_string(format!("/proc/{pid}/status")).ok()?, key)
+    pub fn status_kb(raw: i32, key: &str) -> Option<u64> {
+        p::status_kb(pid(raw), key)
     }
 
     /// Proportional set size (shared pages divided among their users).
-    pub fn pss_kb(pid: i32) -> Option<u64> {
-        kb(
-            &fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?,
-            "Pss",
-        )
+    pub fn pss_kb(raw: i32) -> Option<u64> {
+        p::smaps_rollup_kb(pid(raw), "Pss")
     }
 
     /// Voluntary plus involuntary context switches of every thread: each
     /// time the process woke up (or was preempted while running).
-    pub fn ctxt_switches(pid: i32) -> Option<u64> {
-        let mut total = 0;
-        for task in fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
-            let s = fs::read_to_string(task.path().join("status")).ok()?;
-            for key in ["voluntary_ctxt_switches", "nonvoluntary_ctxt_switches"] {
-                total += s
-                    .lines()
-                    .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
-                    .and_then(|v| v.trim().parse::<u64>().ok())?;
-            }
-        }
-        Some(total)
+    pub fn ctxt_switches(raw: i32) -> Option<u64> {
+        p::ctxt_switches(pid(raw))
     }
 }
 
@@ -1318,16 +1289,7 @@ fn count_window(q: &mut dyn Queue, pids: impl Fn() -> Vec<i32>, window: Duration
         return Err(format!("{}: the queue ran dry during the window; fill more", q.name()).into());
     }
     let jobs = (d1 - d0).max(1) as f64;
-    let cpu_of = |p: i32| {
-        let stat = fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
-        let f: Vec<&str> = stat
-            .rsplit(')')
-            .next()
-            .unwrap_or_default()
-            .split_whitespace()
-            .collect();
-        f.get(36).copied().unwrap_or("?").to_string()
-    };
+    let cpu_of = |p: i32| procfs::processor(p).map_or_else(|| "?".to_string(), |c| c.to_string());
     let mut on: Vec<String> = pids.iter().map(|p| cpu_of(*p)).collect();
     on.sort();
     let placement = format!("consumers on CPUs {}, server on {}", on.join(","), cpu_of(server));

@@ -345,14 +345,8 @@ fn owner(list: &str, host_prefix: &str) -> Option<(i32, u64)> {
 /// The start time of a live (not zombie) process, in clock ticks after
 /// boot (`/proc/<pid>/stat` field 22); `None` if there is no such process.
 fn start_time(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may contain spaces: count after its ')'.
-    let mut fields = stat.get(stat.rfind(')')? + 2..)?.split_whitespace();
-    let state = fields.next()?;
-    if state == "Z" || state == "X" {
-        return None;
-    }
-    fields.nth(18)?.parse().ok()
+    let stat = rookery::procfs::stat(rookery::procfs::Pid::from_raw(pid))?;
+    (!stat.state.exited()).then_some(stat.starttime)
 }
 
 /// One worker process of the pool.

@@ -99,6 +99,7 @@ mod daemon;
 pub mod daemonize;
 pub mod exit;
 pub mod generate;
+mod guard;
 pub mod hooks;
 pub mod logging;
 mod message;

@@ -322,10 +322,7 @@ pub fn all_pids() -> Vec<Pid> {
 pub fn children(pid: Pid) -> Vec<Pid> {
     match task_children(pid) {
         Some(kids) => kids,
-        None => all_pids()
-            .into_iter()
-            .filter(|p| ppid(*p) == Some(pid))
-            .collect(),
+        None => all_pids().into_iter().filter(|p| ppid(*p) == Some(pid)).collect(),
     }
 }
 
@@ -375,14 +372,19 @@ pub fn tree_rss_bytes(pid: Pid) -> Option<u64> {
     )
 }
 
-/// The live (not exited) members of process group `pgid`, read from a
-/// scan of `/proc`.
-pub fn group_members(pgid: Pid) -> Vec<Stat> {
+/// Every live (not exited) process, from one scan of `/proc`.
+pub fn processes() -> Vec<Stat> {
     all_pids()
         .into_iter()
         .filter_map(stat)
-        .filter(|s| s.pgid == pgid && !s.state.exited())
+        .filter(|s| !s.state.exited())
         .collect()
+}
+
+/// The live (not exited) members of process group `pgid`, read from a
+/// scan of `/proc`.
+pub fn group_members(pgid: Pid) -> Vec<Stat> {
+    processes().into_iter().filter(|s| s.pgid == pgid).collect()
 }
 
 /// Resident memory of every live member of process group `pgid`, summed.
@@ -405,12 +407,22 @@ pub fn wchan(pid: Pid) -> Option<String> {
 /// its arguments, `running`, or `-1 ...` in user space). Needs the same
 /// user or root. For hang reports.
 pub fn syscall(pid: Pid) -> Option<String> {
-    Some(fs::read_to_string(path(Some(pid), "syscall")).ok()?.trim().to_owned())
+    Some(
+        fs::read_to_string(path(Some(pid), "syscall"))
+            .ok()?
+            .trim()
+            .to_owned(),
+    )
 }
 
 /// Its kernel stack (`/proc/PID/stack`, root only). For hang reports.
 pub fn stack(pid: Pid) -> Option<String> {
-    Some(fs::read_to_string(path(Some(pid), "stack")).ok()?.trim_end().to_owned())
+    Some(
+        fs::read_to_string(path(Some(pid), "stack"))
+            .ok()?
+            .trim_end()
+            .to_owned(),
+    )
 }
 
 /// The value of a `Key: value` line of a status-like text (`status`,
@@ -525,7 +537,14 @@ mod tests {
 
     #[test]
     fn malformed_lines_are_refused() {
-        for bad in ["", "4242", "4242 (sh)", "x (sh) S 1", "4242 sh) S 1", "4242 (sh S 1"] {
+        for bad in [
+            "",
+            "4242",
+            "4242 (sh)",
+            "x (sh) S 1",
+            "4242 sh) S 1",
+            "4242 (sh S 1",
+        ] {
             assert_eq!(Stat::parse(bad), None, "{bad:?}");
         }
         assert_eq!(Stat::parse("1 (x) S 1 2 3"), None, "too short for Stat");
@@ -564,7 +583,11 @@ mod tests {
         assert_eq!(s.pid, me);
         assert_eq!(s.ppid, nix::unistd::getppid());
         assert_eq!(s.pgid, nix::unistd::getpgrp());
-        assert!(!s.state.exited(), "the process state is its main thread's: {:?}", s.state);
+        assert!(
+            !s.state.exited(),
+            "the process state is its main thread's: {:?}",
+            s.state
+        );
         assert!(s.starttime <= boot_ticks(), "started before now");
         assert_eq!(own_stat().unwrap().pid, me);
         assert!(thread_count().unwrap() >= 1);

@@ -223,6 +223,8 @@ pub(crate) struct Supervisor<'h, O: Os = RealOs> {
     /// Once the daemon is stopping: when its stop timeout runs out.
     stop_deadline: Option<Instant>,
     started: Instant,
+    /// issue 9 (#10): stops the commands if this parent dies (guard.rs).
+    guard: Option<crate::guard::Guard>,
     watchdog: Option<(Duration, Instant)>,
     sd_status: String,
     startup_error: Option<String>,
@@ -318,6 +320,7 @@ impl<'h, O: Os> Supervisor<'h, O> {
             epoll,
             strays: Strays::default(),
             stop_deadline: None,
+            guard: None, // issue 9
             watchdog,
             sd_status: String::new(),
             startup_error: None,
@@ -334,6 +337,17 @@ impl<'h, O: Os> Supervisor<'h, O> {
         // not the title's first 15 bytes ("demodaemon: par").
         titles::set_comm(&self.config.daemon.name);
         strays::become_subreaper();
+        // issue 9 (#10): commands get a guard (Rust workers have their alarm backstop).
+        if self.config.workers.command.is_some() {
+            let (w, mut close) = (&self.config.workers, self.parent_only.clone());
+            close.push(self.msg_write.as_raw_fd());
+            self.guard =
+                crate::guard::Guard::start(&self.config.daemon.name, w.stop_signal, w.stop_timeout, close)
+                    .map_err(|e| {
+                        error!("cannot start the guard: {e}; commands may outlive the parent if it dies")
+                    })
+                    .ok();
+        }
         info!(
             "starting {} ({})",
             core::workers(self.config.workers.count),
@@ -367,6 +381,9 @@ impl<'h, O: Os> Supervisor<'h, O> {
                 }
             }
             self.execute();
+        }
+        if let Some(g) = self.guard.take() {
+            g.finish(Duration::from_secs(2)); // issue 9: gone before the pidfile is
         }
         self.hooks.on_stop();
         let code = if let Some(e) = self.startup_error.take() {
@@ -526,10 +543,16 @@ impl<'h, O: Os> Supervisor<'h, O> {
             }
             // Its last messages (an init error) may still be in the pipe.
             self.read_messages();
+            if self.guard.as_mut().is_some_and(|g| g.reaped(pid, &status)) {
+                continue; // issue 9: the guard, not a worker or a stray
+            }
             let Some(h) = self.workers.remove(&pid) else {
                 self.strays.reaped(pid);
                 continue;
             };
+            if let Some(g) = self.guard.as_mut() {
+                g.untrack(pid); // issue 9
+            }
             for p in &h.pipes {
                 let _ = self.epoll.delete(&p.fd);
                 self.sources.remove(&p.token);
@@ -541,15 +564,18 @@ impl<'h, O: Os> Supervisor<'h, O> {
             self.execute();
         }
         if reaped {
-            let workers = &self.workers;
+            let (workers, guard) = (&self.workers, &self.guard);
             let w = &self.config.workers;
             // While stopping, at the stop's own deadline: `stop` takes no
             // longer for them.
             let kill_at = self
                 .stop_deadline
                 .unwrap_or_else(|| self.os.now() + w.stop_timeout);
-            self.strays
-                .scan(|p| workers.contains_key(&p), w.stop_signal, kill_at);
+            self.strays.scan(
+                |p| workers.contains_key(&p) || guard.as_ref().is_some_and(|g| g.is_guard(p)), // issue 9
+                w.stop_signal,
+                kill_at,
+            );
         }
     }
 
@@ -803,6 +829,9 @@ impl<'h, O: Os> Supervisor<'h, O> {
                         pipes,
                     },
                 );
+                if let Some(g) = self.guard.as_mut() {
+                    g.track(sp.pid); // issue 9: a command leads its own process group
+                }
                 if sp.ready_at_spawn {
                     self.board.cell(cell).set(Activity::Idle);
                 }
@@ -964,6 +993,10 @@ impl<'h, O: Os> Supervisor<'h, O> {
             (workers, plan)
         });
         let reply = self.core.handle(now, Event::Reload(input));
+        if let Some(g) = self.guard.as_mut() {
+            let w = &self.config.workers;
+            g.set_policy(w.stop_signal, w.stop_timeout); // issue 9
+        }
         self.execute();
         reply.unwrap_or_else(|| Err("no answer".into()))
     }

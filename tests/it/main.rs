@@ -6,6 +6,7 @@ mod config_errors;
 mod core;
 mod external;
 mod generate;
+mod guard;
 mod health;
 mod lifecycle;
 mod never_stalls;

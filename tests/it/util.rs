@@ -17,6 +17,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use rookery::procfs;
+
 /// Generous: these machines are shared and noisy.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -92,53 +94,81 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
 }
 
+// The /proc helpers below take the tests' plain `i32` pids and read
+// through the library's one /proc parser, `rookery::procfs`.
+
+fn pid_t(pid: i32) -> procfs::Pid {
+    procfs::Pid::from_raw(pid)
+}
+
 /// The one-letter state of a process (`R`, `S`, `Z`, ...), if it exists.
 pub fn proc_state(pid: i32) -> Option<char> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 2..].chars().next()
+    procfs::state(pid_t(pid)).map(procfs::State::letter)
 }
 
 /// Alive: exists and is not a zombie (PID 1 reaps orphans late here).
 pub fn alive(pid: i32) -> bool {
-    matches!(proc_state(pid), Some(s) if s != 'Z' && s != 'X')
+    procfs::alive(pid_t(pid))
 }
 
 /// The parent pid of a process.
 pub fn ppid(pid: i32) -> Option<i32> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 2..]
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
+    procfs::ppid(pid_t(pid)).map(procfs::Pid::as_raw)
 }
 
-/// Live children of `parent`.
+/// The process group of a process.
+pub fn pgid(pid: i32) -> Option<i32> {
+    procfs::stat(pid_t(pid)).map(|s| s.pgid.as_raw())
+}
+
+/// Live children of `parent`, sorted.
 pub fn children_of(parent: i32) -> Vec<i32> {
-    let mut v: Vec<i32> = fs::read_dir("/proc")
-        .map(|d| {
-            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-                .filter(|p| ppid(*p) == Some(parent) && alive(*p))
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut v: Vec<i32> = procfs::children(pid_t(parent))
+        .into_iter()
+        .filter(|p| procfs::alive(*p))
+        .map(procfs::Pid::as_raw)
+        .collect();
+    v.sort();
+    v
+}
+
+/// Live members of process group `pgid`, sorted.
+pub fn group_members(pgid: i32) -> Vec<i32> {
+    let mut v: Vec<i32> = procfs::group_members(pid_t(pgid))
+        .into_iter()
+        .map(|s| s.pid.as_raw())
+        .collect();
     v.sort();
     v
 }
 
 /// `/proc/PID/cmdline` as one string (NULs as spaces, trailing ones cut).
 pub fn cmdline(pid: i32) -> String {
-    let raw = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    String::from_utf8_lossy(&raw)
-        .trim_end_matches('\0')
-        .replace('\0', " ")
+    procfs::cmdline(pid_t(pid)).unwrap_or_default()
+}
+
+/// `/proc/PID/comm`, without its newline (empty if gone).
+pub fn comm(pid: i32) -> String {
+    procfs::comm(pid_t(pid)).unwrap_or_default()
 }
 
 /// A line of `/proc/PID/status`, e.g. `Uid`.
 pub fn status_field(pid: i32, key: &str) -> Option<String> {
-    let s = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines()
-        .find_map(|l| l.strip_prefix(&format!("{key}:")).map(|v| v.trim().to_string()))
+    procfs::status_field(pid_t(pid), key)
+}
+
+/// The guard process of a `rookery` parent that supervises commands (its
+/// title is `NAME: guard of parent PID`; see src/guard.rs): a child that is not a
+/// worker.
+pub fn is_guard(pid: i32) -> bool {
+    cmdline(pid)
+        .split_once(": guard of parent ")
+        .is_some_and(|(name, _)| !name.contains(' '))
+}
+
+/// The live guard child of `parent`, if it has one.
+pub fn guard_of(parent: i32) -> Option<i32> {
+    children_of(parent).into_iter().find(|p| is_guard(*p))
 }
 
 pub fn kill(pid: i32, sig: i32) {
@@ -312,9 +342,12 @@ impl Daemon {
         fs::read_to_string(&self.pidfile).ok()?.trim().parse().ok()
     }
 
-    /// Live workers of the parent.
+    /// Live workers of the parent (its children but the guard).
     pub fn workers(&self, parent: i32) -> Vec<i32> {
-        let w = children_of(parent);
+        let w: Vec<i32> = children_of(parent)
+            .into_iter()
+            .filter(|p| !is_guard(*p))
+            .collect();
         self.seen.borrow_mut().extend(&w);
         w
     }
@@ -361,6 +394,15 @@ impl Drop for Daemon {
         if let Some(p) = self.pid() {
             pids.push(p);
             pids.extend(children_of(p));
+        }
+        // External commands lead their own process groups: take each whole
+        // group (a command that ignores its parent-death signal, its
+        // children) before the parent and its guard, which would stop them
+        // only after stop_timeout.
+        for p in &pids {
+            if alive(*p) && pgid(*p) == Some(*p) && !is_guard(*p) {
+                let _ = Command::new("kill").args(["-9", "--", &format!("-{p}")]).status();
+            }
         }
         for p in pids {
             if alive(p) && cmdline(p).contains(self.exe.file_name().unwrap().to_str().unwrap_or("")) {
