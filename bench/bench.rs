@@ -126,12 +126,15 @@ mod procfs {
         p::children(pid(parent))
             .into_iter()
             .map(Pid::as_raw)
-            .filter(|c| {
-                !cmdline(*c)
-                    .split_once(": guard of parent ")
-                    .is_some_and(|(name, _)| !name.contains(' '))
-            })
+            .filter(|c| !is_guard(*c))
             .collect()
+    }
+
+    /// A guard's title: `NAME: guard of parent PID`.
+    fn is_guard(raw: i32) -> bool {
+        let c = cmdline(raw);
+        c.split_once(": guard of parent ")
+            .is_some_and(|(name, _)| !name.contains(' '))
     }
 
     /// Exists and is not a zombie.
