@@ -318,26 +318,28 @@ pub fn all_pids() -> Vec<Pid> {
 
 /// The children of `pid`, zombies included: from each of its threads'
 /// `task/TID/children` files (a child belongs to the thread that forked
-/// it), or, without `CONFIG_PROC_CHILDREN`, by scanning `/proc`.
+/// it), or, without `CONFIG_PROC_CHILDREN`, by scanning `/proc`. Empty if
+/// `pid` is gone.
 pub fn children(pid: Pid) -> Vec<Pid> {
-    match task_children(pid) {
-        Some(kids) => kids,
-        None => all_pids().into_iter().filter(|p| ppid(*p) == Some(pid)).collect(),
+    static HAS_CHILDREN_FILES: OnceLock<bool> = OnceLock::new();
+    if !*HAS_CHILDREN_FILES.get_or_init(|| fs::metadata("/proc/thread-self/children").is_ok()) {
+        return all_pids().into_iter().filter(|p| ppid(*p) == Some(pid)).collect();
     }
-}
-
-/// `None` if the kernel has no `children` files (or `pid` is gone).
-fn task_children(pid: Pid) -> Option<Vec<Pid>> {
     let mut kids = Vec::new();
-    for task in fs::read_dir(path(Some(pid), "task")).ok()?.flatten() {
-        let list = fs::read_to_string(task.path().join("children")).ok()?;
-        kids.extend(
-            list.split_ascii_whitespace()
-                .filter_map(|p| p.parse().ok())
-                .map(Pid::from_raw),
-        );
+    let Ok(tasks) = fs::read_dir(path(Some(pid), "task")) else {
+        return kids;
+    };
+    // A thread that exits meanwhile has no file any more: skipped.
+    for task in tasks.flatten() {
+        if let Ok(list) = fs::read_to_string(task.path().join("children")) {
+            kids.extend(
+                list.split_ascii_whitespace()
+                    .filter_map(|p| p.parse().ok())
+                    .map(Pid::from_raw),
+            );
+        }
     }
-    Some(kids)
+    kids
 }
 
 /// Every descendant of `pid` (children, their children, ...), not `pid`
@@ -602,6 +604,11 @@ mod tests {
         assert!(status_kb(me, "VmRSS").unwrap() > 0);
         assert!(schedstat_cpu_ns(me).is_none_or(|n| n > 0));
         assert!(ctxt_switches(me).is_some());
+        // Hang forensics: readable for one's own process (the main thread
+        // waits for the tests); `stack` needs root, so it may be None.
+        assert!(syscall(me).is_some_and(|s| !s.is_empty()));
+        assert!(wchan(me).is_none_or(|w| !w.contains('\n')));
+        let _ = stack(me);
     }
 
     #[test]
