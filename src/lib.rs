@@ -82,7 +82,11 @@
 //! recorded parent pid to close the race), and arms `alarm(stop_timeout)`
 //! when asked to stop, so an orphan that hangs still dies. The parent is a
 //! child subreaper: whatever a dead worker left running is re-parented to
-//! it, sent the stop signal, and killed after `stop_timeout`.
+//! it, sent the stop signal, and killed after `stop_timeout`. External
+//! commands, which have no such backstop, are watched by a small guard
+//! process the parent forks: if the parent dies, the guard stops their
+//! process groups (SIGKILL after `stop_timeout`) before it releases the
+//! pidfile lock it inherited. Processes are read through [`procfs`].
 //!
 //! Only [`sys`](crate) contains `unsafe` code; the rest of the crate
 //! denies it.
