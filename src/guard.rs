@@ -15,8 +15,11 @@
 //! (the parent is single-threaded, so the fork is sound). The guard is a
 //! copy of the parent: it inherits the pidfile lock, so a new `start` sees
 //! the daemon as running until the guard has exited, and it has the
-//! parent's credentials, which are the commands' too, so it may signal
-//! them. It runs no user code.
+//! parent's credentials (the privileged parent's, or the commands' own
+//! user), so it may signal them. It runs no user code, and closes every
+//! socket, pipe and epoll or signal descriptor it inherited but its own
+//! pipe (files stay: the lock, the log), so it holds no control connection
+//! or worker pipe open behind the parent's back.
 //!
 //! The parent tells it, through a pipe, the process group of every command
 //! it starts (each command leads its own group) and forgets a group when
