@@ -49,7 +49,7 @@ fn wait_guard(d: &Daemon, parent: i32, not: Option<i32>) -> i32 {
             g.is_some()
         }),
         "no guard child of {parent}: children {:?}\nlog:\n{}",
-        children_of(parent)
+        all_children_of(parent)
             .iter()
             .map(|p| cmdline(*p))
             .collect::<Vec<_>>(),
@@ -204,7 +204,7 @@ fn rust_workers_have_no_guard() {
     let d = Daemon::demo("[workers]\ncount = 2\n");
     let parent = d.start();
     d.wait_workers(parent, 2);
-    assert_eq!(children_of(parent).len(), 2);
+    assert_eq!(all_children_of(parent).len(), 2);
     assert_eq!(guard_of(parent), None);
     stop(&d);
 }

@@ -121,15 +121,24 @@ pub fn pgid(pid: i32) -> Option<i32> {
     procfs::stat(pid_t(pid)).map(|s| s.pgid.as_raw())
 }
 
-/// Live children of `parent`, sorted.
+/// Live children of `parent`, sorted, but not a `rookery` parent's guard
+/// (see [`guard_of`]): for a daemon's parent, its workers and strays.
 pub fn children_of(parent: i32) -> Vec<i32> {
-    let mut v: Vec<i32> = procfs::children(pid_t(parent))
+    let mut v: Vec<i32> = all_children_of(parent)
         .into_iter()
-        .filter(|p| procfs::alive(*p))
-        .map(procfs::Pid::as_raw)
+        .filter(|p| !is_guard(*p))
         .collect();
     v.sort();
     v
+}
+
+/// Live children of `parent`, the guard included.
+pub fn all_children_of(parent: i32) -> Vec<i32> {
+    procfs::children(pid_t(parent))
+        .into_iter()
+        .filter(|p| procfs::alive(*p))
+        .map(procfs::Pid::as_raw)
+        .collect()
 }
 
 /// Live members of process group `pgid`, sorted.
@@ -168,7 +177,7 @@ pub fn is_guard(pid: i32) -> bool {
 
 /// The live guard child of `parent`, if it has one.
 pub fn guard_of(parent: i32) -> Option<i32> {
-    children_of(parent).into_iter().find(|p| is_guard(*p))
+    all_children_of(parent).into_iter().find(|p| is_guard(*p))
 }
 
 pub fn kill(pid: i32, sig: i32) {
@@ -344,10 +353,7 @@ impl Daemon {
 
     /// Live workers of the parent (its children but the guard).
     pub fn workers(&self, parent: i32) -> Vec<i32> {
-        let w: Vec<i32> = children_of(parent)
-            .into_iter()
-            .filter(|p| !is_guard(*p))
-            .collect();
+        let w = children_of(parent);
         self.seen.borrow_mut().extend(&w);
         w
     }
@@ -393,7 +399,7 @@ impl Drop for Daemon {
         let mut pids = self.seen.borrow().clone();
         if let Some(p) = self.pid() {
             pids.push(p);
-            pids.extend(children_of(p));
+            pids.extend(all_children_of(p));
         }
         // External commands lead their own process groups: take each whole
         // group (a command that ignores its parent-death signal, its
