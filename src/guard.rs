@@ -18,8 +18,9 @@
 //! parent's credentials (the privileged parent's, or the commands' own
 //! user), so it may signal them. It runs no user code, and closes every
 //! socket, pipe and epoll or signal descriptor it inherited but its own
-//! pipe (files stay: the lock, the log), so it holds no control connection
-//! or worker pipe open behind the parent's back.
+//! pipe and the abstract instance socket (files stay: the lock, the log),
+//! so it holds no control connection or worker pipe open behind the
+//! parent's back.
 //!
 //! The parent tells it, through a pipe, the process group of every command
 //! it starts (each command leads its own group) and forgets a group when
@@ -445,15 +446,21 @@ fn guard_main(s: GuardSetup<'_>) -> ! {
 }
 
 /// Closes every inherited socket, pipe and anonymous descriptor (epoll,
-/// signalfd) but `keep`, found in `/proc/self/fd`; files stay open (the
-/// pidfile lock, the log). A copy left open here would keep a control
-/// client's connection or a worker's pipe alive after the parent closed
-/// it, and with it the parent's epoll registration of it: an endless
-/// stream of events for a descriptor the parent no longer has.
+/// signalfd) but `keep`, found in `/proc/self/fd`. Files stay open (the
+/// pidfile lock, the log), and so do sockets bound to an abstract name
+/// (the instance guard of src/pidfile.rs, which, like the lock, must be
+/// held until the commands are gone). A copy left open here would keep a
+/// control client's connection or a worker's pipe alive after the parent
+/// closed it, and with it the parent's epoll registration of it: an
+/// endless stream of events for a descriptor the parent no longer has.
 fn close_channels(keep: RawFd) {
     let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
         return;
     };
+    let held: Vec<String> = procfs::abstract_unix_socket_inodes()
+        .into_iter()
+        .map(|i| format!("socket:[{i}]"))
+        .collect();
     let fds: Vec<RawFd> = dir
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse().ok())
@@ -463,7 +470,7 @@ fn close_channels(keep: RawFd) {
         let Ok(target) = std::fs::read_link(format!("/proc/self/fd/{fd}")) else {
             continue; // the directory's own descriptor, closed by now
         };
-        if !target.starts_with("/") {
+        if !target.starts_with("/") && !held.iter().any(|h| target.as_os_str() == h.as_str()) {
             let _ = nix::unistd::close(fd);
         }
     }

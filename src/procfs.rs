@@ -397,6 +397,27 @@ pub fn group_rss_bytes(pgid: Pid) -> u64 {
         .fold(0, u64::saturating_add)
 }
 
+/// The inodes of the Unix sockets bound to an abstract name (`@name` in
+/// `/proc/net/unix`, of this process's network namespace): the ones a
+/// `socket:[INODE]` link in `/proc/PID/fd` may be checked against.
+pub fn abstract_unix_socket_inodes() -> Vec<u64> {
+    fs::read_to_string("/proc/net/unix")
+        .map(|t| abstract_inodes(&t))
+        .unwrap_or_default()
+}
+
+fn abstract_inodes(table: &str) -> Vec<u64> {
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let mut f = l.split_ascii_whitespace();
+            let inode = f.nth(6)?.parse().ok()?;
+            f.next()?.starts_with('@').then_some(inode)
+        })
+        .collect()
+}
+
 /// Where the process sleeps in the kernel (`/proc/PID/wchan`, e.g.
 /// `do_epoll_wait`); `None` if unknown or running. For hang reports.
 pub fn wchan(pid: Pid) -> Option<String> {
@@ -551,6 +572,16 @@ mod tests {
         }
         assert_eq!(Stat::parse("1 (x) S 1 2 3"), None, "too short for Stat");
         assert!(StatFields::parse("1 (x) S 1 2 3").is_some());
+    }
+
+    #[test]
+    fn abstract_socket_table() {
+        let table = "Num       RefCount Protocol Flags    Type St Inode Path\n\
+            00000000e52822d9: 00000002 00000000 00010000 0001 01 581257 /tmp/d.sock\n\
+            0000000086ae82a8: 00000002 00000000 00000000 0002 01 581300 @rookery-guard x\n\
+            0000000086ae82a9: 00000003 00000000 00000000 0001 03 581301\n";
+        assert_eq!(abstract_inodes(table), vec![581300]);
+        assert_eq!(abstract_inodes(""), Vec::<u64>::new());
     }
 
     #[test]
