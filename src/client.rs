@@ -52,18 +52,13 @@ impl Parent {
 
 /// Start time of `pid` in clock ticks since boot.
 fn start_time(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_start_time(&stat)
+    // issue 9: the one /proc parser.
+    crate::procfs::stat(nix::unistd::Pid::from_raw(pid)).map(|s| s.starttime)
 }
 
+#[cfg(test)]
 fn parse_start_time(stat: &str) -> Option<u64> {
-    // Fields after the ")" that closes comm start at field 3 (state);
-    // starttime is field 22.
-    stat[stat.rfind(')')? + 1..]
-        .split_whitespace()
-        .nth(19)?
-        .parse()
-        .ok()
+    crate::procfs::Stat::parse(stat).map(|s| s.starttime)
 }
 
 /// Why a pid could not be proven to be the daemon's parent.

@@ -223,16 +223,8 @@ fn read_pid(f: &mut File) -> Option<i32> {
 
 /// Whether process `pid` exists and is not a zombie.
 pub fn alive(pid: i32) -> bool {
-    if pid <= 0 {
-        return false;
-    }
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => s
-            .rfind(')')
-            .and_then(|i| s[i + 1..].split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
-    }
+    // issue 9: the one /proc parser.
+    pid > 0 && crate::procfs::alive(nix::unistd::Pid::from_raw(pid))
 }
 
 /// The abstract socket name guarding the instance that uses `pidfile`.

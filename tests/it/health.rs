@@ -24,20 +24,9 @@ pub(crate) fn status_workers(v: &serde_json::Value) -> Vec<serde_json::Value> {
 
 /// CPU time (user + system) of `pid` so far.
 pub(crate) fn cpu_time(pid: i32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/PID/stat");
-    // Fields after "comm)": state is index 0, utime 11, stime 12.
-    let rest: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split_whitespace().collect();
-    let ticks: u64 = rest[11].parse::<u64>().unwrap() + rest[12].parse::<u64>().unwrap();
-    Duration::from_secs_f64(ticks as f64 / clock_ticks() as f64)
-}
-
-fn clock_ticks() -> u64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100)
+    rookery::procfs::stat(rookery::procfs::Pid::from_raw(pid))
+        .expect("read /proc/PID/stat")
+        .cpu_time()
 }
 
 /// Byte offset of `needle` in `log`, failing the test with the log if absent.
