@@ -184,10 +184,13 @@ fn headless(config: &Config, pid: Option<i32>) -> String {
     )
 }
 
+/// What `start` waits for orphans beyond `stop_timeout`.
+const ORPHAN_MARGIN: Duration = Duration::from_secs(2);
+
 /// Before `start` detaches: exits 0 if the daemon already runs; if the
 /// previous parent died and its orphaned workers still hold the pidfile,
-/// says so, waits for them (at most `stop_timeout`: they got the stop
-/// signal when the parent died, and die of `alarm` by then) and returns
+/// says so, waits for them (at most `stop_timeout` and a margin: they got
+/// the stop signal when the parent died, and are killed by then) and returns
 /// `None` so the start goes on, or exits 75 if they are still there.
 /// `None` means: go ahead (the lock decides races and reports errors).
 pub(crate) fn before_start(config: &Config) -> Option<u8> {
@@ -207,7 +210,10 @@ pub(crate) fn before_start(config: &Config) -> Option<u8> {
         out(format!("{name}: already running (pid {})", p.pid));
         return Some(exit::OK);
     }
-    let limit = config.workers.stop_timeout;
+    // They got the stop signal when the parent died and are killed
+    // `stop_timeout` after that (forked workers by `alarm`, commands by the
+    // guard); the margin covers the kill and the exit.
+    let limit = config.workers.stop_timeout.saturating_add(ORPHAN_MARGIN);
     say(
         name,
         format!(
