@@ -296,7 +296,7 @@ fn stop_kills_a_parent_that_does_not_stop_and_says_so() {
 
 #[test]
 fn after_the_parent_died_stop_does_not_signal_a_process_that_took_its_pid() {
-    let (d, parent, worker) = busy_daemon("5s", "20s");
+    let (d, parent, worker) = busy_daemon("20s", "30s");
     kill(parent, 9);
     assert!(wait_until(DEADLINE, || !alive(parent)));
     // Pid reuse, simulated: the file (still locked by the orphan) now names
