@@ -39,7 +39,7 @@ const WORKER_MARK: &str = ": worker ";
 enum Section {
     /// The demo with 8 idle workers: restart latency, RSS, orphans, stop, wake-ups.
     Core,
-    /// Parent CPU with a worker that crashes at once (`rookery run -- /bin/false`).
+    /// Parent CPU with a worker that crashes at once.
     Crash,
     /// 1,000 workers: start, kill all, replacement.
     Many,
@@ -779,21 +779,47 @@ fn restarts(d: &Daemon) -> Result<u64> {
     Ok(per_slot.values().sum())
 }
 
+/// The crash section's command: the first worker sleeps, every later one
+/// exits 1 at once.
+const CRASHER: &str = "[ \"$ROOKERY_WORKER_ID\" = 1 ] && exec sleep 3600; exit 1";
+
 fn section_crash(cli: &Cli, root: &Path, r: &mut Report) -> Result<()> {
+    // (label, config, command, kill the first worker)
     let cases = [
-        ("default back-off", ""),
-        ("backoff_max = \"100ms\"", "[workers]\nbackoff_max = \"100ms\"\n"),
+        ("a command that fails at once, default back-off", "", CRASHER, true),
+        (
+            "a command that fails at once, backoff_max = \"100ms\"",
+            "[workers]\nbackoff_max = \"100ms\"\n",
+            CRASHER,
+            true,
+        ),
+        (
+            "a command flooding its notify descriptor (`yes heartbeat >&3`)",
+            "[workers]\nmin_uptime = \"0s\"\n",
+            "yes heartbeat >&3",
+            false,
+        ),
     ];
-    // Both run at once, side by side: the same window, the same noise.
+    // All run at once, side by side: the same window, the same noise. A
+    // crasher's first worker starts and stays (a command that fails at once
+    // fails the start); once it is killed, every restart fails at once.
     let mut runs = Vec::new();
-    for (i, (label, extra)) in cases.iter().enumerate() {
+    for (i, (label, extra, script, kill_first)) in cases.iter().enumerate() {
         let mut d = Daemon::new(root, &format!("crash{i}"), &cli.rookery, "rookery", extra)?;
-        let pid = d.spawn_foreground(&["run", "-w", "1", "--", "/bin/false"])?;
-        runs.push((label, d, pid));
+        let pid = d.spawn_foreground(&["run", "-w", "1", "--", "sh", "-c", script])?;
+        wait_for(Duration::from_secs(20), "the first worker", || {
+            !procfs::children(pid).is_empty()
+        })?;
+        if *kill_first {
+            for w in procfs::children(pid) {
+                let _ = kill(Pid::from_raw(w), Signal::SIGKILL);
+            }
+        }
+        runs.push((label, d, pid, *kill_first));
     }
     let mut start = Vec::new();
-    for (_, d, pid) in &runs {
-        let n = restarts(d)?;
+    for (_, d, pid, crasher) in &runs {
+        let n = if *crasher { restarts(d)? } else { 0 };
         start.push((
             procfs::cpu_ticks(*pid).ok_or("parent gone")?,
             procfs::cpu_ns(*pid).unwrap_or(0),
@@ -803,15 +829,19 @@ fn section_crash(cli: &Cli, root: &Path, r: &mut Report) -> Result<()> {
     let t0 = Instant::now();
     thread::sleep(cli.crash_window);
     let secs = t0.elapsed().as_secs_f64();
-    for ((label, d, pid), (t0, n0, r0)) in runs.iter().zip(start) {
+    for ((label, d, pid, crasher), (t0, n0, r0)) in runs.iter().zip(start) {
         let ticks = procfs::cpu_ticks(*pid).ok_or("parent gone")? - t0;
         let ns = procfs::cpu_ns(*pid).unwrap_or(0).saturating_sub(n0);
-        let restarts = restarts(d)? - r0;
         let per_min_ms = ns as f64 / 1e6 * 60.0 / secs;
+        let restarts = if *crasher {
+            format!("; {} restarts in {secs:.0} s", restarts(d)? - r0)
+        } else {
+            String::new()
+        };
         r.row(
-            format!("parent CPU per minute, `rookery run -w 1 -- /bin/false`, {label}"),
+            format!("parent CPU per minute, {label}"),
             format!(
-                "{per_min_ms:.1} ms/min ({:.0} ms by utime+stime; {restarts} restarts in {secs:.0} s)",
+                "{per_min_ms:.1} ms/min ({:.0} ms by utime+stime{restarts})",
                 ticks as f64 * 10.0 * 60.0 / secs
             ),
             Target::None,

@@ -115,6 +115,8 @@ struct Pipe {
     /// Bytes read in the current flow window, and when it began.
     spent: usize,
     window: Instant,
+    /// Whether muting it was logged (once per pipe).
+    muted_once: bool,
 }
 
 impl Pipe {
@@ -639,6 +641,19 @@ impl<'h, O: Os> Supervisor<'h, O> {
             // Over budget: not read again before the window ends.
             let _ = self.epoll.delete(&p.fd);
             self.muted.insert((p.window + FLOW_WINDOW, token));
+            if !p.muted_once {
+                p.muted_once = true;
+                warn!(
+                    "worker {slot}: more than {} KiB of {} in {}ms; its pipe is muted for the rest of each such window",
+                    FLOW_BUDGET / 1024,
+                    match stream {
+                        Stream::Stdout => "output",
+                        Stream::Stderr => "error output",
+                        Stream::Notify => "notify lines",
+                    },
+                    FLOW_WINDOW.as_millis()
+                );
+            }
         }
         let cell = self.board.cell(h.cell);
         match stream {
@@ -819,6 +834,7 @@ impl<'h, O: Os> Supervisor<'h, O> {
                         token,
                         spent: 0,
                         window: now,
+                        muted_once: false,
                     });
                 }
                 self.workers.insert(
@@ -1119,6 +1135,7 @@ mod tests {
             token: 9,
             spent: 0,
             window: Instant::now(),
+            muted_once: false,
         };
         (p, w)
     }

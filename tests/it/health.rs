@@ -22,13 +22,6 @@ pub(crate) fn status_workers(v: &serde_json::Value) -> Vec<serde_json::Value> {
     v["workers"].as_array().cloned().unwrap_or_default()
 }
 
-/// CPU time (user + system) of `pid` so far.
-pub(crate) fn cpu_time(pid: i32) -> Duration {
-    rookery::procfs::stat(rookery::procfs::Pid::from_raw(pid))
-        .expect("read /proc/PID/stat")
-        .cpu_time()
-}
-
 /// Byte offset of `needle` in `log`, failing the test with the log if absent.
 pub(crate) fn pos(log: &str, needle: &str) -> usize {
     log.find(needle)
@@ -191,7 +184,7 @@ fn restarts(v: &serde_json::Value) -> u64 {
 }
 
 #[test]
-fn a_crash_loop_backs_off_is_logged_once_then_summarised_and_costs_the_parent_little() {
+fn a_crash_loop_backs_off_and_is_logged_once_then_summarised() {
     let d = Daemon::rookery(
         "[workers]\ncount = 1\nbackoff_initial = \"10ms\"\nbackoff_max = \"200ms\"\n\
          crash_limit = 3\ncrash_window = \"1s\"\n\
@@ -211,22 +204,14 @@ fn a_crash_loop_backs_off_is_logged_once_then_summarised_and_costs_the_parent_li
     kill(first[0], 9);
     assert!(d.wait_log("crash loop: "), "{}", d.log());
 
-    let window = Duration::from_secs(3);
-    let (t0, cpu0, r0) = (Instant::now(), cpu_time(parent), restarts(&status_json(&d)));
-    std::thread::sleep(window); // the measured window, not an assertion
-    let (cpu1, r1) = (cpu_time(parent), restarts(&status_json(&d)));
-    let wall = t0.elapsed();
-
-    let n = r1 - r0;
-    let bound = (wall.as_millis() / 200) as u64 + 3;
-    assert!(n >= 3, "still restarting: {n} restarts in {wall:?}");
+    // Still restarting (how fast is the back-off's unit tests' business,
+    // and what it costs the parent the bench's).
+    let r0 = restarts(&status_json(&d));
     assert!(
-        n <= bound,
-        "{n} restarts in {wall:?}: more than back-off allows ({bound})"
+        wait_until(DEADLINE, || restarts(&status_json(&d)) >= r0 + 3),
+        "not restarting:\n{}",
+        d.log()
     );
-    let cpu = cpu1 - cpu0;
-    assert!(cpu < wall / 10, "parent used {cpu:?} of CPU in {wall:?}");
-
     assert!(d.wait_log("crash loop continues: "), "{}", d.log());
     let log = d.log();
     assert_eq!(log.matches("crash loop: ").count(), 1, "{log}");

