@@ -786,7 +786,12 @@ const CRASHER: &str = "[ \"$ROOKERY_WORKER_ID\" = 1 ] && exec sleep 3600; exit 1
 fn section_crash(cli: &Cli, root: &Path, r: &mut Report) -> Result<()> {
     // (label, config, command, kill the first worker)
     let cases = [
-        ("a command that fails at once, default back-off", "", CRASHER, true),
+        (
+            "a command that fails at once, default back-off",
+            "",
+            CRASHER,
+            true,
+        ),
         (
             "a command that fails at once, backoff_max = \"100ms\"",
             "[workers]\nbackoff_max = \"100ms\"\n",
@@ -807,8 +812,14 @@ fn section_crash(cli: &Cli, root: &Path, r: &mut Report) -> Result<()> {
     for (i, (label, extra, script, kill_first)) in cases.iter().enumerate() {
         let mut d = Daemon::new(root, &format!("crash{i}"), &cli.rookery, "rookery", extra)?;
         let pid = d.spawn_foreground(&["run", "-w", "1", "--", "sh", "-c", script])?;
+        // Started: its worker counts as running (a command does after
+        // min_uptime), so the kill is a restart, not a failed start.
         wait_for(Duration::from_secs(20), "the first worker", || {
-            !procfs::children(pid).is_empty()
+            d.status().is_ok_and(|s| {
+                s["workers"]
+                    .as_array()
+                    .is_some_and(|w| w.iter().any(|w| w["state"] == "running"))
+            })
         })?;
         if *kill_first {
             for w in procfs::children(pid) {

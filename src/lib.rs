@@ -62,18 +62,23 @@
 //!
 //! The parent never starts a thread, so `fork` without `exec` is sound and
 //! a worker is a full copy of the program. It blocks its signals and reads
-//! them from a signalfd in one `poll` loop, together with a pipe on which
-//! workers report readiness, the control socket, and the output pipes of
-//! external commands. The loop's timeout is the nearest due timer (a
-//! back-off, a stop deadline, a health check); with none, it sleeps until
-//! something happens, so an idle parent costs nothing.
+//! them from a signalfd in one `epoll` set, together with a pipe on which
+//! workers report readiness, the control socket and its connections, and
+//! the output pipes of external commands, each registered once. The loop's
+//! timeout is the nearest deadline (a back-off, a stop deadline, a health
+//! check, a control client's deadline); with none, it sleeps until
+//! something happens, so an idle parent costs nothing. Every descriptor it
+//! touches is non-blocking and every buffer bounded, so no client, worker
+//! or pipe can stall it.
 //!
 //! Every decision (restart, back-off, crash loop, recycling, hang and
 //! start deadlines, rolling replacement, scaling, the dynamic pool, what a
 //! reload changes, the start's verdict) is made by the core, a state
 //! machine without system calls: events in, actions out, unit-tested with a
 //! fake clock and property-tested over random event sequences. The loop
-//! around it only carries out its actions. Workers publish heartbeats, job counts
+//! around it (the supervisor) only turns what happens into events and
+//! carries out the actions, through a small OS seam that a fake replaces in
+//! its unit tests. Workers publish heartbeats, job counts
 //! and busy/idle state in a shared memory [`scoreboard`] with plain atomic
 //! stores: no system call per job.
 //!

@@ -45,8 +45,6 @@ pub(crate) trait Spawner {
     fn spawn(&mut self, cx: &SpawnContext<'_>) -> io::Result<Spawned>;
     /// Takes a reloaded config (re-reads the app settings).
     fn reload(&mut self, cfg: &Config) -> Result<(), ConfigError>;
-    /// Whether workers reopen their own logs on SIGUSR1.
-    fn forwards_usr1(&self) -> bool;
 }
 
 /// Forks in-process Rust workers of type `W`.
@@ -82,11 +80,6 @@ impl<W: Worker> Spawner for ForkSpawner<W> {
     fn reload(&mut self, cfg: &Config) -> Result<(), ConfigError> {
         self.settings = cfg.app::<W::Settings>()?;
         Ok(())
-    }
-
-    fn forwards_usr1(&self) -> bool {
-        // issue 9: Rust workers reopen on logging's shared generation, unsignalled.
-        false
     }
 }
 
@@ -207,10 +200,6 @@ impl Spawner for CommandSpawner {
 
     fn reload(&mut self, _cfg: &Config) -> Result<(), ConfigError> {
         Ok(())
-    }
-
-    fn forwards_usr1(&self) -> bool {
-        false
     }
 }
 

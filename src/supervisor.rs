@@ -229,6 +229,8 @@ pub(crate) struct Supervisor<'h, O: Os = RealOs> {
     guard: Option<crate::guard::Guard>,
     watchdog: Option<(Duration, Instant)>,
     sd_status: String,
+    /// Whether systemd listens (`NOTIFY_SOCKET`): else no status is built.
+    sd_listening: bool,
     startup_error: Option<String>,
 }
 
@@ -325,6 +327,7 @@ impl<'h, O: Os> Supervisor<'h, O> {
             guard: None, // issue 9
             watchdog,
             sd_status: String::new(),
+            sd_listening: std::env::var_os("NOTIFY_SOCKET").is_some(),
             startup_error: None,
         })
     }
@@ -401,6 +404,9 @@ impl<'h, O: Os> Supervisor<'h, O> {
     }
 
     fn update_sd_status(&mut self) {
+        if !self.sd_listening {
+            return;
+        }
         let s = format!(
             "{}, {} restarting",
             core::workers(u64::try_from(self.core.live()).unwrap_or(0)),
@@ -486,7 +492,9 @@ impl<'h, O: Os> Supervisor<'h, O> {
             Signal::SIGHUP => {
                 let _ = self.reload();
             }
-            Signal::SIGUSR1 => self.reopen_logs(),
+            Signal::SIGUSR1 => {
+                self.core.handle(now, Event::ReopenLogs);
+            }
             Signal::SIGTTIN => {
                 self.core.handle(now, Event::Scale(ScaleSpec::Up(1)));
             }
@@ -494,35 +502,6 @@ impl<'h, O: Os> Supervisor<'h, O> {
                 self.core.handle(now, Event::Scale(ScaleSpec::Down(1)));
             }
             _ => {}
-        }
-    }
-
-    fn reopen_logs(&mut self) {
-        info!("reopening log files");
-        // issue 9: reopen ours, then bump the generation the workers' log
-        // writers watch; Rust workers are not signalled (EINTR).
-        if let Err(e) = crate::logging::reopen_everywhere() {
-            error!("cannot reopen log file: {e}");
-        }
-        let signal = match self.core_kind() {
-            Kind::Forked if self.spawner.forwards_usr1() => Some(Signal::SIGUSR1),
-            Kind::Forked => None,
-            Kind::Command => self.config.workers.reopen_signal,
-        };
-        if let Some(sig) = signal {
-            let group = self.core_kind() == Kind::Command;
-            let pids: Vec<Pid> = self.workers.keys().copied().collect();
-            for pid in pids {
-                self.os.signal(pid, group, sig);
-            }
-        }
-    }
-
-    fn core_kind(&self) -> Kind {
-        if self.config.workers.command.is_some() {
-            Kind::Command
-        } else {
-            Kind::Forked
         }
     }
 
@@ -781,6 +760,14 @@ impl<'h, O: Os> Supervisor<'h, O> {
                 }
             }
             Action::Exited(exit) => self.hooks.on_worker_exit(&exit),
+            Action::ReopenLogs => {
+                // Ours, then the generation the workers' log writers
+                // watch: Rust workers are not signalled (a signal breaks
+                // their reads with EINTR).
+                if let Err(e) = crate::logging::reopen_everywhere() {
+                    error!("cannot reopen log file: {e}");
+                }
+            }
         }
         if self.core.is_stopping() && self.stop_deadline.is_none() {
             self.stop_deadline = Some(self.os.now() + self.config.workers.stop_timeout);
@@ -1066,9 +1053,6 @@ mod tests {
         }
         fn reload(&mut self, _cfg: &Config) -> Result<(), ConfigError> {
             Ok(())
-        }
-        fn forwards_usr1(&self) -> bool {
-            false
         }
     }
 

@@ -141,6 +141,9 @@ pub(crate) enum Action {
     Started(Result<u32, String>),
     /// A worker exited: run the parent hook.
     Exited(WorkerExit),
+    /// Reopen the parent's log file and tell the workers' log writers to
+    /// reopen theirs.
+    ReopenLogs,
 }
 
 /// A state change systemd is told about.
@@ -192,6 +195,8 @@ pub(crate) enum Event {
     Stop(String),
     /// `scale`.
     Scale(ScaleSpec),
+    /// `reopen-logs` (SIGUSR1, after logrotate moved the file away).
+    ReopenLogs,
     /// `reload`: the new, validated settings and what changed, or why the
     /// new configuration was refused.
     Reload(Result<(Box<WorkersConfig>, reload::Plan), String>),
@@ -447,6 +452,7 @@ impl Core {
             Event::Samples(samples) => self.judge(&samples, now),
             Event::Tick => self.tick(now),
             Event::Stop(why) => self.stop(now, &why, Outcome::Requested),
+            Event::ReopenLogs => self.reopen_logs(),
             Event::Scale(spec) => return Some(self.scale(spec, now)),
             Event::Reload(r) => return Some(self.reload(r, now)),
         }
@@ -1132,6 +1138,24 @@ impl Core {
         self.log(Level::ERROR, format!("startup failed: {why}"));
         self.out.push(Action::Started(Err(why)));
         self.stop(now, "startup failed", Outcome::StartFailed);
+    }
+
+    fn reopen_logs(&mut self) {
+        self.log(Level::INFO, "reopening log files".into());
+        self.out.push(Action::ReopenLogs);
+        // Rust workers watch a generation counter instead of a signal;
+        // commands get `reopen_signal` if one is configured.
+        if let (Kind::Command, Some(signal)) = (self.kind, self.cfg.reopen_signal) {
+            let mut pids: Vec<Pid> = self.procs.keys().copied().collect();
+            pids.sort();
+            for pid in pids {
+                self.out.push(Action::Signal {
+                    pid,
+                    group: true,
+                    signal,
+                });
+            }
+        }
     }
 
     // -- scaling and reloading ------------------------------------------------

@@ -214,6 +214,26 @@ fn commands_start_per_their_ready_mode() {
 }
 
 #[test]
+fn reopening_logs_signals_only_commands_and_only_if_asked() {
+    let mut s = Sim::new(cfg(2));
+    s.ready_all();
+    s.log.clear();
+    s.ev(Event::ReopenLogs);
+    s.log.extend(s.core.take_actions());
+    assert!(s.log.contains(&Action::ReopenLogs));
+    assert!(s.signals().is_empty(), "Rust workers are never signalled");
+
+    let mut c = cfg(2);
+    c.reopen_signal = Some(Signal::SIGUSR1);
+    let mut s = Sim::with_kind(c, Kind::Command);
+    s.log.clear();
+    s.ev(Event::ReopenLogs);
+    s.log.extend(s.core.take_actions());
+    assert_eq!(s.signals().len(), 2);
+    assert!(s.signals().iter().all(|(_, sig)| *sig == Signal::SIGUSR1));
+}
+
+#[test]
 fn a_stop_signal_is_followed_by_sigcont() {
     let mut s = Sim::new(cfg(1));
     s.ready_all();
