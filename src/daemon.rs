@@ -525,6 +525,7 @@ impl<W: Worker> Daemon<W> {
         };
         let startup = std::mem::replace(report, StartupReport::none());
         let sup = match Supervisor::new(
+            crate::supervisor::RealOs,
             config,
             spawner,
             &mut *self.hooks,

@@ -245,25 +245,12 @@ fn set_nonblocking(fd: BorrowedFd<'_>) -> std::io::Result<()> {
     Ok(())
 }
 
-impl<'h> Supervisor<'h, RealOs> {
-    /// Prepares the loop: the signalfd must already be open (signals are
-    /// blocked from the daemon's first moment).
-    pub(crate) fn new(
-        config: Config,
-        spawner: Box<dyn Spawner>,
-        hooks: &'h mut dyn Hooks,
-        inbox: Inbox,
-        control: Option<control::Server>,
-        startup: StartupReport,
-        reloader: Reloader,
-    ) -> std::io::Result<Supervisor<'h, RealOs>> {
-        Supervisor::with_os(RealOs, config, spawner, hooks, inbox, control, startup, reloader)
-    }
-}
-
 impl<'h, O: Os> Supervisor<'h, O> {
+    /// Prepares the loop over `os` (the real one, or a fake in tests): the
+    /// signalfd must already be open (signals are blocked from the
+    /// daemon's first moment).
     #[allow(clippy::too_many_arguments)] // each is a distinct resource handed over once
-    fn with_os(
+    pub(crate) fn new(
         os: O,
         config: Config,
         spawner: Box<dyn Spawner>,
@@ -1065,7 +1052,7 @@ mod tests {
         config.workers.command = Some(vec!["true".into()]);
         let mut hooks = crate::hooks::NoHooks;
         let inbox = Inbox::open().unwrap();
-        let mut sup = Supervisor::with_os(
+        let mut sup = Supervisor::new(
             FakeOs(calls.clone()),
             config,
             Box::new(FakeSpawner(calls.clone(), 1000)),

@@ -370,6 +370,8 @@ pub(crate) struct Core {
     rolling: VecDeque<u32>,
     rng: Rng,
     next_id: u64,
+    /// When the next health probe is due (its entry in `timers`).
+    probe_at: Option<Instant>,
 }
 
 /// `now + d`, or far in the future when that does not fit an `Instant`.
@@ -409,6 +411,7 @@ impl Core {
             rolling: VecDeque::new(),
             rng: Rng::new(seed),
             next_id: 1,
+            probe_at: None,
         }
     }
 
@@ -846,6 +849,7 @@ impl Core {
                 Timer::Kill(pid) => self.kill_due(pid),
                 Timer::Start(pid) => self.start_due(pid, now),
                 Timer::Probe => {
+                    self.probe_at = None;
                     self.out.push(Action::Probe {
                         rss: self.cfg.max_memory > 0,
                     });
@@ -935,9 +939,17 @@ impl Core {
     }
 
     fn schedule_probe(&mut self, now: Instant) {
-        self.timers.retain(|(_, t)| *t != Timer::Probe);
+        self.cancel_probe();
         if let Some(period) = health::probe_period(&self.cfg) {
-            self.timers.insert((after(now, period), Timer::Probe));
+            let at = after(now, period);
+            self.timers.insert((at, Timer::Probe));
+            self.probe_at = Some(at);
+        }
+    }
+
+    fn cancel_probe(&mut self) {
+        if let Some(at) = self.probe_at.take() {
+            self.timers.remove(&(at, Timer::Probe));
         }
     }
 
@@ -1115,7 +1127,7 @@ impl Core {
         for (at, slot) in waiting {
             self.timers.remove(&(at, Timer::Restart(slot)));
         }
-        self.timers.retain(|(_, t)| *t != Timer::Probe);
+        self.cancel_probe();
         self.log(
             Level::INFO,
             format!(
