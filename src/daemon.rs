@@ -20,6 +20,7 @@ use crate::pidfile::{self, Acquired, Holder};
 use crate::privileges;
 use crate::signals::Inbox;
 use crate::spawn::{CommandSpawner, ForkSpawner, Spawner};
+use crate::start_error::StartError;
 use crate::supervisor::Supervisor;
 use crate::titles;
 use crate::worker::Worker;
@@ -330,71 +331,74 @@ impl<W: Worker> Daemon<W> {
         }
     }
 
+    /// `start`: every failure, before or after detaching, is one
+    /// [`StartError`], reported once (on the terminal, or through the
+    /// startup pipe to the waiting command) with its own exit code.
     fn start(&mut self, config: Config, no_daemon: bool, reloader: crate::supervisor::Reloader) -> u8 {
+        let name = config.daemon.name.clone();
+        let mut report = StartupReport::none();
+        match self.launch(config, no_daemon, &mut report, reloader) {
+            Ok(code) => code,
+            Err(e) => e.report(&name, &mut report),
+        }
+    }
+
+    /// Checks, detaches (unless `no_daemon`) and runs the daemon. `report`
+    /// becomes the startup pipe once detached.
+    fn launch(
+        &mut self,
+        config: Config,
+        no_daemon: bool,
+        report: &mut StartupReport,
+        reloader: crate::supervisor::Reloader,
+    ) -> Result<u8, StartError> {
         let name = config.daemon.name.clone();
         // Nothing the invoking shell left open (a deploy script's lock) is
         // kept for the daemon's life or handed to workers: the daemon has
         // opened nothing yet.
-        if let Err(e) = crate::sys::close_inherited_fds() {
-            say(&name, format!("cannot close inherited descriptors: {e}"));
-            return exit::OSERR;
-        }
+        crate::sys::close_inherited_fds().map_err(StartError::InheritedFds)?;
         // `config` passed `Daemon::validate` when it was loaded.
-        if let Err(e) = preflight(&config) {
-            for p in &e.problems {
-                say(&name, format!("config error: {p}"));
-            }
-            return e.exit_code();
-        }
+        preflight(&config)?;
         // issue 9: a detached daemon's stdout and stderr are /dev/null.
         if let Some(e) = logging::detached_problem(config.daemon.logfile.as_deref()).filter(|_| !no_daemon) {
-            say(&name, format!("config error: {e}"));
-            return exit::CONFIG;
+            return Err(StartError::LogDiscarded(e));
         }
         // A non-root start cannot become another account: say so now, on the
         // operator's terminal, before anything is opened or detached.
-        match privileges::resolve(config.daemon.user.as_deref(), config.daemon.group.as_deref()) {
-            Ok(Some(acct)) => {
-                let user = config.daemon.user.clone().unwrap_or_else(|| acct.uid.to_string());
-                if let Err(e) = privileges::check(acct, &user) {
-                    say(&name, e);
-                    return exit::NOPERM;
-                }
-            }
-            Ok(None) => {}
-            Err(e) => {
-                say(&name, format!("config error: {e}"));
-                return exit::CONFIG;
-            }
+        if let Some(acct) =
+            privileges::resolve(config.daemon.user.as_deref(), config.daemon.group.as_deref())?
+        {
+            let user = config.daemon.user.clone().unwrap_or_else(|| acct.uid.to_string());
+            privileges::check(acct, &user)?;
         }
-        let mut report = StartupReport::none();
         // issue 9: already running, or orphaned workers of a killed parent
         // to wait for, said on the operator's terminal before detaching.
         if let Some(code) = client::before_start(&config) {
-            return code;
+            return Ok(code);
         }
         if !no_daemon {
-            match daemonize::daemonize(&config.daemon.workdir, config.daemon.umask) {
-                Err(e) => {
-                    say(&name, format!("cannot daemonize: {e}"));
-                    return exit::FAILURE;
-                }
-                Ok(Launch::Waiter(code, msg)) => {
+            match daemonize::daemonize(&config.daemon.workdir, config.daemon.umask)? {
+                Launch::Waiter(code, msg) => {
                     if code == exit::OK {
                         out(format!("{name}: {msg}"));
                     } else {
-                        say(&name, msg);
+                        for line in msg.lines() {
+                            say(&name, line);
+                        }
                     }
-                    return code;
+                    return Ok(code);
                 }
-                Ok(Launch::Daemon(r)) => report = r,
+                Launch::Failed(r, e) => {
+                    *report = r;
+                    return Err(e);
+                }
+                Launch::Daemon(r) => *report = r,
             }
-        } else if let Err(e) = daemonize::settle(&config.daemon.workdir, config.daemon.umask) {
+        } else {
             // The same workdir and umask in the foreground as when detached.
-            say(&name, e);
-            return exit::OSERR;
+            daemonize::settle(&config.daemon.workdir, config.daemon.umask)?;
         }
-        self.daemon_main(config, no_daemon, &mut report, reloader)
+        self.daemon_main(config, no_daemon, report, reloader)
     }
 
     /// The daemon's life, in the foreground process or the detached one.
@@ -404,21 +408,9 @@ impl<W: Worker> Daemon<W> {
         no_daemon: bool,
         report: &mut StartupReport,
         reloader: crate::supervisor::Reloader,
-    ) -> u8 {
-        let name = config.daemon.name.clone();
-        let fail = |report: &mut StartupReport, code: u8, msg: String| -> u8 {
-            if report.pending() {
-                report.send(code, &msg);
-            } else {
-                say(&name, &msg);
-            }
-            code
-        };
+    ) -> Result<u8, StartError> {
         // Signals are ours from the first moment: blocked here, read later.
-        let inbox = match Inbox::open() {
-            Ok(i) => i,
-            Err(e) => return fail(report, exit::FAILURE, format!("cannot set up signals: {e}")),
-        };
+        let inbox = Inbox::open().map_err(StartError::Signals)?;
         let _ = nix::sys::resource::setrlimit(
             nix::sys::resource::Resource::RLIMIT_NOFILE,
             nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
@@ -428,50 +420,45 @@ impl<W: Worker> Daemon<W> {
                 .map(|(_, hard)| hard)
                 .unwrap_or(4096),
         );
-        let pid_lock = match pidfile::acquire(&config.daemon.pidfile) {
-            Ok(Acquired::Locked(p)) => p,
-            Ok(Acquired::Held(Holder::Pid(pid))) => {
-                let msg = format!("already running (pid {pid})");
-                if report.pending() {
-                    report.send(exit::OK, &msg);
-                } else {
-                    out(format!("{name}: {msg}"));
-                }
-                return exit::OK;
+        let pid_lock = match pidfile::acquire(&config.daemon.pidfile)? {
+            Acquired::Locked(p) => p,
+            Acquired::Held(Holder::Pid(pid)) => return Err(StartError::Running(pid)),
+            Acquired::Held(Holder::Headless { pid, locked }) => {
+                return Err(StartError::Held {
+                    path: config.daemon.pidfile.clone(),
+                    pid,
+                    locked,
+                })
             }
-            Ok(Acquired::Held(Holder::Headless { pid, locked })) => {
-                let msg = match (pid, locked) {
-                    (_, false) => format!(
-                        "another instance holds the guard of {} (its pidfile was deleted?); not starting a second one",
-                        config.daemon.pidfile.display()
-                    ),
-                    (pid, true) => format!(
-                        "workers of a previous parent (pid {}) still hold {}; not starting beside them (try again later)",
-                        pid.map_or_else(|| "unknown".into(), |p| p.to_string()),
-                        config.daemon.pidfile.display()
-                    ),
-                };
-                return fail(report, exit::TEMPFAIL, msg);
-            }
-            Err(e) => return fail(report, e.exit_code(), e.to_string()),
         };
+        // From here on the pidfile is ours: removed however this ends, so a
+        // failed start leaves no pidfile behind.
+        let result = self.locked_main(config, no_daemon, report, reloader, inbox);
+        pid_lock.remove();
+        result
+    }
+
+    /// The daemon's life once it holds the pidfile.
+    fn locked_main(
+        &mut self,
+        config: Config,
+        no_daemon: bool,
+        report: &mut StartupReport,
+        reloader: crate::supervisor::Reloader,
+        inbox: Inbox,
+    ) -> Result<u8, StartError> {
+        let name = config.daemon.name.clone();
         // The parent keeps its privileges (see `privileges`); only workers
         // switch, to this identity, recorded once for the daemon's life.
-        match privileges::worker_identity(config.daemon.user.as_deref(), config.daemon.group.as_deref()) {
-            Ok(id) => privileges::set_workers(id),
-            Err(e) => return fail(report, exit::CONFIG, e.to_string()),
-        }
+        privileges::set_workers(privileges::worker_identity(
+            config.daemon.user.as_deref(),
+            config.daemon.group.as_deref(),
+        )?);
         let log = match &config.daemon.logfile {
-            Some(p) => match privileges::open_log_shared(p) {
-                Ok(f) => Some(f),
-                Err(e) => {
-                    return fail(
-                        report,
-                        exit::CONFIG,
-                        format!("cannot open log file {}: {e}", p.display()),
-                    );
-                }
-            },
+            Some(p) => Some(privileges::open_log_shared(p).map_err(|source| StartError::Log {
+                path: p.clone(),
+                source,
+            })?),
             None => None,
         };
         logging::init(
@@ -482,25 +469,16 @@ impl<W: Worker> Daemon<W> {
         );
         // The control socket belongs to the parent's own uid (0600), not to
         // the workers' account: workers cannot use it.
-        let control = match control::Server::bind(&config.daemon.control_socket, None) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                return fail(
-                    report,
-                    exit::CONFIG,
-                    format!(
-                        "cannot create control socket {}: {e}",
-                        config.daemon.control_socket.display()
-                    ),
-                )
+        let control = control::Server::bind(&config.daemon.control_socket, None).map_err(|source| {
+            StartError::ControlSocket {
+                path: config.daemon.control_socket.clone(),
+                source,
             }
-        };
+        })?;
         if let Err(e) = self.hooks.on_start(&config) {
-            let msg = format!("on_start hook failed: {}", crate::worker::error_chain(&*e));
-            error!("{msg}");
-            drop(control);
-            pid_lock.remove();
-            return fail(report, exit::FAILURE, msg);
+            let e = StartError::Hook(crate::worker::error_chain(&*e));
+            error!("{e}");
+            return Err(e);
         }
         info!(
             "{name} {} starting (pid {}, config {})",
@@ -514,35 +492,36 @@ impl<W: Worker> Daemon<W> {
         let spawner: Box<dyn Spawner> = if config.workers.command.is_some() {
             Box::new(CommandSpawner)
         } else {
-            let settings = match config.app::<W::Settings>() {
-                Ok(s) => s,
-                Err(e) => return fail(report, exit::CONFIG, e.to_string()),
-            };
             Box::new(ForkSpawner::<W> {
-                settings,
+                settings: config.app::<W::Settings>()?,
                 args: self.cli_args.take().expect("args parsed"),
             })
         };
+        // The supervisor takes the report; should it fail to start, the
+        // spare tells the waiting command why. Dropped before any worker
+        // is forked.
+        let mut spare = report.spare();
         let startup = std::mem::replace(report, StartupReport::none());
-        let sup = match Supervisor::new(
+        let sup = Supervisor::new(
             crate::supervisor::RealOs,
             config,
             spawner,
             &mut *self.hooks,
             inbox,
-            control,
+            Some(control),
             startup,
             reloader,
-        ) {
-            Ok(s) => s,
-            Err(e) => {
-                pid_lock.remove();
-                return fail(report, exit::FAILURE, format!("cannot start supervisor: {e}"));
+        );
+        match sup {
+            Ok(sup) => {
+                drop(spare);
+                Ok(sup.run())
             }
-        };
-        let code = sup.run();
-        pid_lock.remove();
-        code
+            Err(e) => {
+                std::mem::swap(report, &mut spare);
+                Err(StartError::Supervisor(e))
+            }
+        }
     }
 }
 

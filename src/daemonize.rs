@@ -16,6 +16,7 @@ use nix::sys::stat::{umask, Mode};
 use nix::unistd::{chdir, dup2_stderr, dup2_stdin, dup2_stdout, setsid};
 
 use crate::exit;
+use crate::start_error::StartError;
 use crate::sys::{self, Forked};
 
 /// Which side of the fork we are on.
@@ -24,8 +25,11 @@ pub enum Launch {
     Waiter(u8, String),
     /// The daemon: report startup through this.
     Daemon(StartupReport),
+    /// A daemon-side process that could not finish detaching: it must
+    /// report the error through the pipe (the operator's command waits on
+    /// it) and exit.
+    Failed(StartupReport, StartError),
 }
-
 /// The daemon's end of the startup pipe.
 #[derive(Debug)]
 pub struct StartupReport {
@@ -36,6 +40,21 @@ impl StartupReport {
     /// A report that goes nowhere (foreground mode).
     pub fn none() -> StartupReport {
         StartupReport { pipe: None }
+    }
+
+    /// A report written to `pipe`.
+    pub(crate) fn from_pipe(pipe: File) -> StartupReport {
+        StartupReport { pipe: Some(pipe) }
+    }
+
+    /// A second handle on the same pipe (none if it cannot be duplicated),
+    /// for a caller that hands this one to something that may fail without
+    /// giving it back. Dropping it before the daemon forks workers keeps
+    /// them from holding the pipe.
+    pub(crate) fn spare(&self) -> StartupReport {
+        StartupReport {
+            pipe: self.pipe.as_ref().and_then(|p| p.try_clone().ok()),
+        }
     }
 
     /// The descriptor workers must close after fork.
@@ -59,22 +78,26 @@ impl StartupReport {
 /// Moves into `workdir` and sets the umask `mask`: what the daemon does in
 /// both modes, detached or in the foreground (`-n`, as systemd runs it), so
 /// that files it and its workers create get the same modes either way.
-pub fn settle(workdir: &Path, mask: u32) -> std::io::Result<()> {
-    chdir(workdir).map_err(|e| {
-        std::io::Error::new(
-            std::io::Error::from(e).kind(),
-            format!("cannot change to workdir {}: {e}", workdir.display()),
-        )
+pub fn settle(workdir: &Path, mask: u32) -> Result<(), StartError> {
+    chdir(workdir).map_err(|e| StartError::Workdir {
+        path: workdir.to_path_buf(),
+        source: e.into(),
     })?;
     umask(Mode::from_bits_truncate(mask));
     Ok(())
 }
 
+fn step(what: &'static str) -> impl Fn(std::io::Error) -> StartError {
+    move |source| StartError::Detach { what, source }
+}
+
 /// Detaches into the background. Returns in both the waiting command and
-/// the daemon. Must be called while the process is single-threaded.
-pub fn daemonize(workdir: &Path, mask: u32) -> std::io::Result<Launch> {
-    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-    match sys::fork()? {
+/// the daemon. Must be called while the process is single-threaded. An
+/// error here is the operator's process failing (pipe, fork); the daemon
+/// side's failures come back as [`Launch::Failed`], to be reported.
+pub fn daemonize(workdir: &Path, mask: u32) -> Result<Launch, StartError> {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| step("pipe")(e.into()))?;
+    match sys::fork().map_err(step("fork"))? {
         Forked::Parent(child) => {
             drop(w);
             let mut msg = String::new();
@@ -94,23 +117,34 @@ pub fn daemonize(workdir: &Path, mask: u32) -> std::io::Result<Launch> {
         }
         Forked::Child => {
             drop(r);
-            setsid()?;
-            match sys::fork()? {
-                Forked::Parent(_) => std::process::exit(0),
-                Forked::Child => {}
-            }
-            settle(workdir, mask)?;
-            let null = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open("/dev/null")?;
-            let null = OwnedFd::from(null);
-            dup2_stdin(&null)?;
-            dup2_stdout(&null)?;
-            dup2_stderr(&null)?;
-            Ok(Launch::Daemon(StartupReport {
-                pipe: Some(File::from(w)),
-            }))
+            let report = StartupReport::from_pipe(File::from(w));
+            Ok(match detach(workdir, mask) {
+                Ok(()) => Launch::Daemon(report),
+                Err(e) => Launch::Failed(report, e),
+            })
         }
     }
+}
+
+/// The daemon side of [`daemonize`]: a new session, a second fork (the
+/// intermediate process exits), the working directory and umask, and
+/// stdin/stdout/stderr on /dev/null.
+fn detach(workdir: &Path, mask: u32) -> Result<(), StartError> {
+    setsid().map_err(|e| step("setsid")(e.into()))?;
+    match sys::fork().map_err(step("fork"))? {
+        Forked::Parent(_) => std::process::exit(0),
+        Forked::Child => {}
+    }
+    settle(workdir, mask)?;
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(step("opening /dev/null"))?;
+    let null = OwnedFd::from(null);
+    let redirect = |e: nix::Error| step("redirecting to /dev/null")(e.into());
+    dup2_stdin(&null).map_err(redirect)?;
+    dup2_stdout(&null).map_err(redirect)?;
+    dup2_stderr(&null).map_err(redirect)?;
+    Ok(())
 }

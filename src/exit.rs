@@ -39,7 +39,8 @@ pub const WORKER_SETUP_FAILED: i32 = 121;
 /// Permission problems are [`NOPERM`]; a missing file is [`NOINPUT`]; a
 /// daemon that does not answer (refused, reset, timed out) is
 /// [`UNAVAILABLE`]; a full or read-only file system is [`CANTCREAT`]; a
-/// resource that is busy for now is [`TEMPFAIL`]; anything else is [`OSERR`].
+/// resource that is busy for now (an address in use) is [`TEMPFAIL`];
+/// anything else is [`OSERR`].
 pub fn from_io(e: &std::io::Error) -> u8 {
     use std::io::ErrorKind as K;
     match e.kind() {
@@ -59,8 +60,24 @@ pub fn from_io(e: &std::io::Error) -> u8 {
         Some(libc::EPERM) => NOPERM,
         Some(libc::ENOTDIR) => NOINPUT,
         Some(libc::ENOSPC | libc::EDQUOT | libc::EROFS | libc::EEXIST | libc::EISDIR) => CANTCREAT,
-        Some(libc::EAGAIN | libc::EBUSY | libc::EINTR) => TEMPFAIL,
+        Some(libc::EAGAIN | libc::EBUSY | libc::EINTR | libc::EADDRINUSE) => TEMPFAIL,
         _ => OSERR,
+    }
+}
+
+/// The sysexits code for a file or socket the daemon failed to create or
+/// open for writing (log, control socket): [`from_io`], except that a
+/// missing or wrong directory, a directory or FIFO at the path, or a full
+/// or read-only file system are all [`CANTCREAT`] (an output, not an
+/// input, is missing). Permission stays [`NOPERM`], a busy resource
+/// [`TEMPFAIL`], and a real system failure (no descriptors, no memory)
+/// [`OSERR`].
+pub fn from_create_io(e: &std::io::Error) -> u8 {
+    match from_io(e) {
+        NOPERM => NOPERM,
+        TEMPFAIL => TEMPFAIL,
+        OSERR if e.raw_os_error().is_some() => OSERR,
+        _ => CANTCREAT,
     }
 }
 
@@ -82,5 +99,24 @@ mod tests {
         assert_eq!(from_io(&os(libc::EAGAIN)), TEMPFAIL);
         assert_eq!(from_io(&os(libc::EMFILE)), OSERR);
         assert_eq!(from_io(&Error::other("x")), OSERR);
+        assert_eq!(from_io(&os(libc::EADDRINUSE)), TEMPFAIL);
+    }
+
+    #[test]
+    fn outputs_that_cannot_be_created_are_73() {
+        let os = Error::from_raw_os_error;
+        for e in [
+            libc::ENOENT,
+            libc::ENOTDIR,
+            libc::EISDIR,
+            libc::ENOSPC,
+            libc::EROFS,
+        ] {
+            assert_eq!(from_create_io(&os(e)), CANTCREAT, "errno {e}");
+        }
+        assert_eq!(from_create_io(&Error::other("a FIFO")), CANTCREAT);
+        assert_eq!(from_create_io(&os(libc::EACCES)), NOPERM);
+        assert_eq!(from_create_io(&os(libc::EADDRINUSE)), TEMPFAIL);
+        assert_eq!(from_create_io(&os(libc::EMFILE)), OSERR);
     }
 }

@@ -119,6 +119,7 @@ pub mod procfs;
 pub mod scoreboard;
 pub mod signals;
 mod spawn;
+pub mod start_error;
 mod strays;
 mod supervisor;
 mod sys;

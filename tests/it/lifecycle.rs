@@ -545,3 +545,82 @@ fn an_exclusive_flock_of_an_earlier_version_still_counts_as_running() {
         "a second pool started beside the old daemon: {started:?}"
     );
 }
+
+/// Runs `start` (detached) and `-n` (foreground), each expected to fail
+/// with `code` and one stderr line that contains every one of `needles`;
+/// no pidfile may be left behind.
+fn assert_start_fails(d: &Daemon, extra_args: &[&str], code: i32, needles: &[&str]) {
+    for mode in ["start", "--no-daemon"] {
+        let mut args = extra_args.to_vec();
+        args.push(mode);
+        let out = d.run(&args);
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert_eq!(out.status.code(), Some(code), "{mode}: {}", show(&out));
+        let lines: Vec<&str> = err.lines().filter(|l| l.contains(needles[0])).collect();
+        assert_eq!(lines.len(), 1, "{mode}: said once, on one line: {}", show(&out));
+        let line = lines[0];
+        for n in needles {
+            assert!(line.contains(n), "{mode}: {n:?} missing from {line:?}");
+        }
+        assert!(
+            !line.contains("config error"),
+            "{mode}: no config is wrong: {line}"
+        );
+        assert_eq!(
+            line.matches("os error").count(),
+            1,
+            "{mode}: the OS error once: {line}"
+        );
+        // The temporary directory's name contains the daemon's name too.
+        let rest = line.replace(d.dir.path().to_str().unwrap(), "DIR");
+        assert!(rest.starts_with("demodaemon: cannot "), "{mode}: {line}");
+        assert_eq!(
+            rest.matches("demodaemon").count(),
+            1,
+            "{mode}: the name once: {line}"
+        );
+        assert!(!d.pidfile.exists(), "{mode}: a failed start leaves no pidfile");
+        assert_eq!(d.pid(), None);
+    }
+}
+
+#[test]
+fn a_log_path_that_is_a_directory_is_73_naming_the_log_not_a_config_error() {
+    let d = Daemon::demo(FAST);
+    // Preflight sees a writable directory around it; only the open fails.
+    let dir = d.dir.path().join("logdir");
+    fs::create_dir(&dir).unwrap();
+    let path = dir.display().to_string();
+    assert_start_fails(
+        &d,
+        &["--logfile", &path],
+        73,
+        &["cannot open log file", &path, "Is a directory"],
+    );
+}
+
+#[test]
+fn a_control_socket_path_that_is_a_directory_is_73_naming_the_socket() {
+    let d = Daemon::demo("");
+    let sock = d.dir.path().join("sockdir");
+    fs::create_dir(&sock).unwrap();
+    fs::write(sock.join("keep"), "x").unwrap();
+    fs::write(
+        &d.config,
+        format!(
+            "[daemon]\nname = \"demodaemon\"\npidfile = \"{}\"\nlogfile = \"{}\"\ncontrol_socket = \"{}\"\n\n{FAST}",
+            d.pidfile.display(),
+            d.logfile.display(),
+            sock.display()
+        ),
+    )
+    .unwrap();
+    let path = sock.display().to_string();
+    assert_start_fails(
+        &d,
+        &[],
+        73,
+        &["cannot create control socket", &path, "Is a directory"],
+    );
+    assert!(sock.join("keep").exists(), "the directory was left alone");
+}
