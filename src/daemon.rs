@@ -357,6 +357,9 @@ impl<W: Worker> Daemon<W> {
         // kept for the daemon's life or handed to workers: the daemon has
         // opened nothing yet.
         crate::sys::close_inherited_fds().map_err(StartError::InheritedFds)?;
+        // issue 9 #18: low numbers for starting commands cheaply; without
+        // them (a kernel before 5.9) commands start with fork + exec.
+        let _ = crate::sys::exec::reserve();
         // `config` passed `Daemon::validate` when it was loaded.
         preflight(&config)?;
         // issue 9: a detached daemon's stdout and stderr are /dev/null.

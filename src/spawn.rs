@@ -3,8 +3,10 @@
 //! The supervisor only knows the [`Spawner`] trait, so the same pool and
 //! loop drive in-process Rust workers and external programs.
 
+use std::collections::BTreeMap;
+use std::ffi::{OsStr, OsString};
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -136,6 +138,92 @@ fn nonblocking(fd: &OwnedFd) -> io::Result<()> {
     Ok(())
 }
 
+/// The variables rookery gives a command, on top of the parent's
+/// environment.
+fn rookery_vars(cx: &SpawnContext<'_>) -> Vec<(&'static str, String)> {
+    let mut vars = vec![
+        ("ROOKERY_WORKER_SLOT", cx.slot.to_string()),
+        ("ROOKERY_WORKER_ID", cx.id.to_string()),
+        ("ROOKERY_PARENT_PID", cx.parent.to_string()),
+        ("ROOKERY_NOTIFY_FD", NOTIFY_FD.to_string()),
+    ];
+    if cx.max_jobs > 0 {
+        vars.push(("ROOKERY_MAX_JOBS", cx.max_jobs.to_string()));
+    }
+    vars
+}
+
+/// The parent's systemd variables, which are the parent's alone.
+const UNSET: [&str; 3] = ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"];
+
+/// A command's environment: `base` (the parent's), plus `vars`, less
+/// [`UNSET`], plus `login` (the workers' account's HOME, USER, LOGNAME and
+/// SHELL), sorted by name: what `Command` would give it.
+fn command_env(
+    base: impl Iterator<Item = (OsString, OsString)>,
+    vars: &[(&'static str, String)],
+    login: &[(&'static str, OsString)],
+) -> BTreeMap<OsString, OsString> {
+    let mut env: BTreeMap<OsString, OsString> = base.collect();
+    for (k, v) in vars {
+        env.insert(k.into(), v.into());
+    }
+    for k in UNSET {
+        env.remove(OsStr::new(k));
+    }
+    for (k, v) in login {
+        env.insert(k.into(), v.clone());
+    }
+    env
+}
+
+fn cannot_execute(program: &Path, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("cannot execute {}: {e}", program.display()))
+}
+
+impl CommandSpawner {
+    /// Starts the command with [`sys::exec::spawn`] (a cost independent of
+    /// how many descriptors the parent holds); `None` if this kernel cannot.
+    fn spawn_cloned(cx: &SpawnContext<'_>, program: &Path, argv: &[String]) -> io::Result<Option<Spawned>> {
+        let login = crate::privileges::workers().map_or(&[][..], |w| &w.env[..]);
+        let env = command_env(std::env::vars_os(), &rookery_vars(cx), login);
+        let image = sys::exec::Image::new(
+            program.as_os_str(),
+            argv.iter().map(OsStr::new),
+            env.iter().map(|(k, v)| (k.as_os_str(), v.as_os_str())),
+        )
+        .map_err(|e| cannot_execute(program, e))?;
+        let (out_r, out_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+        let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+        let (notify_r, notify_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+        let fds = sys::exec::ChildFds {
+            stdout: out_w.as_fd(),
+            stderr: err_w.as_fd(),
+            notify: notify_w.as_fd(),
+        };
+        let setup = sys::exec::Setup {
+            parent: cx.parent.as_raw(),
+            pdeathsig: cx.config.workers.stop_signal as i32,
+            ids: crate::privileges::command_ids(),
+        };
+        let pid = match sys::exec::spawn(&image, &fds, &setup).map_err(|e| cannot_execute(program, e))? {
+            sys::exec::Spawn::Started(pid) => pid,
+            sys::exec::Spawn::Unsupported => return Ok(None),
+        };
+        let output = vec![(out_r, false), (err_r, true)];
+        for (fd, _) in &output {
+            nonblocking(fd)?;
+        }
+        nonblocking(&notify_r)?;
+        Ok(Some(Spawned {
+            pid,
+            output,
+            notify: Some(notify_r),
+            ready_at_spawn: true,
+        }))
+    }
+}
+
 impl Spawner for CommandSpawner {
     fn spawn(&mut self, cx: &SpawnContext<'_>) -> io::Result<Spawned> {
         let argv = cx
@@ -145,23 +233,24 @@ impl Spawner for CommandSpawner {
             .as_ref()
             .ok_or_else(|| io::Error::other("no workers.command configured"))?;
         let program = resolve_program(&argv[0])?;
+        // issue 9 #18: without fork's copy of the parent's whole descriptor
+        // table, which exec then closes one by one (O(n) per start).
+        if sys::exec::available() {
+            if let Some(s) = Self::spawn_cloned(cx, &program, argv)? {
+                return Ok(s);
+            }
+        }
         let (notify_r, notify_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
         let mut cmd = Command::new(&program);
         cmd.arg0(&argv[0])
             .args(&argv[1..])
-            .env("ROOKERY_WORKER_SLOT", cx.slot.to_string())
-            .env("ROOKERY_WORKER_ID", cx.id.to_string())
-            .env("ROOKERY_PARENT_PID", cx.parent.to_string())
-            .env("ROOKERY_NOTIFY_FD", NOTIFY_FD.to_string())
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("WATCHDOG_USEC")
-            .env_remove("WATCHDOG_PID")
+            .envs(rookery_vars(cx))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
-        if cx.max_jobs > 0 {
-            cmd.env("ROOKERY_MAX_JOBS", cx.max_jobs.to_string());
+        for k in UNSET {
+            cmd.env_remove(k);
         }
         // issue 9: the command runs as the workers' account (switched in
         // child_setup), with that user's HOME, USER, LOGNAME and SHELL.
@@ -175,9 +264,7 @@ impl Spawner for CommandSpawner {
             crate::privileges::command_ids(),
             Some((notify_w.as_raw_fd(), NOTIFY_FD)),
         );
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot execute {}: {e}", program.display())))?;
+        let mut child = cmd.spawn().map_err(|e| cannot_execute(&program, e))?;
         drop(notify_w);
         let mut output = Vec::new();
         if let Some(o) = child.stdout.take() {
@@ -237,5 +324,39 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
 
         assert_eq!(resolve_program("sh").unwrap().file_name().unwrap(), "sh");
+    }
+
+    #[test]
+    fn a_command_s_environment_is_the_parent_s_with_rookery_s_changes() {
+        let os = |s: &str| OsString::from(s);
+        let base = [
+            ("PATH", "/bin"),
+            ("HOME", "/root"),
+            ("NOTIFY_SOCKET", "/run/systemd/notify"),
+            ("WATCHDOG_USEC", "1"),
+            ("WATCHDOG_PID", "1"),
+            ("ROOKERY_WORKER_SLOT", "stale"),
+        ]
+        .map(|(k, v)| (os(k), os(v)));
+        let vars = [
+            ("ROOKERY_WORKER_SLOT", "2".to_string()),
+            ("ROOKERY_NOTIFY_FD", "3".to_string()),
+        ];
+        let login = [("HOME", os("/nonexistent")), ("USER", os("nobody"))];
+        let env = command_env(base.into_iter(), &vars, &login);
+        let got: Vec<(&str, &str)> = env
+            .iter()
+            .map(|(k, v)| (k.to_str().unwrap(), v.to_str().unwrap()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("HOME", "/nonexistent"),
+                ("PATH", "/bin"),
+                ("ROOKERY_NOTIFY_FD", "3"),
+                ("ROOKERY_WORKER_SLOT", "2"),
+                ("USER", "nobody"),
+            ]
+        );
     }
 }

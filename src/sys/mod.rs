@@ -6,6 +6,7 @@
 //! functions), and says so in a `// SAFETY:` comment.
 #![allow(unsafe_code)]
 
+pub mod exec;
 pub mod proctitle;
 
 use std::sync::atomic::AtomicU64;

@@ -14,6 +14,7 @@ mod operations;
 mod privileges;
 mod queues;
 mod servers;
+mod spawn;
 mod titles;
 mod util;
 mod worker_io;
