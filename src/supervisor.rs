@@ -44,6 +44,14 @@ const MAX_LINE: usize = 16 * 1024;
 /// parent's CPU (the worker's own writes then wait: its problem, not ours).
 const FLOW_BUDGET: usize = 256 * 1024;
 const FLOW_WINDOW: Duration = Duration::from_millis(100);
+/// Bytes all pipes together may deliver per [`FLOW_WINDOW`]: past that,
+/// each pipe read is muted for the rest of the window, so a thousand
+/// flooding workers cost the parent no more than a few.
+const FLOW_BUDGET_ALL: usize = 1024 * 1024;
+/// Spawns carried out per loop iteration: starting thousands of commands
+/// (each `fork` + `exec` costs milliseconds) must not hold up reaping,
+/// signals and the control socket; the rest follow on the next iterations.
+const SPAWN_BATCH: usize = 32;
 /// Events taken from epoll per wake-up.
 const EVENTS: usize = 64;
 
@@ -219,6 +227,10 @@ pub(crate) struct Supervisor<'h, O: Os = RealOs> {
     next_token: u64,
     /// Pipes over their flow budget, and when they may be read again.
     muted: BTreeSet<(Instant, u64)>,
+    /// Bytes read from all pipes in the current flow window, and its start.
+    flow_all: (usize, Instant),
+    /// Spawns ordered by the core, carried out [`SPAWN_BATCH`] at a time.
+    pending: std::collections::VecDeque<SpawnOrder>,
     epoll: Epoll,
     /// Processes workers left behind, being stopped.
     strays: Strays,
@@ -288,9 +300,10 @@ impl<'h, O: Os> Supervisor<'h, O> {
         } else {
             Kind::Forked
         };
+        let t0 = os.now();
         Ok(Supervisor {
             core: Core::new(config.workers.clone(), kind, seed),
-            started: os.now(),
+            started: t0,
             os,
             config,
             spawner,
@@ -308,6 +321,8 @@ impl<'h, O: Os> Supervisor<'h, O> {
             sources: HashMap::new(),
             next_token: FIRST_TOKEN,
             muted: BTreeSet::new(),
+            flow_all: (0, t0),
+            pending: std::collections::VecDeque::new(),
             epoll,
             strays: Strays::default(),
             stop_deadline: None,
@@ -351,6 +366,7 @@ impl<'h, O: Os> Supervisor<'h, O> {
         let now = self.os.now();
         self.core.start(now);
         self.execute();
+        self.spawn_some();
         loop {
             if self.core.is_finished() && self.strays.is_empty() {
                 break;
@@ -373,6 +389,7 @@ impl<'h, O: Os> Supervisor<'h, O> {
                 }
             }
             self.execute();
+            self.spawn_some();
         }
         if let Some(g) = self.guard.take() {
             g.finish(Duration::from_secs(2)); // issue 9: gone before the pidfile is
@@ -406,6 +423,9 @@ impl<'h, O: Os> Supervisor<'h, O> {
     }
 
     fn timeout(&self) -> EpollTimeout {
+        if !self.pending.is_empty() {
+            return EpollTimeout::ZERO;
+        }
         let due = [
             self.core.next_deadline(),
             self.strays.next_deadline(),
@@ -595,14 +615,24 @@ impl<'h, O: Os> Supervisor<'h, O> {
             p.window = now;
             p.spent = 0;
         }
+        if now.saturating_duration_since(self.flow_all.1) >= FLOW_WINDOW {
+            self.flow_all = (0, now);
+        }
+        let before = p.spent;
         let open = p.read_lines(&mut lines, reads);
         if last {
             p.flush(&mut lines);
         }
+        self.flow_all.0 += p.spent - before;
         let token = p.token;
         if !open {
             let _ = self.epoll.delete(&p.fd);
             self.sources.remove(&token);
+        } else if self.flow_all.0 >= FLOW_BUDGET_ALL && !last {
+            // All pipes together over budget: each one read now waits
+            // for the next window.
+            let _ = self.epoll.delete(&p.fd);
+            self.muted.insert((self.flow_all.1 + FLOW_WINDOW, token));
         } else if p.spent >= FLOW_BUDGET && !last {
             // Over budget: not read again before the window ends.
             let _ = self.epoll.delete(&p.fd);
@@ -686,9 +716,26 @@ impl<'h, O: Os> Supervisor<'h, O> {
         }
     }
 
+    /// Carries out up to [`SPAWN_BATCH`] of the spawns the core ordered
+    /// (the loop comes back at once for the rest). A stopping pool starts
+    /// nothing more.
+    fn spawn_some(&mut self) {
+        if self.core.is_stopping() {
+            self.pending.clear();
+            return;
+        }
+        for _ in 0..SPAWN_BATCH {
+            let Some(order) = self.pending.pop_front() else {
+                return;
+            };
+            self.spawn(order);
+            self.execute();
+        }
+    }
+
     fn act(&mut self, action: Action) {
         match action {
-            Action::Spawn(order) => self.spawn(order),
+            Action::Spawn(order) => self.pending.push_back(order),
             Action::Signal { pid, group, signal } => {
                 if let Some(h) = self.workers.get(&pid) {
                     if signal == self.config.workers.stop_signal {
@@ -1044,6 +1091,35 @@ mod tests {
     }
 
     #[test]
+    fn thousands_of_spawns_are_carried_out_in_batches_between_loop_iterations() {
+        let calls = Rc::new(RefCell::new(Calls::default()));
+        let mut config = Config::defaults("t");
+        config.workers.count = 40;
+        config.workers.command = Some(vec!["true".into()]);
+        let mut hooks = crate::hooks::NoHooks;
+        let mut sup = Supervisor::new(
+            FakeOs(calls.clone()),
+            config,
+            Box::new(FakeSpawner(calls.clone(), 1000)),
+            &mut hooks,
+            Inbox::open().unwrap(),
+            None,
+            StartupReport::none(),
+            Box::new(|| Err(ConfigError::new(Vec::new()))),
+        )
+        .unwrap();
+        let now = sup.os.now();
+        sup.core.start(now);
+        sup.execute();
+        sup.spawn_some();
+        assert_eq!(calls.borrow().spawned.len(), SPAWN_BATCH);
+        assert_eq!(sup.timeout(), EpollTimeout::ZERO, "the loop comes back at once");
+        sup.spawn_some();
+        assert_eq!(calls.borrow().spawned.len(), 40);
+        assert_ne!(sup.timeout(), EpollTimeout::ZERO);
+    }
+
+    #[test]
     fn the_loop_carries_out_the_core_s_actions_through_the_os_seam() {
         let calls = Rc::new(RefCell::new(Calls::default()));
         let mut config = Config::defaults("t");
@@ -1066,6 +1142,7 @@ mod tests {
         let now = sup.os.now();
         sup.core.start(now);
         sup.execute();
+        sup.spawn_some();
         assert_eq!(calls.borrow().spawned, [1, 2]);
         // A worker dies: reaped through the seam, restarted by the core.
         calls
@@ -1073,6 +1150,7 @@ mod tests {
             .reapable
             .push((Pid::from_raw(1001), ExitStatus::Signaled(Signal::SIGKILL)));
         sup.reap();
+        sup.spawn_some();
         assert_eq!(calls.borrow().spawned, [1, 2, 1]);
         assert!(!sup.workers.contains_key(&Pid::from_raw(1001)));
         // SIGTERM: every command's group gets the stop signal, then SIGCONT.

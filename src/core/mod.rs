@@ -552,12 +552,16 @@ impl Core {
                     "worker {slot}: cannot start a replacement ({why}): {error}; pid {current} keeps running"
                 ),
             );
+            self.failure(now);
+            let s = self.slot_mut(slot);
+            s.failures = s.failures.saturating_add(1);
+            let delay = backoff::delay(s.failures, self.cfg.backoff_initial, self.cfg.backoff_max);
+            let at = after(now, delay);
             self.slot_mut(slot).state = SlotState::Live {
                 current,
-                next: Next::None,
+                next: Next::Backoff(at, why),
             };
-            self.failure(now);
-            self.advance_rolling(now);
+            self.timers.insert((at, Timer::Restart(slot)));
             return;
         }
         if self.is_starting() {
@@ -727,6 +731,48 @@ impl Core {
             self.out.push(Action::Exited(exit));
             return;
         }
+        // The slot's current worker is gone, whatever the reason: a
+        // replacement on its way takes over; a pending retry is cancelled
+        // (the slot restarts below).
+        if role_current && !self.is_stopping() {
+            match &state {
+                Some(SlotState::Live {
+                    next: Next::Starting(r, _),
+                    ..
+                }) => {
+                    let r = *r;
+                    if matches!(
+                        p.phase,
+                        Phase::Stopping {
+                            then: AfterStop::Replace { failed: true },
+                            ..
+                        }
+                    ) {
+                        self.failure(now);
+                    }
+                    self.slot_mut(slot).state = SlotState::Live {
+                        current: r,
+                        next: Next::None,
+                    };
+                    self.log(
+                        Level::INFO,
+                        format!(
+                            "worker {slot} (pid {pid}) exited ({status}); replacement pid {r} takes over"
+                        ),
+                    );
+                    exit.restart_in = Some(Duration::ZERO);
+                    self.out.push(Action::Exited(exit));
+                    return;
+                }
+                Some(SlotState::Live {
+                    next: Next::Backoff(at, _),
+                    ..
+                }) => {
+                    self.timers.remove(&(*at, Timer::Restart(slot)));
+                }
+                _ => {}
+            }
+        }
         if let Phase::Stopping { then, .. } = p.phase {
             if role_current && !self.is_stopping() {
                 if let AfterStop::Replace { failed } = then {
@@ -768,30 +814,6 @@ impl Core {
             return;
         }
         // The slot's current worker died on its own.
-        if let Some(SlotState::Live { next, .. }) = &state {
-            match next {
-                Next::Starting(r, _) => {
-                    let r = *r;
-                    self.slot_mut(slot).state = SlotState::Live {
-                        current: r,
-                        next: Next::None,
-                    };
-                    self.log(
-                        Level::INFO,
-                        format!(
-                            "worker {slot} (pid {pid}) exited ({status}); replacement pid {r} takes over"
-                        ),
-                    );
-                    exit.restart_in = Some(Duration::ZERO);
-                    self.out.push(Action::Exited(exit));
-                    return;
-                }
-                Next::Backoff(at, _) => {
-                    self.timers.remove(&(*at, Timer::Restart(slot)));
-                }
-                Next::None | Next::Ordered(_) => {}
-            }
-        }
         let quick = uptime < self.cfg.min_uptime;
         let failed = !status.success() || !was_ready;
         let restart = match self.cfg.restart {

@@ -368,6 +368,65 @@ fn a_replacement_that_fails_is_retried_after_the_back_off_and_the_old_worker_sta
 }
 
 #[test]
+fn a_current_worker_that_hangs_while_its_replacement_starts_hands_over_to_it() {
+    let mut c = cfg(1);
+    c.heartbeat_timeout = Duration::from_secs(2);
+    let mut s = Sim::new(c);
+    s.ready_all();
+    let old = s.pid_of(1);
+    s.ev(Event::Worker(old, WorkerMsg::Recycle { jobs: 9 }));
+    let new = s.run();
+    s.ev(Event::Samples(vec![(
+        old,
+        Sample {
+            silent_for: Duration::from_secs(3),
+            ..Sample::default()
+        },
+    )]));
+    s.exit(old, ExitStatus::Signaled(Signal::SIGTERM));
+    assert!(s.run().is_empty(), "no third process for the slot");
+    let procs = s.core.processes();
+    assert_eq!(procs.len(), 1, "{procs:?}");
+    assert_eq!(procs[0].pid, new[0], "the replacement took over");
+    s.ready(new[0]);
+    assert_eq!(s.pid_of(1), new[0]);
+}
+
+#[test]
+fn a_replacement_that_cannot_be_spawned_is_retried_after_the_back_off() {
+    let mut c = cfg(1);
+    c.backoff_initial = Duration::from_millis(100);
+    let mut core = Core::new(c, Kind::Forked, 1);
+    let now = Instant::now();
+    core.start(now);
+    let order = |acts: Vec<Action>| {
+        acts.into_iter()
+            .find_map(|a| match a {
+                Action::Spawn(o) => Some(o),
+                _ => None,
+            })
+            .expect("a spawn")
+    };
+    let first = order(core.take_actions());
+    let pid = Pid::from_raw(10);
+    core.handle(now, Event::Spawned { order: first, pid });
+    core.handle(now, Event::Worker(pid, WorkerMsg::Ready));
+    core.handle(now, Event::Worker(pid, WorkerMsg::Recycle { jobs: 5 }));
+    let again = order(core.take_actions());
+    core.handle(
+        now,
+        Event::SpawnFailed {
+            order: again,
+            error: "fork: Resource temporarily unavailable".into(),
+        },
+    );
+    assert_eq!(core.next_deadline(), Some(now + Duration::from_millis(100)));
+    core.handle(now + Duration::from_millis(100), Event::Tick);
+    let retry = order(core.take_actions());
+    assert_eq!(retry.slot, 1, "the replacement is ordered again");
+}
+
+#[test]
 fn rolling_reload_replaces_one_slot_at_a_time_and_capacity_never_drops() {
     let mut s = Sim::new(cfg(3));
     s.ready_all();
@@ -670,6 +729,21 @@ mod properties {
                 .filter(|p| p.slot == *slot && p.state != ProcState::Stopping)
                 .count();
             prop_assert!(n <= 2, "slot {slot} has {n} live processes");
+        }
+        // Every live process is its slot's current worker, its starting
+        // replacement, or stopping: none is left unsupervised.
+        for (pid, p) in &s.core.procs {
+            let owned = match s.core.slots.get(&p.slot).map(|sl| &sl.state) {
+                Some(SlotState::Live { current, next }) => {
+                    current == pid || matches!(next, Next::Starting(r, _) if r == pid)
+                }
+                _ => false,
+            };
+            prop_assert!(
+                owned || matches!(p.phase, Phase::Stopping { .. }),
+                "pid {pid} of slot {} is nobody's",
+                p.slot
+            );
         }
         // No action names an unknown pid; no spawn once stopping.
         for a in &s.log {
