@@ -233,9 +233,11 @@ impl Notes {
                 Err(e)
                     if matches!(
                         e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        std::io::ErrorKind::WouldBlock
+                            | std::io::ErrorKind::TimedOut
+                            | std::io::ErrorKind::Interrupted
                     ) => {}
-                Err(e) => panic!("recv on the notify socket: {e}"),
+                Err(e) => panic!("recv on the notify socket: {e} ({:?})", e.kind()),
             }
         }
     }
