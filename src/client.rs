@@ -196,6 +196,10 @@ const ORPHAN_MARGIN: Duration = Duration::from_secs(2);
 pub(crate) fn before_start(config: &Config) -> Option<u8> {
     let name = &config.daemon.name;
     let pidfile = &config.daemon.pidfile;
+    // issue 9: another user bound the guard's name first: said, then ignored.
+    if let Some(warning) = pidfile::squatted_guard(pidfile) {
+        say(name, warning);
+    }
     let holder = pidfile::running(pidfile).ok()??;
     if let Holder::Pid(pid) = holder {
         out(format!("{name}: already running (pid {pid})"));

@@ -1,43 +1,68 @@
 //! Being the only instance: two guards held for the daemon's whole life,
 //! and the pidfile that names it.
 //!
-//! **The pidfile lock.** The parent takes an open-file-description write
-//! lock (`F_OFD_SETLK`) on the whole pidfile and writes its pid inside. The
-//! lock, not the file's existence, is what counts, so a stale pidfile left
-//! by a crash never blocks a start, and twenty simultaneous starts yield
-//! exactly one daemon. The lock belongs to the open file description, so the
-//! workers the parent forks share it: while any worker of a killed daemon is
-//! still finishing its job, the lock stays held and no second pool starts
-//! beside it.
+//! **The pidfile locks.** Two open-file-description locks (`F_OFD_SETLK`)
+//! on two bytes of the pidfile, which the parent alone writes:
+//! - byte 0, the *parent's lock*: a write lock taken through the parent's
+//!   read-write descriptor. Workers never get that descriptor (forked
+//!   workers close it, see [`parent_only_fds`]; it is close-on-exec for
+//!   commands), so nothing running worker code can write the pid.
+//! - byte 1, the *pool's lock*: a read lock taken through a second,
+//!   read-only descriptor that forked workers (and the guard of external
+//!   commands, src/guard.rs) inherit. The lock belongs to the open file
+//!   description, so it stays held while any of them lives.
+//!
+//! A start needs the parent's lock *and* a pool's lock held by nobody
+//! else: while the workers of a killed parent still finish their jobs, no
+//! second pool starts beside them. The locks, not the file's existence,
+//! count, so a stale pidfile never blocks a start, and twenty simultaneous
+//! starts yield exactly one daemon. The parent's lock held means a live
+//! parent; the pool's lock alone means its workers outlived it.
 //!
 //! **Probes never take a lock.** `status`, `stop` and monitoring scripts ask
 //! with `F_OFD_GETLK`, which reports a conflicting lock without taking one,
 //! so a probe can never make `start` believe a daemon runs. A `flock(1)` a
 //! script holds on the pidfile is a different kind of lock and is ignored.
 //!
-//! **The instance guard.** The lock lives on the pidfile's inode: after an
+//! **The instance guard.** The locks live on the pidfile's inode: after an
 //! `rm` of the pidfile (an operator, a tmp cleaner) a lock on a new file at
 //! the same path would succeed. So the parent also binds an *abstract* Unix
-//! socket whose name derives from the pidfile's canonical path (see
-//! [`guard_name`]). Abstract names live in the kernel, not the file system:
-//! nothing can unlink one, the kernel frees it when the last descriptor
-//! closes, and forked workers inherit it like the lock. A start binds the
-//! guard first; `running` looks it up in `/proc/net/unix`, again without
-//! taking it. The guard is per network namespace: a daemon in a private
-//! network namespace is guarded by its lock only.
+//! datagram socket whose name derives from the pidfile's canonical path
+//! (see [`guard_name`]). Abstract names live in the kernel, not the file
+//! system: nothing can unlink one, the kernel frees it when the last
+//! descriptor closes, and forked workers inherit it like the pool's lock. A
+//! start binds the guard first; `running` looks it up in `/proc/net/unix`,
+//! again without taking it. The guard is per network namespace: a daemon in
+//! a private network namespace is guarded by its locks only.
 //!
-//! **Daemons of earlier versions** held an exclusive `flock` instead. An
-//! exclusive flock on the pidfile, seen in `/proc/locks`, still counts as a
-//! running daemon, so `stop` after an upgrade reaches the old daemon and
-//! `start` never runs a second pool beside it.
+//! **A squatted guard name is ignored.** Abstract names have no
+//! permissions, and this one is predictable, so any local user could bind
+//! it first. A bound name counts only if the socket was created by root or
+//! by the caller's own uid (the uid the daemon's parent runs as: it keeps
+//! its privileges, and only it creates the guard). The creator is the
+//! owner of the socket's inode, found through the descriptors in
+//! `/proc/PID/fd` that link to it (`socket:[INODE]` of `/proc/net/unix`),
+//! whoever holds it now: the guard still counts when only the workers of a
+//! root parent, running as `nobody`, hold it. A start that finds the name
+//! bound by anyone else warns in one line and goes on without the guard
+//! (the pidfile locks alone guard that instance); probes ignore such a
+//! name. An unprivileged caller cannot read other users' descriptors: a
+//! holder it cannot see counts only if it runs as the caller's own uid.
+//!
+//! **Daemons of earlier versions** held a whole-file write lock (which the
+//! byte locks see) or an exclusive `flock`. An exclusive flock on the
+//! pidfile, seen in `/proc/locks`, still counts as a running daemon, so
+//! `stop` after an upgrade reaches the old daemon and `start` never runs a
+//! second pool beside it.
 
 use std::fs::File;
 use std::io::{self, Read, Seek, Write};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -140,8 +165,37 @@ pub enum Acquired {
 #[derive(Debug)]
 pub struct Pidfile {
     path: PathBuf,
+    /// Read-write, the parent's alone: holds the parent's lock (byte 0)
+    /// and writes the pid. Workers close it ([`parent_only_fds`]).
     file: File,
-    guard: UnixDatagram,
+    /// Read-only, inherited by forked workers and the guard process: holds
+    /// the pool's lock (byte 1).
+    pool: File,
+    /// `None` when another user squatted the name (see the module doc).
+    guard: Option<UnixDatagram>,
+}
+
+/// The byte the parent write-locks through its read-write descriptor.
+const PARENT_BYTE: i64 = 0;
+/// The byte the parent read-locks through the descriptor workers inherit.
+const POOL_BYTE: i64 = 1;
+
+/// The read-write descriptor of the pidfile this process holds locked, or
+/// -1: what [`parent_only_fds`] hands to the code that spawns workers.
+static PARENT_FD: AtomicI32 = AtomicI32::new(-1);
+
+/// The descriptors of this process's locked pidfile that workers must not
+/// keep: the read-write one that holds the parent's lock and could rewrite
+/// the pid. Everything that forks worker code (the supervisor's spawns, the
+/// guard of external commands) closes these in the child; they are
+/// close-on-exec for commands. Empty when this process holds no pidfile.
+pub fn parent_only_fds() -> Vec<RawFd> {
+    let fd = PARENT_FD.load(Ordering::Relaxed);
+    if fd >= 0 {
+        vec![fd]
+    } else {
+        Vec::new()
+    }
 }
 
 /// How long a starting instance may take between binding its guard,
@@ -159,26 +213,33 @@ fn open(path: &Path, write: bool) -> io::Result<File> {
         .open(path)
 }
 
-/// A whole-file lock description of `kind` (`F_WRLCK`, `F_RDLCK`).
-fn whole_file(kind: libc::c_int) -> libc::flock {
+/// A lock description of `kind` (`F_WRLCK`, `F_RDLCK`) on the one byte at
+/// `byte`.
+fn one_byte(kind: libc::c_int, byte: i64) -> libc::flock {
     libc::flock {
         l_type: kind as libc::c_short,
         l_whence: libc::SEEK_SET as libc::c_short,
-        l_start: 0,
-        l_len: 0,
+        l_start: byte,
+        l_len: 1,
         l_pid: 0,
     }
 }
 
 /// The kind of lock (`F_WRLCK`, `F_RDLCK`) another open file description
-/// holds on `file`, or `None`. Takes no lock.
-fn lock_held(file: &File) -> io::Result<Option<libc::c_int>> {
-    let mut fl = whole_file(libc::F_WRLCK);
+/// holds on `byte` of `file`, or `None`. Takes no lock (and so needs only
+/// a read-only descriptor).
+fn lock_held(file: &File, byte: i64) -> io::Result<Option<libc::c_int>> {
+    let mut fl = one_byte(libc::F_WRLCK, byte);
     fcntl(file.as_fd(), FcntlArg::F_OFD_GETLK(&mut fl))?;
     Ok(match libc::c_int::from(fl.l_type) {
         libc::F_UNLCK => None,
         t => Some(t),
     })
+}
+
+/// Whether the two files are one inode.
+fn same_file(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
+    a.ino() == b.ino() && a.dev() == b.dev()
 }
 
 /// Whether another process holds an exclusive `flock` on `file` (a daemon
@@ -264,20 +325,111 @@ fn bind_guard(name: &str) -> io::Result<UnixDatagram> {
     UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes())?)
 }
 
-/// Whether some socket is bound to the abstract `name`: looked up in
-/// `/proc/net/unix`, so asking takes nothing.
-fn guard_held(name: &str) -> io::Result<bool> {
-    let table = std::fs::read_to_string("/proc/net/unix")?;
-    Ok(listed(&table, name))
+/// Who bound the instance guard's name, as far as this process can tell
+/// (see "A squatted guard name is ignored" in the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GuardOwner {
+    /// No datagram socket has the name.
+    Free,
+    /// A socket created by root or by this process's uid has it, or a
+    /// process of this uid whose descriptors cannot be read may hold it.
+    Ours,
+    /// Bound, but not by a socket of ours: the first foreign holder found
+    /// (pid, the socket's creator uid), or `None` if no holder is visible
+    /// (it just closed, or lives in another pid namespace).
+    Foreign(Option<(i32, u32)>),
 }
 
-fn listed(table: &str, name: &str) -> bool {
-    let wanted = format!(" @{name}");
-    table.lines().any(|l| l.ends_with(&wanted))
+/// Whether a socket created by `uid` may be the guard of a daemon this
+/// process (effective uid `me`) started or may probe.
+fn trusted(uid: u32, me: u32) -> bool {
+    uid == 0 || uid == me
+}
+
+/// Finds who bound `name`: looked up in `/proc/net/unix` and in the
+/// descriptors of `/proc/*/fd`, so asking takes nothing.
+fn guard_owner(name: &str) -> io::Result<GuardOwner> {
+    let table = std::fs::read_to_string("/proc/net/unix")?;
+    let links: Vec<String> = bound_inodes(&table, name)
+        .into_iter()
+        .map(|i| format!("socket:[{i}]"))
+        .collect();
+    if links.is_empty() {
+        return Ok(GuardOwner::Free);
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    let mut foreign = None;
+    for pid in crate::procfs::all_pids() {
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            // Not ours to read: it may hold our guard only if it runs as us.
+            let euid = crate::procfs::status_field(pid, "Uid")
+                .and_then(|u| u.split_whitespace().nth(1)?.parse::<u32>().ok());
+            if euid == Some(me) {
+                return Ok(GuardOwner::Ours);
+            }
+            continue;
+        };
+        for fd in fds.flatten() {
+            let Ok(target) = std::fs::read_link(fd.path()) else {
+                continue;
+            };
+            if !links.iter().any(|l| target.as_os_str() == l.as_str()) {
+                continue;
+            }
+            // A socket inode belongs to whoever created it, whoever holds
+            // it now (a root parent's guard, held by workers as nobody).
+            let Ok(meta) = std::fs::metadata(fd.path()) else {
+                continue;
+            };
+            if trusted(meta.uid(), me) {
+                return Ok(GuardOwner::Ours);
+            }
+            foreign.get_or_insert((pid.as_raw(), meta.uid()));
+        }
+    }
+    Ok(GuardOwner::Foreign(foreign))
+}
+
+/// The inodes of the datagram sockets bound to the abstract `name` in the
+/// `/proc/net/unix` text `table` (a socket of another type may share the
+/// name: the kernel keeps one abstract namespace per socket type).
+fn bound_inodes(table: &str, name: &str) -> Vec<u64> {
+    let wanted = format!("@{name}");
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_ascii_whitespace().collect();
+            let (Some(kind), Some(inode), Some(path)) = (f.get(4), f.get(6), f.get(7)) else {
+                return None;
+            };
+            // 0002: SOCK_DGRAM, as the guard is bound.
+            (*kind == "0002" && *path == wanted && f.len() == 8)
+                .then(|| inode.parse().ok())
+                .flatten()
+        })
+        .collect()
+}
+
+/// The one-line warning for a guard name someone else bound, if `path`'s
+/// is (see the module doc); `None` if it is free or ours.
+pub fn squatted_guard(path: &Path) -> Option<String> {
+    let name = guard_name(path);
+    let GuardOwner::Foreign(who) = guard_owner(&name).ok()? else {
+        return None;
+    };
+    let by = who.map_or_else(
+        || "a process this one cannot see".to_string(),
+        |(pid, uid)| format!("pid {pid} (uid {uid})"),
+    );
+    Some(format!(
+        "ignoring the instance guard @{name}: it is bound by {by}, neither root nor this user; \
+         the pidfile lock alone guards this instance"
+    ))
 }
 
 /// Tries to become the running instance: binds the guard, then locks and
-/// writes the pidfile.
+/// writes the pidfile (see the module doc for the two locks).
 pub fn acquire(path: &Path) -> Result<Acquired, PidfileError> {
     let err = |f: fn(PathBuf, io::Error) -> PidfileError| move |e: io::Error| f(path.to_path_buf(), e);
     let open_err = err(|path, source| PidfileError::Open { path, source });
@@ -286,11 +438,11 @@ pub fn acquire(path: &Path) -> Result<Acquired, PidfileError> {
     let mut tries = 0;
     let guard = loop {
         match bind_guard(&name) {
-            Ok(g) => break g,
-            Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
-                // Held. By whom is what `running` tells; if nobody by the
+            Ok(g) => break Some(g),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => match guard_owner(&name).map_err(open_err)? {
+                // Ours: by whom is what `running` tells; if nobody by the
                 // time we look, the holder just exited: try again.
-                match running(path).map_err(open_err)? {
+                GuardOwner::Ours => match running(path).map_err(open_err)? {
                     Some(h) => return Ok(Acquired::Held(h)),
                     None if tries < 50 => tries += 1,
                     None => {
@@ -299,8 +451,11 @@ pub fn acquire(path: &Path) -> Result<Acquired, PidfileError> {
                             locked: false,
                         }))
                     }
-                }
-            }
+                },
+                GuardOwner::Free if tries < 50 => tries += 1,
+                // Squatted (or unseen): the locks alone guard this instance.
+                GuardOwner::Free | GuardOwner::Foreign(_) => break None,
+            },
             Err(source) => {
                 return Err(PidfileError::Guard {
                     path: path.to_path_buf(),
@@ -311,36 +466,52 @@ pub fn acquire(path: &Path) -> Result<Acquired, PidfileError> {
     };
     loop {
         let mut file = open(path, true).map_err(open_err)?;
-        match fcntl(file.as_fd(), FcntlArg::F_OFD_SETLK(&whole_file(libc::F_WRLCK))) {
+        match fcntl(
+            file.as_fd(),
+            FcntlArg::F_OFD_SETLK(&one_byte(libc::F_WRLCK, PARENT_BYTE)),
+        ) {
             Ok(_) => {
                 // The file we locked must still be the one at `path`: a
                 // stopping daemon may have unlinked it meanwhile.
                 let ours = file.metadata().map_err(write_err)?;
                 match std::fs::symlink_metadata(path) {
-                    Ok(m) if m.ino() == ours.ino() && m.dev() == ours.dev() => {}
+                    Ok(m) if same_file(&m, &ours) => {}
                     _ => continue,
                 }
-                if legacy_flock_held(&file) {
+                // A daemon of an earlier version, or the workers of a
+                // parent that died: not beside them.
+                if legacy_flock_held(&file) || lock_held(&file, POOL_BYTE).map_err(write_err)?.is_some() {
                     drop(file);
                     match running(path).map_err(open_err)? {
                         Some(h) => return Ok(Acquired::Held(h)),
                         None => continue,
                     }
                 }
+                let pool = open(path, false).map_err(open_err)?;
+                if !pool.metadata().is_ok_and(|m| same_file(&m, &ours)) {
+                    continue;
+                }
+                fcntl(
+                    pool.as_fd(),
+                    FcntlArg::F_OFD_SETLK(&one_byte(libc::F_RDLCK, POOL_BYTE)),
+                )
+                .map_err(|e| write_err(e.into()))?;
                 file.set_len(0).map_err(write_err)?;
                 file.seek(io::SeekFrom::Start(0)).map_err(write_err)?;
                 file.write_all(format!("{}\n", std::process::id()).as_bytes())
                     .map_err(write_err)?;
+                PARENT_FD.store(file.as_raw_fd(), Ordering::Relaxed);
                 return Ok(Acquired::Locked(Pidfile {
                     path: path.to_path_buf(),
                     file,
+                    pool,
                     guard,
                 }));
             }
             Err(Errno::EAGAIN | Errno::EACCES) => {
-                // We hold the guard, so this is a daemon of a version
-                // without one (or its orphans), or a foreign read lock.
-                if lock_held(&file).map_err(write_err)? == Some(libc::F_RDLCK) {
+                // A live parent (of this version or, whole-file, of an
+                // earlier one), or a foreign read lock.
+                if lock_held(&file, PARENT_BYTE).map_err(write_err)? == Some(libc::F_RDLCK) {
                     return Err(PidfileError::ReadLocked {
                         path: path.to_path_buf(),
                     });
@@ -384,16 +555,21 @@ fn look(path: &Path, name: &str) -> io::Result<Option<Holder>> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
         Err(e) => return Err(e),
     };
-    let locked = match &file {
-        Some(f) => lock_held(f)? == Some(libc::F_WRLCK) || legacy_flock_held(f),
-        None => false,
+    // The parent's lock means a live parent; the pool's lock alone, its
+    // workers (a whole-file lock of an earlier version covers both bytes).
+    let (parent, locked) = match &file {
+        Some(f) => {
+            let parent = lock_held(f, PARENT_BYTE)? == Some(libc::F_WRLCK) || legacy_flock_held(f);
+            (parent, parent || lock_held(f, POOL_BYTE)?.is_some())
+        }
+        None => (false, false),
     };
-    if !locked && !guard_held(name)? {
+    if !locked && guard_owner(name)? != GuardOwner::Ours {
         return Ok(None);
     }
     let pid = file.as_mut().and_then(read_pid);
     Ok(Some(match pid {
-        Some(p) if locked && alive(p) => Holder::Pid(p),
+        Some(p) if parent && alive(p) => Holder::Pid(p),
         _ => Holder::Headless {
             pid: pid.filter(|_| locked),
             locked,
@@ -407,16 +583,22 @@ impl Pidfile {
         &self.path
     }
 
-    /// The locked descriptor (workers inherit it).
-    pub fn raw_fd(&self) -> i32 {
-        self.file.as_raw_fd()
+    /// The read-only descriptor that holds the pool's lock: forked workers
+    /// inherit it (code that closes inherited descriptors must spare it).
+    pub fn pool_fd(&self) -> RawFd {
+        self.pool.as_raw_fd()
     }
 
-    /// The instance guard's descriptor. Like [`Pidfile::raw_fd`], forked
-    /// workers must keep it open (code that closes inherited descriptors
-    /// must spare both); it is close-on-exec, so commands never get it.
-    pub fn guard_fd(&self) -> i32 {
-        self.guard.as_raw_fd()
+    /// The descriptors workers must not keep (see [`parent_only_fds`]).
+    pub fn parent_only_fds(&self) -> Vec<RawFd> {
+        vec![self.file.as_raw_fd()]
+    }
+
+    /// The instance guard's descriptor, unless its name was squatted. Like
+    /// [`Pidfile::pool_fd`], forked workers must keep it open; it is
+    /// close-on-exec, so commands never get it.
+    pub fn guard_fd(&self) -> Option<RawFd> {
+        self.guard.as_ref().map(AsRawFd::as_raw_fd)
     }
 
     /// Gives the file to the account the daemon switches to.
@@ -425,19 +607,25 @@ impl Pidfile {
         Ok(())
     }
 
-    /// Removes the file (if it is still ours), then releases the lock and
+    /// Removes the file (if it is still ours), then releases the locks and
     /// the guard. If the directory is not writable (privileges were
     /// dropped), the file is emptied instead: an empty, unlocked pidfile
     /// blocks nothing.
     pub fn remove(self) {
         let ours = self.file.metadata().ok();
         let same = match (ours, std::fs::symlink_metadata(&self.path)) {
-            (Some(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
+            (Some(a), Ok(b)) => same_file(&a, &b),
             _ => false,
         };
         if same && std::fs::remove_file(&self.path).is_err() {
             let _ = self.file.set_len(0);
         }
+    }
+}
+
+impl Drop for Pidfile {
+    fn drop(&mut self) {
+        let _ = PARENT_FD.compare_exchange(self.file.as_raw_fd(), -1, Ordering::Relaxed, Ordering::Relaxed);
     }
 }
 
@@ -469,14 +657,82 @@ mod tests {
     }
 
     #[test]
-    fn a_guard_is_found_in_the_socket_table_by_its_whole_name() {
+    fn a_guard_is_found_in_the_socket_table_by_its_whole_name_and_type() {
         let table = "Num       RefCount Protocol Flags    Type St Inode Path\n\
                      0000: 00000002 00000000 00000000 0002 01  1234 @rookery-instance:/run/a.pid\n\
-                     0000: 00000002 00000000 00010000 0001 01  1235 /run/a.sock\n";
-        assert!(listed(table, "rookery-instance:/run/a.pid"));
-        assert!(!listed(table, "rookery-instance:/run/a.pi"));
-        assert!(!listed(table, "instance:/run/a.pid"));
-        assert!(!listed(table, "rookery-instance:/run/a.sock"));
+                     0000: 00000002 00000000 00010000 0001 01  1235 /run/a.sock\n\
+                     0000: 00000002 00000000 00010000 0001 01  1236 @rookery-instance:/run/a.pid\n";
+        assert_eq!(bound_inodes(table, "rookery-instance:/run/a.pid"), vec![1234]);
+        assert!(bound_inodes(table, "rookery-instance:/run/a.pi").is_empty());
+        assert!(bound_inodes(table, "instance:/run/a.pid").is_empty());
+        assert!(bound_inodes(table, "rookery-instance:/run/a.sock").is_empty());
+    }
+
+    #[test]
+    fn only_sockets_of_root_or_the_callers_uid_are_trusted() {
+        assert!(trusted(0, 1000));
+        assert!(trusted(1000, 1000));
+        assert!(trusted(0, 0));
+        assert!(!trusted(65534, 0));
+        assert!(!trusted(65534, 1000));
+    }
+
+    #[test]
+    fn a_guard_this_process_bound_is_ours_and_an_unbound_name_is_free() {
+        let name = format!("rookery-test-owner:{}", std::process::id());
+        assert_eq!(guard_owner(&name).unwrap(), GuardOwner::Free);
+        let g = bind_guard(&name).unwrap();
+        assert_eq!(guard_owner(&name).unwrap(), GuardOwner::Ours);
+        drop(g);
+        assert_eq!(guard_owner(&name).unwrap(), GuardOwner::Free);
+    }
+
+    #[test]
+    fn workers_keep_the_pool_lock_and_only_the_parent_may_write() {
+        let dir = temp("bytes");
+        let path = dir.join("d.pid");
+        let Acquired::Locked(p) = acquire(&path).unwrap() else {
+            panic!("lock")
+        };
+        // The access mode, from the flags /proc shows (octal).
+        let mode = |fd: RawFd| {
+            let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).unwrap();
+            let flags = crate::procfs::field_of(&info, "flags").unwrap();
+            i32::from_str_radix(flags.trim(), 8).unwrap() & libc::O_ACCMODE
+        };
+        assert_eq!(mode(p.pool_fd()), libc::O_RDONLY);
+        assert_eq!(p.parent_only_fds().len(), 1);
+        assert_eq!(mode(p.parent_only_fds()[0]), libc::O_RDWR);
+        assert_eq!(parent_only_fds(), p.parent_only_fds());
+        // An orphaned worker: its own description of the file, read-locking
+        // the pool's byte as the parent's inherited one does.
+        let orphan = open(&path, false).unwrap();
+        fcntl(
+            orphan.as_fd(),
+            FcntlArg::F_OFD_SETLK(&one_byte(libc::F_RDLCK, POOL_BYTE)),
+        )
+        .unwrap();
+        drop(p); // the parent dies
+        let me = std::process::id() as i32;
+        let h = running(&path).unwrap();
+        assert_eq!(
+            h,
+            Some(Holder::Headless {
+                pid: Some(me),
+                locked: true
+            }),
+            "the pid is alive, but without the parent's lock it is not the daemon"
+        );
+        assert!(matches!(
+            acquire(&path).unwrap(),
+            Acquired::Held(Holder::Headless { .. })
+        ));
+        drop(orphan);
+        let Acquired::Locked(p) = acquire(&path).unwrap() else {
+            panic!("free once the orphan is gone")
+        };
+        p.remove();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -280,6 +280,7 @@ impl<'h, O: Os> Supervisor<'h, O> {
         epoll.add(inbox.fd(), EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_SIGNALS))?;
         epoll.add(&msg_read, EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_MESSAGES))?;
         let mut parent_only = vec![inbox.fd().as_raw_fd(), msg_read.as_raw_fd(), epoll.0.as_raw_fd()];
+        parent_only.extend(crate::pidfile::parent_only_fds()); // issue 9: the pidfile's read-write fd
         if let Some(c) = &control {
             epoll.add(c.listener(), EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_CONTROL))?;
             parent_only.push(c.listener().as_raw_fd());

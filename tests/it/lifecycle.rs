@@ -624,3 +624,170 @@ fn a_control_socket_path_that_is_a_directory_is_73_naming_the_socket() {
     );
     assert!(sock.join("keep").exists(), "the directory was left alone");
 }
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// `CMD ARGS` run as nobody, stdout piped.
+fn as_nobody(program: &str, args: &[&str]) -> std::process::Child {
+    let nobody = nix::unistd::User::from_name("nobody")
+        .unwrap()
+        .expect("user nobody");
+    Command::new("setpriv")
+        .arg(format!("--reuid={}", nobody.uid))
+        .arg(format!("--regid={}", nobody.gid))
+        .arg("--clear-groups")
+        .arg(program)
+        .args(args)
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("setpriv")
+}
+
+#[test]
+fn another_users_socket_on_the_guard_name_neither_blocks_a_start_nor_fools_a_probe() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let d = Daemon::demo(FAST);
+    let canonical = fs::canonicalize(d.dir.path()).unwrap().join("d.pid");
+    let name = format!("rookery-instance:{}", canonical.display());
+    assert!(
+        name.len() <= 107 && name.bytes().all(|b| (0x21..0x7f).contains(&b)),
+        "the test needs a readable guard name: {name}"
+    );
+    // nobody binds the name first, as a datagram socket (the guard's type)
+    // and as a stream socket (another abstract namespace, same listing).
+    let script = "import socket,sys,time\n\
+                  k=[socket.socket(socket.AF_UNIX,t) for t in (socket.SOCK_DGRAM,socket.SOCK_STREAM)]\n\
+                  [s.bind(b'\\0'+sys.argv[1].encode()) for s in k]\n\
+                  time.sleep(300)\n";
+    let mut squatter = as_nobody("/usr/bin/python3", &["-c", script, &name]);
+    let sq = squatter.id() as i32;
+    let _reap = Reap(vec![sq]);
+    let listed = || {
+        fs::read_to_string("/proc/net/unix")
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.ends_with(&format!(" @{name}")))
+            .count()
+    };
+    assert!(
+        wait_until(DEADLINE, || listed() == 2),
+        "the squatter never bound {name}"
+    );
+    // Probes are not fooled: nothing of this daemon runs.
+    let out = d.run(&["status"]);
+    assert_eq!(out.status.code(), Some(3), "{}", show(&out));
+    let out = d.run(&["stop"]);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert!(text(&out).contains("not running"), "{}", show(&out));
+    // A start warns in one line and goes on.
+    let out = d.run(&["start"]);
+    assert!(out.status.success(), "{}\nlog:\n{}", show(&out), d.log());
+    assert!(text(&out).contains("started with 2 workers"), "{}", show(&out));
+    let all = text(&out);
+    let warning: Vec<&str> = all
+        .lines()
+        .filter(|l| l.contains("ignoring the instance guard"))
+        .collect();
+    assert_eq!(warning.len(), 1, "one warning line: {}", show(&out));
+    assert!(
+        warning[0].contains(&format!("pid {sq} (uid 65534)")),
+        "names the squatter: {}",
+        warning[0]
+    );
+    let parent = d.pid().expect("pidfile");
+    d.wait_workers(parent, 2);
+    let out = d.run(&["status"]);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    // The pidfile lock still keeps a second instance out.
+    let out = d.run(&["start"]);
+    assert!(
+        text(&out).contains(&format!("already running (pid {parent})")),
+        "{}",
+        show(&out)
+    );
+    assert_eq!(parents(&d), vec![parent], "exactly one parent runs");
+    let out = d.run(&["stop"]);
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(wait_until(DEADLINE, || !alive(parent)));
+    assert!(alive(sq), "the squatter is not ours to stop");
+    let _ = squatter.kill();
+    let _ = squatter.wait();
+}
+
+/// The descriptors of `pid` open on the file `meta` is of: (fd, access
+/// mode from `/proc/PID/fdinfo`).
+fn descriptors_on(pid: i32, meta: &fs::Metadata) -> Vec<(i32, i32)> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| {
+            let fd: i32 = e.file_name().to_str()?.parse().ok()?;
+            let m = fs::metadata(e.path()).ok()?;
+            (m.dev() == meta.dev() && m.ino() == meta.ino()).then_some(())?;
+            let info = fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).ok()?;
+            let flags = info.lines().find_map(|l| l.strip_prefix("flags:"))?.trim();
+            Some((fd, i32::from_str_radix(flags, 8).ok()? & libc::O_ACCMODE))
+        })
+        .collect()
+}
+
+#[test]
+fn no_worker_holds_a_writable_descriptor_of_the_pidfile() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    for commands in [false, true] {
+        let d = if commands {
+            Daemon::rookery("user = \"nobody\"\n\n[workers]\ncount = 2\ncommand = [\"sleep\", \"600\"]\n")
+        } else {
+            Daemon::demo(&format!("user = \"nobody\"\n\n{FAST}"))
+        };
+        let parent = d.start();
+        let mut workers = Vec::new();
+        assert!(wait_until(DEADLINE, || {
+            workers = d.workers(parent);
+            workers.len() == 2
+                && workers.iter().all(|w| {
+                    crate::util::status_field(*w, "Uid").as_deref() == Some("65534\t65534\t65534\t65534")
+                        && (!commands || cmdline(*w) == "sleep 600")
+                })
+        }));
+        let meta = fs::metadata(&d.pidfile).unwrap();
+        // The parent writes the pid: it alone has a read-write descriptor.
+        let own = descriptors_on(parent, &meta);
+        assert_eq!(
+            own.iter().filter(|(_, m)| *m != libc::O_RDONLY).count(),
+            1,
+            "parent {parent}: {own:?}"
+        );
+        let mut holders = workers.clone();
+        if commands {
+            holders.push(crate::util::guard_of(parent).expect("the commands' guard"));
+        }
+        for p in holders {
+            let fds = descriptors_on(p, &meta);
+            assert!(
+                fds.iter().all(|(_, m)| *m == libc::O_RDONLY),
+                "commands={commands}: pid {p} ({}) can write the pidfile: {fds:?}",
+                cmdline(p)
+            );
+            // Forked workers and the guard keep the pool's lock (read-only);
+            // commands get nothing.
+            let is_command = commands && cmdline(p) == "sleep 600";
+            assert_eq!(fds.is_empty(), is_command, "pid {p} ({}): {fds:?}", cmdline(p));
+        }
+        let out = d.run(&["stop"]);
+        assert!(out.status.success(), "{}", show(&out));
+        assert!(wait_until(DEADLINE, || !alive(parent)));
+    }
+}
