@@ -549,19 +549,10 @@ impl Core {
             self.log(
                 Level::ERROR,
                 format!(
-                    "worker {slot}: cannot start a replacement ({why}): {error}; pid {current} keeps running"
+                    "worker {slot}: cannot start a replacement ({why}): {error}; pid {current} keeps running, retrying after the back-off"
                 ),
             );
-            self.failure(now);
-            let s = self.slot_mut(slot);
-            s.failures = s.failures.saturating_add(1);
-            let delay = backoff::delay(s.failures, self.cfg.backoff_initial, self.cfg.backoff_max);
-            let at = after(now, delay);
-            self.slot_mut(slot).state = SlotState::Live {
-                current,
-                next: Next::Backoff(at, why),
-            };
-            self.timers.insert((at, Timer::Restart(slot)));
+            self.retry_replacement(slot, current, why, now);
             return;
         }
         if self.is_starting() {
@@ -717,16 +708,7 @@ impl Core {
                     Level::WARN,
                     format!("worker {slot}: replacement pid {pid} failed before it was ready: {status}"),
                 );
-                self.failure(now);
-                let s = self.slot_mut(slot);
-                s.failures = s.failures.saturating_add(1);
-                let delay = backoff::delay(s.failures, self.cfg.backoff_initial, self.cfg.backoff_max);
-                let at = after(now, delay);
-                self.slot_mut(slot).state = SlotState::Live {
-                    current,
-                    next: Next::Backoff(at, why),
-                };
-                self.timers.insert((at, Timer::Restart(slot)));
+                self.retry_replacement(slot, current, why, now);
             }
             self.out.push(Action::Exited(exit));
             return;
@@ -1353,6 +1335,22 @@ impl Core {
                 }
             }
         }
+    }
+
+    /// A replacement for `slot` failed (could not be spawned, or died
+    /// before it was ready): `current` keeps serving, and the replacement
+    /// is tried again after the slot's back-off. Counts as a failure.
+    fn retry_replacement(&mut self, slot: u32, current: Pid, why: Recycle, now: Instant) {
+        self.failure(now);
+        let s = self.slot_mut(slot);
+        s.failures = s.failures.saturating_add(1);
+        let delay = backoff::delay(s.failures, self.cfg.backoff_initial, self.cfg.backoff_max);
+        let at = after(now, delay);
+        self.slot_mut(slot).state = SlotState::Live {
+            current,
+            next: Next::Backoff(at, why),
+        };
+        self.timers.insert((at, Timer::Restart(slot)));
     }
 
     // -- back-off and crash loops -------------------------------------------

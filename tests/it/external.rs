@@ -11,7 +11,7 @@ use crate::health::{pos, status_json, status_workers, stop, wait_gone};
 use crate::util::*;
 
 /// `rookery -c CONFIG run -w N -- sh -c SCRIPT` (daemonized); the parent pid.
-fn run_sh(d: &Daemon, workers: u32, script: &str) -> i32 {
+pub(crate) fn run_sh(d: &Daemon, workers: u32, script: &str) -> i32 {
     let n = workers.to_string();
     let out = d.run(&["run", "-w", &n, "--", "sh", "-c", script]);
     assert!(

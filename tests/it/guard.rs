@@ -7,26 +7,13 @@ use std::time::{Duration, Instant};
 
 use rookery::procfs;
 
+use crate::external::run_sh;
 use crate::health::stop;
 use crate::util::*;
 
 /// A command that ignores SIGTERM, and so does the shell's child in turn
 /// (a new `sleep` after each one the TERM killed).
 const STUBBORN: &str = "trap '' TERM; while :; do sleep 1; done";
-
-/// `rookery -c CONFIG run -w N -- sh -c SCRIPT`, daemonized; the parent.
-fn run_sh(d: &Daemon, workers: u32, script: &str) -> i32 {
-    let n = workers.to_string();
-    let out = d.run(&["run", "-w", &n, "--", "sh", "-c", script]);
-    assert!(
-        out.status.success(),
-        "run failed: {}{}\nlog:\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        d.log()
-    );
-    d.pid().expect("pidfile after run")
-}
 
 fn wait_workers_of(d: &Daemon, parent: i32, n: usize) -> Vec<i32> {
     let mut last = Vec::new();
