@@ -71,6 +71,29 @@ pub struct Status {
     pub workers: Vec<WorkerStatus>,
     /// Slots waiting out a back-off.
     pub backing_off: Vec<BackoffStatus>,
+    /// Whether the pool is in a crash loop.
+    #[serde(default)]
+    pub crash_loop: bool,
+    /// Cumulative counts since the daemon started.
+    #[serde(default)]
+    pub totals: Totals,
+}
+
+/// Cumulative counts since the daemon started (they survive worker
+/// replacements, unlike each worker's `jobs`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Totals {
+    /// Workers started, by cause (`start`, `crash`, `exit`, `hang`,
+    /// `start_timeout`, `memory`, `jobs`, `lifetime`, `reload`, `scale`).
+    pub started: std::collections::BTreeMap<String, u64>,
+    /// Jobs done by every worker so far, the live ones included.
+    pub jobs: u64,
+    /// Reloads applied.
+    pub reloads_ok: u64,
+    /// Reloads refused.
+    pub reloads_failed: u64,
+    /// Crash loops begun.
+    pub crash_loops: u64,
 }
 
 /// One worker process in `status`.

@@ -547,9 +547,10 @@ impl<'h, O: Os> Supervisor<'h, O> {
                 self.sources.remove(&p.token);
                 self.muted.retain(|(_, t)| *t != p.token);
             }
+            let jobs = self.board.cell(h.cell).jobs();
             self.board.release(h.cell);
             let now = self.os.now();
-            self.core.handle(now, Event::Exited(pid, status));
+            self.core.handle(now, Event::Exited { pid, status, jobs });
             self.execute();
         }
         if reaped {
@@ -1009,6 +1010,31 @@ impl<'h, O: Os> Supervisor<'h, O> {
             size: self.core.size(),
             workers,
             backing_off,
+            crash_loop: self.core.in_crash_loop(),
+            totals: self.totals(),
+        }
+    }
+
+    /// The core's counters, plus the live workers' jobs from the scoreboard.
+    fn totals(&self) -> control::Totals {
+        let c = self.core.counters();
+        let live: u64 = self
+            .workers
+            .values()
+            .map(|h| self.board.cell(h.cell).jobs())
+            .sum();
+        control::Totals {
+            started: core::Cause::ALL
+                .iter()
+                .map(|cause| {
+                    let n = c.started.get(cause).copied().unwrap_or(0);
+                    (cause.label().to_string(), n)
+                })
+                .collect(),
+            jobs: c.jobs_of_exited.saturating_add(live),
+            reloads_ok: c.reloads_ok,
+            reloads_failed: c.reloads_failed,
+            crash_loops: c.crash_loops,
         }
     }
 

@@ -84,6 +84,91 @@ pub struct WorkerExit {
     pub restart_in: Option<Duration>,
 }
 
+/// Why a worker was started: the label of the restart counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Cause {
+    /// One of the pool's first workers.
+    Start,
+    /// Its predecessor failed (non-zero exit, killed, failed init, could
+    /// not be spawned).
+    Crash,
+    /// Its predecessor exited cleanly and `restart = "always"`.
+    Exit,
+    /// Its predecessor was hung (no heartbeat) and was stopped.
+    Hang,
+    /// Its predecessor did not become ready in time (`init_timeout`,
+    /// `ready_timeout`).
+    StartTimeout,
+    /// Recycled: `max_memory`.
+    Memory,
+    /// Recycled: `max_jobs`.
+    Jobs,
+    /// Recycled: `max_lifetime`.
+    Lifetime,
+    /// Replaced by a rolling reload.
+    Reload,
+    /// Added by `scale` or the dynamic pool.
+    Scale,
+}
+
+impl Cause {
+    /// Every cause, for exporting zeros too.
+    pub(crate) const ALL: [Cause; 10] = [
+        Cause::Start,
+        Cause::Crash,
+        Cause::Exit,
+        Cause::Hang,
+        Cause::StartTimeout,
+        Cause::Memory,
+        Cause::Jobs,
+        Cause::Lifetime,
+        Cause::Reload,
+        Cause::Scale,
+    ];
+
+    /// The label, as metrics show it.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Cause::Start => "start",
+            Cause::Crash => "crash",
+            Cause::Exit => "exit",
+            Cause::Hang => "hang",
+            Cause::StartTimeout => "start_timeout",
+            Cause::Memory => "memory",
+            Cause::Jobs => "jobs",
+            Cause::Lifetime => "lifetime",
+            Cause::Reload => "reload",
+            Cause::Scale => "scale",
+        }
+    }
+
+    fn of(why: &Recycle) -> Cause {
+        match why {
+            Recycle::MaxJobs(_) => Cause::Jobs,
+            Recycle::MaxMemory { .. } => Cause::Memory,
+            Recycle::MaxLifetime(_) => Cause::Lifetime,
+            Recycle::Reload => Cause::Reload,
+        }
+    }
+}
+
+/// Cumulative counts since the daemon started, kept by the core as it
+/// decides (metrics read them; nothing is counted in the loop).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Counters {
+    /// Worker spawns ordered, by cause.
+    pub started: BTreeMap<Cause, u64>,
+    /// Jobs done by workers that have exited; add the live workers'
+    /// scoreboard counts for the total.
+    pub jobs_of_exited: u64,
+    /// Reloads applied.
+    pub reloads_ok: u64,
+    /// Reloads refused (the configuration was invalid).
+    pub reloads_failed: u64,
+    /// Crash loops begun.
+    pub crash_loops: u64,
+}
+
 /// What kind of process the pool runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
@@ -185,8 +270,15 @@ pub(crate) enum Event {
         /// Jobs done so far.
         jobs: u64,
     },
-    /// A worker process was reaped.
-    Exited(Pid, ExitStatus),
+    /// A worker process was reaped; `jobs`: the jobs it had done.
+    Exited {
+        /// The worker.
+        pid: Pid,
+        /// How it ended.
+        status: ExitStatus,
+        /// Jobs it had done (from its scoreboard cell).
+        jobs: u64,
+    },
     /// Answer to [`Action::Probe`]: a sample per live worker.
     Samples(Vec<(Pid, Sample)>),
     /// Timers may be due.
@@ -312,8 +404,8 @@ enum SlotState {
     Spawning,
     /// A current process, and maybe its replacement.
     Live { current: Pid, next: Next },
-    /// Waiting out a back-off.
-    Waiting { until: Instant },
+    /// Waiting out a back-off; `cause`: why it restarts.
+    Waiting { until: Instant, cause: Cause },
     /// Exited for good (`restart = never / on-failure`).
     Done { failed: bool },
 }
@@ -372,6 +464,7 @@ pub(crate) struct Core {
     next_id: u64,
     /// When the next health probe is due (its entry in `timers`).
     probe_at: Option<Instant>,
+    counters: Counters,
 }
 
 /// `now + d`, or far in the future when that does not fit an `Instant`.
@@ -412,6 +505,7 @@ impl Core {
             rng: Rng::new(seed),
             next_id: 1,
             probe_at: None,
+            counters: Counters::default(),
         }
     }
 
@@ -421,7 +515,7 @@ impl Core {
         self.phase = PoolPhase::Starting { unready };
         for slot in 1..=self.cfg.count {
             self.slots.insert(slot, Slot::new());
-            self.order_spawn(slot);
+            self.order_spawn(slot, Cause::Start);
         }
         self.schedule_probe(now);
     }
@@ -451,7 +545,12 @@ impl Core {
                 self.recycle(pid, Recycle::MaxJobs(jobs));
             }
             Event::Notify { pid, line, jobs } => self.notify(pid, line, jobs, now),
-            Event::Exited(pid, status) => self.exited(pid, status, now),
+            Event::Exited { pid, status, jobs } => {
+                if self.procs.contains_key(&pid) {
+                    self.counters.jobs_of_exited = self.counters.jobs_of_exited.saturating_add(jobs);
+                }
+                self.exited(pid, status, now);
+            }
             Event::Samples(samples) => self.judge(&samples, now),
             Event::Tick => self.tick(now),
             Event::Stop(why) => self.stop(now, &why, Outcome::Requested),
@@ -464,7 +563,8 @@ impl Core {
 
     // -- spawning -----------------------------------------------------------
 
-    fn order_spawn(&mut self, slot: u32) {
+    fn order_spawn(&mut self, slot: u32, cause: Cause) {
+        *self.counters.started.entry(cause).or_default() += 1;
         let id = self.next_id;
         self.next_id += 1;
         let max_jobs = self.rng.spread(self.cfg.max_jobs);
@@ -563,7 +663,7 @@ impl Core {
             self.log(Level::ERROR, format!("worker {slot}: cannot start: {error}"));
             return;
         }
-        let delay = self.schedule_restart(slot, now, false);
+        let delay = self.schedule_restart(slot, now, false, Cause::Crash);
         let msg = format!(
             "worker {slot}: cannot start: {error}; retrying in {}",
             round_ms(delay)
@@ -761,7 +861,8 @@ impl Core {
                     if failed {
                         self.failure(now);
                     }
-                    let delay = self.schedule_restart(slot, now, !failed);
+                    let cause = if failed { Cause::StartTimeout } else { Cause::Hang };
+                    let delay = self.schedule_restart(slot, now, !failed, cause);
                     exit.restart_in = Some(delay);
                     self.log(
                         Level::INFO,
@@ -822,7 +923,8 @@ impl Core {
             self.out.push(Action::Exited(exit));
             return;
         }
-        let delay = self.schedule_restart(slot, now, !quick && was_ready);
+        let cause = if failed { Cause::Crash } else { Cause::Exit };
+        let delay = self.schedule_restart(slot, now, !quick && was_ready, cause);
         exit.restart_in = Some(delay);
         let when = if delay.is_zero() {
             "restarting now".to_string()
@@ -868,19 +970,20 @@ impl Core {
             return;
         };
         match std::mem::replace(&mut s.state, SlotState::Spawning) {
-            SlotState::Waiting { .. } => {
+            SlotState::Waiting { cause, .. } => {
                 s.restarts += 1;
-                self.order_spawn(slot);
+                self.order_spawn(slot, cause);
             }
             SlotState::Live {
                 current,
                 next: Next::Backoff(_, why),
             } => {
+                let cause = Cause::of(&why);
                 s.state = SlotState::Live {
                     current,
                     next: Next::Ordered(why),
                 };
-                self.order_spawn(slot);
+                self.order_spawn(slot, cause);
             }
             other => s.state = other,
         }
@@ -1067,7 +1170,7 @@ impl Core {
             _ => return,
         }
         self.log(Level::INFO, format!("worker {slot} (pid {pid}) recycled: {why}"));
-        self.order_spawn(slot);
+        self.order_spawn(slot, Cause::of(&why));
     }
 
     // -- stopping -----------------------------------------------------------
@@ -1120,7 +1223,7 @@ impl Core {
             .slots
             .iter()
             .filter_map(|(n, s)| match s.state {
-                SlotState::Waiting { until } => Some((until, *n)),
+                SlotState::Waiting { until, .. } => Some((until, *n)),
                 SlotState::Live {
                     next: Next::Backoff(at, _),
                     ..
@@ -1232,7 +1335,7 @@ impl Core {
                     if let PoolPhase::Starting { unready } = &mut self.phase {
                         unready.insert(slot);
                     }
-                    self.order_spawn(slot);
+                    self.order_spawn(slot, Cause::Scale);
                     add -= 1;
                 }
                 slot += 1;
@@ -1256,7 +1359,7 @@ impl Core {
                     Next::None | Next::Ordered(_) => {}
                 }
             }
-            SlotState::Waiting { until } => {
+            SlotState::Waiting { until, .. } => {
                 self.timers.remove(&(until, Timer::Restart(slot)));
             }
             SlotState::Spawning | SlotState::Done { .. } => {}
@@ -1278,6 +1381,7 @@ impl Core {
         self.out.push(Action::Systemd(SdNote::Reloading));
         let result = match r {
             Err(e) => {
+                self.counters.reloads_failed += 1;
                 self.log(
                     Level::ERROR,
                     format!("reload failed, keeping the running configuration: {e}"),
@@ -1285,6 +1389,7 @@ impl Core {
                 Err(e)
             }
             Ok((cfg, plan)) => {
+                self.counters.reloads_ok += 1;
                 self.cfg = *cfg;
                 let mut notes = Vec::new();
                 if !plan.restart.is_empty() {
@@ -1357,7 +1462,7 @@ impl Core {
 
     /// Schedules `slot`'s restart: at once if `healthy`, else after the
     /// back-off. Returns the delay.
-    fn schedule_restart(&mut self, slot: u32, now: Instant, healthy: bool) -> Duration {
+    fn schedule_restart(&mut self, slot: u32, now: Instant, healthy: bool, cause: Cause) -> Duration {
         let (initial, max) = (self.cfg.backoff_initial, self.cfg.backoff_max);
         let s = self.slot_mut(slot);
         if healthy {
@@ -1369,10 +1474,10 @@ impl Core {
         if delay.is_zero() {
             s.restarts += 1;
             s.state = SlotState::Spawning;
-            self.order_spawn(slot);
+            self.order_spawn(slot, cause);
         } else {
             let until = after(now, delay);
-            s.state = SlotState::Waiting { until };
+            s.state = SlotState::Waiting { until, cause };
             self.timers.insert((until, Timer::Restart(slot)));
         }
         delay
@@ -1383,24 +1488,30 @@ impl Core {
         let w = humantime::format_duration(window);
         match self.crash.failure(now, limit, window) {
             crash::Change::None => {}
-            crash::Change::Began(n) => match self.cfg.on_crash_loop {
-                OnCrashLoop::Backoff => self.log(
-                    Level::WARN,
-                    format!(
-                        "crash loop: {n} worker failures within {w}; backing off (up to {}) and summarising restarts",
-                        humantime::format_duration(self.cfg.backoff_max)
+            crash::Change::Began(n) => {
+                self.counters.crash_loops += 1;
+                match self.cfg.on_crash_loop {
+                    OnCrashLoop::Backoff => self.log(
+                        Level::WARN,
+                        format!(
+                            "crash loop: {n} worker failures within {w}; backing off (up to {}) and summarising restarts",
+                            humantime::format_duration(self.cfg.backoff_max)
+                        ),
                     ),
-                ),
-                OnCrashLoop::Exit => {
-                    self.log(
-                        Level::ERROR,
-                        format!("crash loop: {n} worker failures within {w}; stopping the daemon (on_crash_loop = \"exit\")"),
-                    );
-                    self.stop(now, "crash loop", Outcome::CrashLoop);
+                    OnCrashLoop::Exit => {
+                        self.log(
+                            Level::ERROR,
+                            format!("crash loop: {n} worker failures within {w}; stopping the daemon (on_crash_loop = \"exit\")"),
+                        );
+                        self.stop(now, "crash loop", Outcome::CrashLoop);
+                    }
                 }
-            },
+            }
             crash::Change::Ended(n) => {
-                self.log(Level::INFO, format!("crash loop over: {n} failures within the last {w}"));
+                self.log(
+                    Level::INFO,
+                    format!("crash loop over: {n} failures within the last {w}"),
+                );
             }
         }
     }
@@ -1480,6 +1591,16 @@ impl Core {
             .any(|s| s.state == SlotState::Done { failed: true })
     }
 
+    /// Cumulative counts since the daemon started.
+    pub(crate) fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Whether the pool is in a crash loop.
+    pub(crate) fn in_crash_loop(&self) -> bool {
+        self.crash.in_loop()
+    }
+
     /// The number of slots (wanted workers).
     pub(crate) fn size(&self) -> u32 {
         let n = self
@@ -1500,7 +1621,7 @@ impl Core {
         self.slots
             .iter()
             .filter_map(|(slot, s)| match s.state {
-                SlotState::Waiting { until } => Some(Waiting {
+                SlotState::Waiting { until, .. } => Some(Waiting {
                     slot: *slot,
                     restart_in: until.saturating_duration_since(now),
                     restarts: s.restarts,

@@ -70,7 +70,7 @@ impl Sim {
     fn exit(&mut self, pid: Pid, status: ExitStatus) -> Option<WorkerExit> {
         self.live.retain(|p| *p != pid);
         self.log.clear();
-        self.ev(Event::Exited(pid, status));
+        self.ev(Event::Exited { pid, status, jobs: 3 });
         self.run();
         self.log.iter().find_map(|a| match a {
             Action::Exited(e) => Some(e.clone()),
@@ -231,6 +231,36 @@ fn reopening_logs_signals_only_commands_and_only_if_asked() {
     s.log.extend(s.core.take_actions());
     assert_eq!(s.signals().len(), 2);
     assert!(s.signals().iter().all(|(_, sig)| *sig == Signal::SIGUSR1));
+}
+
+#[test]
+fn counters_follow_the_decisions() {
+    let mut c = cfg(2);
+    c.heartbeat_timeout = Duration::from_secs(1);
+    let mut s = Sim::new(c);
+    s.ready_all();
+    let (a, b) = (s.pid_of(1), s.pid_of(2));
+    s.now += Duration::from_secs(10);
+    s.exit(a, ExitStatus::Code(1)); // crash, restarted at once (it was up long)
+    s.ev(Event::Samples(vec![(
+        b,
+        Sample {
+            silent_for: Duration::from_secs(2),
+            ..Sample::default()
+        },
+    )]));
+    s.exit(b, ExitStatus::Signaled(Signal::SIGTERM)); // hung, replaced
+    s.ev(Event::Scale(ScaleSpec::Up(1)));
+    s.run();
+    s.ev(Event::Reload(Err("bad".into())));
+    let c = s.core.counters();
+    let n = |cause| c.started.get(&cause).copied().unwrap_or(0);
+    assert_eq!(n(Cause::Start), 2);
+    assert_eq!(n(Cause::Crash), 1);
+    assert_eq!(n(Cause::Hang), 1);
+    assert_eq!(n(Cause::Scale), 1);
+    assert_eq!(c.jobs_of_exited, 6, "3 jobs each, as the executor reported");
+    assert_eq!((c.reloads_ok, c.reloads_failed), (0, 1));
 }
 
 #[test]

@@ -308,3 +308,25 @@ fn a_dynamic_pool_grows_under_busy_workers_and_shrinks_when_they_go_idle() {
     assert!(log.contains("(> max_idle 2); retiring"), "{log}");
     stop(&d);
 }
+
+#[test]
+fn status_totals_are_cumulative_across_replacements() {
+    let d = testworker("[workers]\ncount = 1\n[app]\njob_interval = \"5ms\"\n");
+    let parent = d.start();
+    let w = d.wait_workers(parent, 1)[0];
+    let jobs = |v: &serde_json::Value| v["totals"]["jobs"].as_u64().unwrap_or(0);
+    assert!(wait_until(DEADLINE, || jobs(&status_json(&d)) >= 20));
+    kill(w, 9);
+    let mut v = serde_json::Value::Null;
+    assert!(
+        wait_until(DEADLINE, || {
+            v = status_json(&d);
+            v["totals"]["started"]["crash"] == 1 && status_workers(&v).len() == 1
+        }),
+        "{v}"
+    );
+    // The dead worker's jobs still count: the total never goes back.
+    assert!(jobs(&v) >= 20, "{v}");
+    assert_eq!(v["totals"]["started"]["start"], 1, "{v}");
+    stop(&d);
+}
