@@ -144,6 +144,8 @@ pub enum Command {
     },
     /// Make the daemon and its workers reopen their log files.
     ReopenLogs,
+    /// Start every worker waiting out a back-off now (the broker is back).
+    RetryNow,
     /// Validate the config and print the effective values.
     CheckConfig,
     /// Print a commented sample config.
@@ -179,6 +181,7 @@ impl Command {
             Command::Reload => "reload",
             Command::Scale { .. } => "scale",
             Command::ReopenLogs => "reopen-logs",
+            Command::RetryNow => "retry-now",
             Command::CheckConfig => "check-config",
             Command::SampleConfig => "sample-config",
             Command::WriteInit(_) => "write-init",

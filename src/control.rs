@@ -30,6 +30,8 @@ pub enum Request {
         /// The spec.
         spec: String,
     },
+    /// Start every worker waiting out a back-off now.
+    RetryNow,
 }
 
 /// The daemon's answer.

@@ -228,6 +228,7 @@ impl<W: Worker> Daemon<W> {
             Command::Status { json } => client::status(&config, json),
             Command::Stop { timeout } => client::stop(&config, timeout),
             Command::Reload => client::control_call(&config, &Request::Reload),
+            Command::RetryNow => client::control_call(&config, &Request::RetryNow),
             Command::Scale { spec } => match spec.parse::<ScaleSpec>() {
                 Ok(s) => client::control_call(&config, &Request::Scale { spec: s.to_string() }),
                 Err(e) => {

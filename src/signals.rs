@@ -16,7 +16,7 @@ use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 /// The signals the parent handles.
-pub const PARENT_SIGNALS: [Signal; 8] = [
+pub const PARENT_SIGNALS: [Signal; 9] = [
     Signal::SIGCHLD,
     Signal::SIGTERM,
     Signal::SIGINT,
@@ -25,6 +25,7 @@ pub const PARENT_SIGNALS: [Signal; 8] = [
     Signal::SIGUSR1,
     Signal::SIGTTIN,
     Signal::SIGTTOU,
+    Signal::SIGWINCH,
 ];
 
 /// The parent's signal inbox.

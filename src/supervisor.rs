@@ -509,6 +509,9 @@ impl<'h, O: Os> Supervisor<'h, O> {
             Signal::SIGTTOU => {
                 self.core.handle(now, Event::Scale(ScaleSpec::Down(1)));
             }
+            Signal::SIGWINCH => {
+                self.core.handle(now, Event::RetryNow);
+            }
             _ => {}
         }
     }
@@ -927,6 +930,16 @@ impl<'h, O: Os> Supervisor<'h, O> {
                 let resp = match req {
                     Err(message) => Response::Error { message },
                     Ok(Request::Status) => Response::Status(Box::new(self.status())),
+                    Ok(Request::RetryNow) => {
+                        let now = self.os.now();
+                        match self.core.handle(now, Event::RetryNow) {
+                            Some(Ok(message)) => Response::Ok { message },
+                            Some(Err(message)) => Response::Error { message },
+                            None => Response::Error {
+                                message: "no answer".into(),
+                            },
+                        }
+                    }
                     Ok(Request::Reload) => match self.reload() {
                         Ok(m) => Response::Ok { message: m },
                         Err(m) => Response::Error { message: m },

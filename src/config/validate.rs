@@ -32,8 +32,12 @@ const TABLES: [&str; 3] = ["daemon", "workers", "app"];
 
 /// Signals rookery keeps for itself, and what each does: none may be a
 /// worker's stop signal.
-pub const RESERVED_SIGNALS: [(Signal, &str); 7] = [
+pub const RESERVED_SIGNALS: [(Signal, &str); 8] = [
     (Signal::SIGUSR1, "it makes the daemon reopen its log files"),
+    (
+        Signal::SIGWINCH,
+        "it makes the daemon start workers waiting out a back-off",
+    ),
     (Signal::SIGHUP, "it makes the daemon reload its config"),
     (Signal::SIGTTIN, "it makes the daemon add a worker"),
     (Signal::SIGTTOU, "it makes the daemon retire a worker"),

@@ -289,6 +289,9 @@ pub(crate) enum Event {
     Scale(ScaleSpec),
     /// `reopen-logs` (SIGUSR1, after logrotate moved the file away).
     ReopenLogs,
+    /// `retry-now` (SIGWINCH): the broker is back, start every worker
+    /// waiting out a back-off at once.
+    RetryNow,
     /// `reload`: the new, validated settings and what changed, or why the
     /// new configuration was refused.
     Reload(Result<(Box<WorkersConfig>, reload::Plan), String>),
@@ -555,6 +558,7 @@ impl Core {
             Event::Tick => self.tick(now),
             Event::Stop(why) => self.stop(now, &why, Outcome::Requested),
             Event::ReopenLogs => self.reopen_logs(),
+            Event::RetryNow => return Some(self.retry_now()),
             Event::Scale(spec) => return Some(self.scale(spec, now)),
             Event::Reload(r) => return Some(self.reload(r, now)),
         }
@@ -1259,6 +1263,40 @@ impl Core {
         self.stop(now, "startup failed", Outcome::StartFailed);
     }
 
+    /// Cancels every pending back-off and starts the waiting workers now.
+    /// Their failure counts stay: if the broker is still down, they back
+    /// off again from where they were, rather than hammer it.
+    fn retry_now(&mut self) -> Result<String, String> {
+        if self.is_stopping() {
+            return Err("the daemon is stopping".into());
+        }
+        let due: Vec<(u32, Instant)> = self
+            .slots
+            .iter()
+            .filter_map(|(n, s)| match s.state {
+                SlotState::Waiting { until, .. } => Some((*n, until)),
+                SlotState::Live {
+                    next: Next::Backoff(at, _),
+                    ..
+                } => Some((*n, at)),
+                _ => None,
+            })
+            .collect();
+        for (slot, at) in &due {
+            self.timers.remove(&(*at, Timer::Restart(*slot)));
+            self.restart_due(*slot);
+        }
+        let n = u64::try_from(due.len()).unwrap_or(u64::MAX);
+        if n == 0 {
+            return Ok("no worker was waiting out a back-off".into());
+        }
+        self.log(
+            Level::INFO,
+            format!("retry-now: starting {} waiting out a back-off", workers(n)),
+        );
+        Ok(format!("started {} now", workers(n)))
+    }
+
     fn reopen_logs(&mut self) {
         self.log(Level::INFO, "reopening log files".into());
         self.out.push(Action::ReopenLogs);
@@ -1450,7 +1488,7 @@ impl Core {
         let s = self.slot_mut(slot);
         s.failures = s.failures.saturating_add(1);
         let delay = backoff::delay(s.failures, self.cfg.backoff_initial, self.cfg.backoff_max);
-        let at = after(now, delay);
+        let at = after(now, self.rng.jitter(delay));
         self.slot_mut(slot).state = SlotState::Live {
             current,
             next: Next::Backoff(at, why),
@@ -1471,6 +1509,8 @@ impl Core {
             s.failures = s.failures.saturating_add(1);
         }
         let delay = backoff::delay(s.failures, initial, max);
+        let delay = self.rng.jitter(delay);
+        let s = self.slot_mut(slot);
         if delay.is_zero() {
             s.restarts += 1;
             s.state = SlotState::Spawning;

@@ -34,6 +34,24 @@ impl Rng {
     }
 }
 
+impl Rng {
+    /// "Equal jitter": a random delay between half of `d` and `d`, so
+    /// workers that failed together (a broker went down) do not all come
+    /// back in the same millisecond, and none comes back sooner than half
+    /// its back-off (no spin). Zero stays zero.
+    pub(crate) fn jitter(&mut self, d: std::time::Duration) -> std::time::Duration {
+        let nanos = d.as_nanos();
+        if nanos == 0 {
+            return d;
+        }
+        let half = nanos / 2;
+        let spread = nanos - half;
+        let total = half + u128::from(self.next()) % (spread + 1);
+        let secs = u64::try_from(total / 1_000_000_000).unwrap_or(u64::MAX);
+        std::time::Duration::new(secs, (total % 1_000_000_000) as u32)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -49,5 +67,18 @@ mod tests {
         }
         assert_eq!(a.spread(0), 0);
         assert_eq!(Rng::new(0).spread(u64::MAX), u64::MAX, "saturates");
+    }
+
+    #[test]
+    fn jitter_stays_between_half_and_all_and_spreads() {
+        use std::time::Duration;
+        let mut r = Rng::new(3);
+        let d = Duration::from_millis(800);
+        let got: Vec<Duration> = (0..200).map(|_| r.jitter(d)).collect();
+        assert!(got.iter().all(|j| *j >= d / 2 && *j <= d));
+        let distinct: std::collections::BTreeSet<_> = got.iter().collect();
+        assert!(distinct.len() > 100, "spread out, not one value");
+        assert_eq!(r.jitter(Duration::ZERO), Duration::ZERO);
+        assert!(r.jitter(Duration::MAX) >= Duration::MAX / 2);
     }
 }

@@ -334,11 +334,17 @@ fn a_command_that_stops_being_executable_backs_off_without_spinning() {
     assert!(d.wait_log_count(failure, 3), "{}", d.log());
     // Retried (the back-off's timing is the core's unit tests' and the
     // parent's CPU the bench's business).
-    assert!(
-        d.wait_log("; retrying in 200ms"),
-        "backs off up to backoff_max:\n{}",
-        d.log()
-    );
+    // Backs off up to backoff_max (jittered: between 100 and 200 ms).
+    assert!(d.wait_log_count(failure, 8), "{}", d.log());
+    let log = d.log();
+    let delays: Vec<u128> = log
+        .lines()
+        .filter(|l| l.contains(failure))
+        .filter_map(|l| l.split("retrying in ").nth(1))
+        .map(|t| humantime::parse_duration(t).expect("a duration").as_millis())
+        .collect();
+    assert!(delays.iter().all(|d| *d <= 200), "{delays:?}");
+    assert!(delays.iter().skip(6).all(|d| *d >= 100), "capped: {delays:?}");
     assert!(d.wait_log("crash loop: "), "failures are counted");
 
     write_script(0o644);
@@ -489,4 +495,49 @@ fn what_workers_leave_behind_is_killed_by_the_stop_deadline_itself() {
         "{}",
         d.log()
     );
+}
+
+/// Issue 13: `retry-now` (and SIGWINCH) starts workers waiting out a long
+/// back-off at once, once the "broker" is back.
+#[test]
+fn retry_now_cuts_a_back_off_short() {
+    let d = Daemon::rookery("");
+    let down = d.dir.path().join("down");
+    // Up as long as the broker is; fails at once while it is down.
+    d.rewrite_config(&format!(
+        "[workers]\ncount = 1\nbackoff_initial = \"1h\"\nbackoff_max = \"1h\"\n\
+         command = [\"sh\", \"-c\", \"while [ ! -e {down} ]; do sleep 0.05; done; exit 1\"]\n",
+        down = down.display()
+    ));
+    let parent = d.start();
+    let backing_off = |v: &serde_json::Value| v["backing_off"].as_array().map_or(0, Vec::len);
+    for how in ["command", "signal"] {
+        fs::write(&down, "").unwrap(); // the broker goes down: the worker fails
+        assert!(
+            wait_until(DEADLINE, || backing_off(&status_json(&d)) == 1),
+            "{}",
+            d.log()
+        );
+        fs::remove_file(&down).unwrap(); // back: without retry-now, an hour
+        if how == "command" {
+            let out = d.run(&["retry-now"]);
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            assert!(String::from_utf8_lossy(&out.stdout).contains("started 1 worker now"));
+        } else {
+            kill(parent, 28); // SIGWINCH
+        }
+        let mut v = serde_json::Value::Null;
+        assert!(
+            wait_until(DEADLINE, || {
+                v = status_json(&d);
+                backing_off(&v) == 0 && status_workers(&v).len() == 1
+            }),
+            "{how}: {v}\n{}",
+            d.log()
+        );
+    }
+    assert!(d
+        .log()
+        .contains("retry-now: starting 1 worker waiting out a back-off"));
+    stop(&d);
 }
