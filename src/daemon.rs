@@ -415,15 +415,13 @@ impl<W: Worker> Daemon<W> {
     ) -> Result<u8, StartError> {
         // Signals are ours from the first moment: blocked here, read later.
         let inbox = Inbox::open().map_err(StartError::Signals)?;
-        let _ = nix::sys::resource::setrlimit(
-            nix::sys::resource::Resource::RLIMIT_NOFILE,
-            nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-                .map(|(_, hard)| hard)
-                .unwrap_or(4096),
-            nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-                .map(|(_, hard)| hard)
-                .unwrap_or(4096),
-        );
+        // issue 13: the parent's descriptor limit, as `daemon.rlimit_nofile`
+        // says ("hard" by default: the soft limit raised to the hard one);
+        // workers inherit it unless `workers.rlimit_nofile` is set.
+        crate::limits::apply_parent(&config.daemon).map_err(|(limit, e)| StartError::Nofile {
+            limit,
+            source: e.into(),
+        })?;
         let pid_lock = match pidfile::acquire(&config.daemon.pidfile)? {
             Acquired::Locked(p) => p,
             Acquired::Held(Holder::Pid(pid)) => return Err(StartError::Running(pid)),

@@ -110,6 +110,7 @@ pub mod exit;
 pub mod generate;
 mod guard;
 pub mod hooks;
+pub mod limits;
 pub mod logging;
 mod message;
 pub mod notify;

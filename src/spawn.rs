@@ -205,6 +205,7 @@ impl CommandSpawner {
             parent: cx.parent.as_raw(),
             pdeathsig: cx.config.workers.stop_signal as i32,
             ids: crate::privileges::command_ids(),
+            limits: crate::limits::for_workers(&cx.config.workers),
         };
         let pid = match sys::exec::spawn(&image, &fds, &setup).map_err(|e| cannot_execute(program, e))? {
             sys::exec::Spawn::Started(pid) => pid,
@@ -263,6 +264,7 @@ impl Spawner for CommandSpawner {
             cx.config.workers.stop_signal as i32,
             crate::privileges::command_ids(),
             Some((notify_w.as_raw_fd(), NOTIFY_FD)),
+            crate::limits::for_workers(&cx.config.workers),
         );
         let mut child = cmd.spawn().map_err(|e| cannot_execute(&program, e))?;
         drop(notify_w);

@@ -54,6 +54,14 @@ pub enum StartError {
     /// The parent's signals could not be blocked and read from a signalfd.
     #[error("cannot set up signal handling: {0}")]
     Signals(nix::Error),
+    /// `daemon.rlimit_nofile` could not be set.
+    #[error("cannot set the daemon's descriptor limit (daemon.rlimit_nofile) to {limit}: {source}")]
+    Nofile {
+        /// The limit asked for.
+        limit: crate::limits::Rlimit,
+        /// Why.
+        source: io::Error,
+    },
     /// The daemon already runs: not a failure (exit 0, on stdout).
     #[error("already running (pid {0})")]
     Running(i32),
@@ -142,6 +150,7 @@ impl StartError {
             // A directory to enter, not to create: a missing one is 66.
             StartError::Workdir { source, .. } => exit::from_io(source),
             StartError::Signals(_) => exit::OSERR,
+            StartError::Nofile { source, .. } => exit::from_io(source),
             StartError::Running(_) => exit::OK,
             StartError::Held { .. } => exit::TEMPFAIL,
             StartError::Pidfile(e) => e.exit_code(),

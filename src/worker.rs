@@ -233,6 +233,16 @@ fn child_life<W: Worker>(s: ChildSetup<'_, W>) -> i32 {
     for fd in s.close {
         let _ = nix::unistd::close(*fd);
     }
+    // issue 13: nice, OOM score and resource limits before the privilege
+    // drop below: a lower nice value, a lower OOM score and a hard limit
+    // above the parent's all need the privileges the worker still has here.
+    if let Err((step, errno)) = crate::limits::for_workers(&s.config.workers).apply() {
+        let e = crate::limits::failure(step, errno);
+        error!("{e}");
+        let line = WorkerMsg::Failed(e).encode(nix::unistd::getpid());
+        let _ = nix::unistd::write(s.to_parent, line.as_bytes());
+        return exit::WORKER_SETUP_FAILED;
+    }
     // issue 9: the parent keeps its privileges; a worker gives them up for
     // good before it runs any worker code, and before PR_SET_PDEATHSIG
     // below (a credential change clears it).

@@ -27,6 +27,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use toml::de::{DeTable, ValueDeserializer};
 
+use crate::limits::{ParentNofile, Rlimit};
 use crate::logging::Level;
 use origin::Origin;
 pub use problem::{ConfigError, ConfigErrorKind, Problem};
@@ -119,6 +120,8 @@ pub struct DaemonConfig {
     pub control_socket: PathBuf,
     /// systemd watchdog interval written to generated unit files.
     pub watchdog: Option<Duration>,
+    /// The parent's own descriptor limit (see [`crate::limits`]).
+    pub rlimit_nofile: ParentNofile,
 }
 
 /// The `[workers]` table, validated.
@@ -185,6 +188,18 @@ pub struct WorkersConfig {
     /// External commands: the signal sent to each on `reopen-logs`
     /// (`None`: none; their output is captured by the parent anyway).
     pub reopen_signal: Option<Signal>,
+    /// Nice value set in each worker (`None`: the parent's).
+    pub nice: Option<i32>,
+    /// `RLIMIT_NOFILE` of each worker (`None`: the parent's).
+    pub rlimit_nofile: Option<Rlimit>,
+    /// `RLIMIT_CORE` of each worker (`None`: the parent's).
+    pub rlimit_core: Option<Rlimit>,
+    /// `RLIMIT_AS` of each worker (`None`: the parent's).
+    pub rlimit_as: Option<Rlimit>,
+    /// `RLIMIT_NPROC` of each worker (`None`: the parent's).
+    pub rlimit_nproc: Option<Rlimit>,
+    /// `/proc/PID/oom_score_adj` of each worker (`None`: the parent's).
+    pub oom_score_adj: Option<i32>,
 }
 
 /// The whole configuration, validated, plus the raw `[app]` table.
@@ -235,6 +250,7 @@ impl Config {
                 umask: 0o022,
                 workdir: PathBuf::from("/"),
                 watchdog: None,
+                rlimit_nofile: ParentNofile::Hard,
             },
             workers: WorkersConfig {
                 count: 4,
@@ -266,6 +282,12 @@ impl Config {
                 ready_timeout: Duration::from_secs(30),
                 init_timeout: Duration::from_secs(60),
                 reopen_signal: None,
+                nice: None,
+                rlimit_nofile: None,
+                rlimit_core: None,
+                rlimit_as: None,
+                rlimit_nproc: None,
+                oom_score_adj: None,
             },
             app: toml::Table::new(),
             origin: None,
@@ -516,6 +538,7 @@ impl Config {
         if let Some(wd) = d.watchdog {
             out.push_str(&format!("watchdog = {}\n", dur(wd)));
         }
+        out.push_str(&format!("rlimit_nofile = {}\n", d.rlimit_nofile.toml()));
         out.push_str("\n[workers]\n");
         out.push_str(&format!("count = {}\n", w.count));
         let restart = match w.restart {
@@ -577,6 +600,22 @@ impl Config {
             "reopen_signal = {}\n",
             q(w.reopen_signal.map_or("none", |s| s.as_str()))
         ));
+        // Limits: only those set (unset ones are the parent's).
+        for (k, v) in [("nice", w.nice), ("oom_score_adj", w.oom_score_adj)] {
+            if let Some(v) = v {
+                out.push_str(&format!("{k} = {v}\n"));
+            }
+        }
+        for (k, v) in [
+            ("rlimit_nofile", w.rlimit_nofile),
+            ("rlimit_core", w.rlimit_core),
+            ("rlimit_as", w.rlimit_as),
+            ("rlimit_nproc", w.rlimit_nproc),
+        ] {
+            if let Some(v) = v {
+                out.push_str(&format!("{k} = {}\n", v.toml()));
+            }
+        }
         if !self.app.is_empty() {
             let mut t = toml::Table::new();
             t.insert("app".into(), toml::Value::Table(self.app.clone()));
@@ -845,7 +884,9 @@ mod tests {
     fn to_toml_prints_every_known_key() {
         let c = parse(
             "[daemon]\nuser = \"root\"\ngroup = \"root\"\nwatchdog = \"30s\"\n\
-             [workers]\ncommand = [\"sleep\", \"1\"]\nreopen_signal = \"USR1\"\n[app]\nx = 1\n",
+             [workers]\ncommand = [\"sleep\", \"1\"]\nreopen_signal = \"USR1\"\nnice = 3\n\
+             oom_score_adj = 100\nrlimit_nofile = 4096\nrlimit_core = \"unlimited\"\n\
+             rlimit_as = \"1GiB\"\nrlimit_nproc = \"100:200\"\n[app]\nx = 1\n",
         )
         .unwrap();
         let text = c.to_toml();

@@ -24,6 +24,7 @@ use super::{
     log_target, parse_signal, parse_size, socket_beside, Config, Mode, Problem, MAX_DURATION,
     MAX_DURATION_DAYS, MAX_WORKERS,
 };
+use crate::limits::{ParentNofile, Rlimit, NICE_RANGE, OOM_SCORE_ADJ_RANGE};
 use crate::logging::Level;
 
 /// The tables of the file; `[app]` belongs to the daemon's own settings
@@ -184,6 +185,42 @@ impl<'a, 'i> Validator<'a, 'i> {
                     key,
                     format!("unknown signal {s:?} (expected a name like \"TERM\" or \"SIGINT\")"),
                 );
+                None
+            }
+        }
+    }
+
+    /// An integer within `range` (issue 13: nice, oom_score_adj).
+    fn ranged(&mut self, key: &'static str, (lo, hi): (i64, i64)) -> Option<i32> {
+        match self.get::<i64>(key)? {
+            n if n < lo || n > hi => {
+                self.problem(key, format!("{n} is out of range (expected {lo} to {hi})"));
+                None
+            }
+            n => Some(n as i32),
+        }
+    }
+
+    /// A resource limit (see [`crate::limits`]): a number, or a string
+    /// (`"unlimited"`, `"SOFT:HARD"`, with `sizes` also `"512MiB"`).
+    fn rlimit(&mut self, key: &'static str, sizes: bool) -> Option<Rlimit> {
+        let v = self.value(key)?;
+        let parsed = match v.get_ref() {
+            DeValue::Integer(_) => match int(&v) {
+                Some(n) => Rlimit::from_int(n),
+                None => Err("is too large".to_string()),
+            },
+            DeValue::String(s) => Rlimit::parse(s, sizes),
+            other => Err(format!(
+                "expected a number or a string like \"unlimited\", found {} {}",
+                article(other.type_str()),
+                other.type_str()
+            )),
+        };
+        match parsed {
+            Ok(r) => Some(r),
+            Err(msg) => {
+                self.problem(key, msg);
                 None
             }
         }
@@ -375,6 +412,28 @@ pub(super) fn build(v: &mut Validator<'_, '_>, name: &str, base: &Path) -> Confi
     }
     let wd = v.duration("daemon.watchdog", Duration::ZERO);
     c.daemon.watchdog = (!wd.is_zero()).then_some(wd);
+    match v.value("daemon.rlimit_nofile") {
+        Some(n)
+            if n.get_ref()
+                .as_str()
+                .is_some_and(|s| s.eq_ignore_ascii_case("hard")) =>
+        {
+            c.daemon.rlimit_nofile = ParentNofile::Hard;
+        }
+        Some(n)
+            if n.get_ref()
+                .as_str()
+                .is_some_and(|s| s.eq_ignore_ascii_case("keep")) =>
+        {
+            c.daemon.rlimit_nofile = ParentNofile::Keep;
+        }
+        Some(_) => {
+            if let Some(r) = v.rlimit("daemon.rlimit_nofile", false) {
+                c.daemon.rlimit_nofile = ParentNofile::Set(r);
+            }
+        }
+        None => {}
+    }
 
     // [workers]
     let d = c.workers.clone();
@@ -491,6 +550,13 @@ pub(super) fn build(v: &mut Validator<'_, '_>, name: &str, base: &Path) -> Confi
         }
         None => {}
     }
+    // issue 13: set in each worker before any worker code runs.
+    x.nice = v.ranged("workers.nice", NICE_RANGE);
+    x.oom_score_adj = v.ranged("workers.oom_score_adj", OOM_SCORE_ADJ_RANGE);
+    x.rlimit_nofile = v.rlimit("workers.rlimit_nofile", false);
+    x.rlimit_core = v.rlimit("workers.rlimit_core", true);
+    x.rlimit_as = v.rlimit("workers.rlimit_as", true);
+    x.rlimit_nproc = v.rlimit("workers.rlimit_nproc", false);
 
     // Across keys.
     if x.mode == Mode::Dynamic {

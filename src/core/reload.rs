@@ -63,6 +63,12 @@ pub(crate) fn plan(old: &Config, new: &Config) -> Plan {
         ready_timeout,
         init_timeout,
         reopen_signal,
+        nice,
+        rlimit_nofile,
+        rlimit_core,
+        rlimit_as,
+        rlimit_nproc,
+        oom_score_adj,
     } = &old.workers;
     let n = &new.workers;
     macro_rules! cmp {
@@ -81,7 +87,14 @@ pub(crate) fn plan(old: &Config, new: &Config) -> Plan {
         idle_delay,
         title_interval,
         max_jobs,
-        command
+        command,
+        // issue 13: set in each worker as it starts.
+        nice,
+        rlimit_nofile,
+        rlimit_core,
+        rlimit_as,
+        rlimit_nproc,
+        oom_score_adj
     );
     // Enforced by the parent.
     cmp!(
@@ -128,6 +141,7 @@ pub(crate) fn plan(old: &Config, new: &Config) -> Plan {
         workdir,
         control_socket,
         watchdog,
+        rlimit_nofile: parent_nofile,
     } = &old.daemon;
     let d = &new.daemon;
     macro_rules! dcmp {
@@ -151,6 +165,10 @@ pub(crate) fn plan(old: &Config, new: &Config) -> Plan {
         control_socket,
         watchdog
     );
+    // Set once, when the daemon starts.
+    if *parent_nofile != d.rlimit_nofile {
+        p.restart.push("daemon.rlimit_nofile");
+    }
     p
 }
 
@@ -180,6 +198,15 @@ mod tests {
         assert_eq!(p.replace, ["workers.stop_timeout", "app"]);
         assert_eq!(p.restart, ["daemon.user"]);
         assert!(p.replaces_workers());
+
+        // issue 13: limits are set as a worker starts.
+        let mut new = old.clone();
+        new.workers.nice = Some(5);
+        new.workers.rlimit_core = Some(crate::limits::Rlimit { soft: 0, hard: 0 });
+        new.daemon.rlimit_nofile = crate::limits::ParentNofile::Keep;
+        let p = plan(&old, &new);
+        assert_eq!(p.replace, ["workers.nice", "workers.rlimit_core"]);
+        assert_eq!(p.restart, ["daemon.rlimit_nofile"]);
 
         let mut new = old.clone();
         new.workers.mode = crate::config::Mode::Dynamic;

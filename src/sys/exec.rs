@@ -190,6 +190,8 @@ pub struct Setup {
     pub pdeathsig: i32,
     /// `(uid, gid)` to switch to for good.
     pub ids: Option<(u32, u32)>,
+    /// Nice value, OOM score and resource limits, set before the switch.
+    pub limits: super::limits::Prepared,
 }
 
 /// What [`spawn`] did.
@@ -204,6 +206,8 @@ pub enum Spawn {
 const STAGE_UNSHARE: u32 = 1;
 const STAGE_SETUP: u32 = 2;
 const STAGE_EXEC: u32 = 3;
+/// `STAGE_LIMITS + step.index()`: which of the limits failed.
+const STAGE_LIMITS: u32 = 16;
 
 /// A failure report: the stage and the errno, 8 bytes (one atomic write).
 fn decode(report: &[u8]) -> Option<(u32, i32)> {
@@ -302,6 +306,12 @@ pub fn spawn(image: &Image, fds: &ChildFds<'_>, setup: &Setup) -> io::Result<Spa
             REFUSED.store(true, Ordering::Relaxed);
             Ok(Spawn::Unsupported)
         }
+        Some((stage, errno)) if stage >= STAGE_LIMITS => {
+            let step = super::limits::Step::from_index(stage - STAGE_LIMITS);
+            let key = step.map_or("a limit", super::limits::Step::key);
+            let e = io::Error::from_raw_os_error(errno);
+            Err(io::Error::new(e.kind(), format!("cannot apply {key}: {e}")))
+        }
         Some((_, errno)) => Err(io::Error::from_raw_os_error(errno)),
         None => Err(io::Error::other(format!("garbled exec report ({n} bytes)"))),
     }
@@ -399,6 +409,12 @@ unsafe fn child(image: &Image, fds: &[RawFd; SLOTS], setup: &Setup) -> ! {
             || libc::signal(libc::SIGPIPE, libc::SIG_DFL) == libc::SIG_ERR
         {
             fail(report, STAGE_SETUP);
+        }
+        // issue 13: before the switch below, while privileged (see
+        // `Prepared::apply`).
+        if let Err((step, errno)) = setup.limits.apply() {
+            *libc::__errno_location() = errno;
+            fail(report, STAGE_LIMITS + step.index());
         }
         if let Some((uid, gid)) = setup.ids {
             if libc::geteuid() != uid || libc::getegid() != gid {

@@ -7,6 +7,7 @@
 #![allow(unsafe_code)]
 
 pub mod exec;
+pub mod limits;
 pub mod proctitle;
 
 use std::sync::atomic::AtomicU64;
@@ -222,6 +223,8 @@ unsafe fn cloexec_listed(first: libc::c_uint) -> std::io::Result<()> {
 /// - unblocks every signal (the parent blocks the ones it reads from its
 ///   signalfd, a mask that `Command` passes on to the program otherwise: its
 ///   stop signal and parent-death signal would stay pending for ever);
+/// - sets `limits` (nice, OOM score, resource limits: [`limits::Prepared`],
+///   plain integers, applied without allocating) while still privileged;
 /// - switches for good to `ids = (uid, gid)` when given: supplementary groups
 ///   (just `gid`), gid, uid, and checks that root cannot be regained (done
 ///   here rather than with `Command::uid`/`gid`, which would leave no
@@ -242,6 +245,7 @@ pub fn child_setup(
     pdeathsig: i32,
     ids: Option<(u32, u32)>,
     inherit: Option<(std::os::fd::RawFd, std::os::fd::RawFd)>,
+    limits: limits::Prepared,
 ) {
     use std::os::unix::process::CommandExt;
     let hook = move || {
@@ -258,6 +262,10 @@ pub fn child_setup(
                 || libc::sigprocmask(libc::SIG_SETMASK, none.as_ptr(), std::ptr::null_mut()) != 0
             {
                 return Err(std::io::Error::last_os_error());
+            }
+            // issue 13: before the switch below, while privileged.
+            if let Err((_, errno)) = limits.apply() {
+                return Err(std::io::Error::from_raw_os_error(errno));
             }
             if let Some((uid, gid)) = ids {
                 if libc::geteuid() != uid || libc::getegid() != gid {
