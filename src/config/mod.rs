@@ -988,6 +988,77 @@ mod tests {
     }
 
     #[test]
+    fn limits_are_checked_and_located() {
+        let c = parse(
+            "[daemon]\nrlimit_nofile = \"keep\"\n[workers]\nnice = -5\noom_score_adj = 500\n\
+             rlimit_nofile = \"1024:4096\"\nrlimit_core = \"unlimited\"\nrlimit_as = \"2GiB\"\n\
+             rlimit_nproc = 100\n",
+        )
+        .unwrap();
+        let w = &c.workers;
+        assert_eq!((w.nice, w.oom_score_adj), (Some(-5), Some(500)));
+        assert_eq!(
+            w.rlimit_nofile,
+            Some(Rlimit {
+                soft: 1024,
+                hard: 4096
+            })
+        );
+        assert_eq!(w.rlimit_core.map(|r| r.hard), Some(crate::limits::UNLIMITED));
+        assert_eq!(w.rlimit_as.map(|r| r.soft), Some(2 << 30));
+        assert_eq!(w.rlimit_nproc.map(|r| r.soft), Some(100));
+        assert_eq!(c.daemon.rlimit_nofile, ParentNofile::Keep);
+        assert_eq!(parse("").unwrap().daemon.rlimit_nofile, ParentNofile::Hard);
+        assert_eq!(
+            parse("[daemon]\nrlimit_nofile = 8192\n")
+                .unwrap()
+                .daemon
+                .rlimit_nofile,
+            ParentNofile::Set(Rlimit {
+                soft: 8192,
+                hard: 8192
+            })
+        );
+        // And they survive check-config's printing.
+        let again = parse(&c.to_toml()).unwrap();
+        assert_eq!((again.workers, again.daemon), (c.workers, c.daemon));
+
+        let e = parse(
+            "[daemon]\nrlimit_nofile = \"soft\"\n[workers]\nnice = 20\noom_score_adj = -1001\n\
+             rlimit_nofile = \"512MiB\"\nrlimit_core = \"lots\"\nrlimit_as = -1\nrlimit_nproc = \"10:5\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.exit_code(), crate::exit::CONFIG);
+        let l = lines(&e);
+        assert_eq!(l.len(), 7, "{e}");
+        assert!(
+            l[0].starts_with("/etc/demo.toml:2:1: daemon.rlimit_nofile: invalid limit \"soft\""),
+            "{e}"
+        );
+        assert_eq!(
+            l[1],
+            "/etc/demo.toml:4:1: workers.nice: 20 is out of range (expected -20 to 19)"
+        );
+        assert_eq!(
+            l[2],
+            "/etc/demo.toml:5:1: workers.oom_score_adj: -1001 is out of range (expected -1000 to 1000)"
+        );
+        assert!(
+            l[3].starts_with("/etc/demo.toml:6:1: workers.rlimit_nofile: invalid limit"),
+            "{e}"
+        );
+        assert!(
+            l[4].starts_with("/etc/demo.toml:7:1: workers.rlimit_core: invalid limit"),
+            "{e}"
+        );
+        assert_eq!(l[5], "/etc/demo.toml:8:1: workers.rlimit_as: -1 is negative");
+        assert!(
+            l[6].contains("workers.rlimit_nproc: the soft limit (10) is above the hard limit (5)"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn a_control_socket_path_must_fit_in_sun_path() {
         let long = format!("/tmp/{}", "d".repeat(100));
         let ok = format!("/tmp/{}", "d".repeat(MAX_SOCKET_PATH - 5));

@@ -312,6 +312,9 @@ watchdog = "30s"
 [workers]
 count = 4
 stop_timeout = "10s"
+nice = 5
+rlimit_nofile = 65536
+rlimit_core = 0
 "#;
 
     pub(super) fn demo_config() -> Config {

@@ -7,6 +7,17 @@
 //! margin). systemd creates the daemon's directories in `/run` and
 //! `/var/log` (`RuntimeDirectory=`, `LogsDirectory=`) when the paths allow it.
 //!
+//! The workers' `nice`, `oom_score_adj` and `rlimit_*` keys become `Nice=`,
+//! `OOMScoreAdjust=` and `LimitNOFILE=`, `LimitCORE=`, `LimitAS=`,
+//! `LimitNPROC=` (`LimitNOFILE=` from `daemon.rlimit_nofile` when only that
+//! is a number). The unit runs the *parent*, so these lines set what the
+//! parent starts with; rookery still sets the configured values in each
+//! worker itself, so that they hold the same under the init script and in
+//! the foreground, and change on `reload` (which systemd does not see). What
+//! the lines add: the parent (hooks, anything it runs) gets the same
+//! limits, `systemctl show` tells the truth, and a daemon that does not run
+//! as root gets the hard limits it may not raise itself.
+//!
 //! There is no `User=` or `Group=` line, even with `daemon.user` set: the
 //! parent must start as root and keep it, and switches only its workers to
 //! that user (see `privileges`). A unit that ran the whole service as the
@@ -40,6 +51,7 @@ pub(super) fn render(cfg: &Config, inv: &Invocation) -> String {
         .watchdog
         .map(|w| format!("WatchdogSec={}\n", timespan(w)))
         .unwrap_or_default();
+    let limits = limit_lines(cfg);
     let stop = cfg.workers.stop_timeout + STOP_MARGIN;
     let stop_secs = stop.as_secs() + u64::from(stop.subsec_nanos() > 0);
     fill(
@@ -52,8 +64,37 @@ pub(super) fn render(cfg: &Config, inv: &Invocation) -> String {
             ("timeout_stop", &stop_secs.to_string()),
             ("account", &account),
             ("watchdog", &watchdog),
+            ("limits", &limits),
         ],
     )
+}
+
+/// The `Limit*=`, `Nice=` and `OOMScoreAdjust=` lines for the keys set.
+fn limit_lines(cfg: &Config) -> String {
+    use crate::limits::ParentNofile;
+    let w = &cfg.workers;
+    let nofile = w.rlimit_nofile.or(match cfg.daemon.rlimit_nofile {
+        ParentNofile::Set(r) => Some(r),
+        ParentNofile::Hard | ParentNofile::Keep => None,
+    });
+    let mut out = String::new();
+    for (key, v) in [
+        ("LimitNOFILE", nofile),
+        ("LimitCORE", w.rlimit_core),
+        ("LimitAS", w.rlimit_as),
+        ("LimitNPROC", w.rlimit_nproc),
+    ] {
+        if let Some(v) = v {
+            out.push_str(&format!("{key}={}\n", v.systemd()));
+        }
+    }
+    if let Some(n) = w.nice {
+        out.push_str(&format!("Nice={n}\n"));
+    }
+    if let Some(n) = w.oom_score_adj {
+        out.push_str(&format!("OOMScoreAdjust={n}\n"));
+    }
+    out
 }
 
 /// Whether the daemon's directories are `/run/NAME` and `/var/log/NAME`,
@@ -166,6 +207,47 @@ mod tests {
             include_str!("../../tests/golden/demodaemon.service"),
             &text,
         );
+    }
+
+    #[test]
+    fn limits_become_unit_lines_only_when_set() {
+        let text = render(
+            &Config::parse("d", "", Path::new("/etc/d.toml")).unwrap(),
+            &demo_invocation(),
+        );
+        for k in [
+            "LimitNOFILE=",
+            "LimitCORE=",
+            "LimitAS=",
+            "LimitNPROC=",
+            "Nice=",
+            "OOMScoreAdjust=",
+        ] {
+            assert!(!text.contains(k), "{k} without its key:\n{text}");
+        }
+        let toml = "[workers]\nrlimit_nofile = \"1024:65536\"\nrlimit_core = \"unlimited\"\n\
+                    rlimit_as = \"1GiB\"\nrlimit_nproc = 512\nnice = -3\noom_score_adj = 250\n";
+        let text = render(
+            &Config::parse("d", toml, Path::new("/etc/d.toml")).unwrap(),
+            &demo_invocation(),
+        );
+        for line in [
+            "\nLimitNOFILE=1024:65536\n",
+            "\nLimitCORE=infinity\n",
+            "\nLimitAS=1073741824\n",
+            "\nLimitNPROC=512\n",
+            "\nNice=-3\n",
+            "\nOOMScoreAdjust=250\n",
+        ] {
+            assert!(text.contains(line), "no {line:?} in:\n{text}");
+        }
+        // The parent's own number, when the workers have none.
+        let toml = "[daemon]\nrlimit_nofile = 4096\n";
+        let text = render(
+            &Config::parse("d", toml, Path::new("/etc/d.toml")).unwrap(),
+            &demo_invocation(),
+        );
+        assert!(text.contains("\nLimitNOFILE=4096\n"), "{text}");
     }
 
     #[test]
