@@ -156,6 +156,8 @@ pub struct Stat {
     pub utime: u64,
     /// Field 15: system CPU time, clock ticks.
     pub stime: u64,
+    /// Field 19: the nice value, -20 to 19.
+    pub nice: i64,
     /// Field 20.
     pub num_threads: u64,
     /// Field 22: when the process started, in clock ticks after boot (see
@@ -181,6 +183,7 @@ impl Stat {
             session: pid(6)?,
             utime: f.num(14)?,
             stime: f.num(15)?,
+            nice: f.num(19)?,
             num_threads: f.num(20)?,
             starttime: f.num(22)?,
             rss_pages: f.num(24)?,

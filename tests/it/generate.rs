@@ -195,6 +195,25 @@ fn systemd_unit_verifies() {
     );
     let unit = dir.file("plain.service", &render(Kind::Systemd, &plain, &inv), 0o644);
     verify_unit(&unit);
+
+    // issue 13: every limit line systemd accepts as written.
+    let limits = config(
+        "demodaemon",
+        "[workers]\nrlimit_nofile = \"1024:65536\"\nrlimit_core = \"unlimited\"\n\
+         rlimit_as = \"4GiB\"\nrlimit_nproc = 512\nnice = -3\noom_score_adj = -500\n",
+    );
+    let text = render(Kind::Systemd, &limits, &inv);
+    for line in [
+        "LimitNOFILE=1024:65536",
+        "LimitCORE=infinity",
+        "LimitNPROC=512",
+        "Nice=-3",
+        "OOMScoreAdjust=-500",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no {line} in:\n{text}");
+    }
+    let unit = dir.file("limits.service", &text, 0o644);
+    verify_unit(&unit);
 }
 
 #[test]

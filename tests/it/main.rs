@@ -9,6 +9,7 @@ mod generate;
 mod guard;
 mod health;
 mod lifecycle;
+mod limits;
 mod never_stalls;
 mod operations;
 mod privileges;
