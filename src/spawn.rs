@@ -156,25 +156,38 @@ fn rookery_vars(cx: &SpawnContext<'_>) -> Vec<(&'static str, String)> {
 /// The parent's systemd variables, which are the parent's alone.
 const UNSET: [&str; 3] = ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"];
 
-/// A command's environment: `base` (the parent's), plus `vars`, less
-/// [`UNSET`], plus `login` (the workers' account's HOME, USER, LOGNAME and
-/// SHELL), sorted by name: what `Command` would give it.
+/// A command's environment, sorted by name, each source over the ones
+/// before it: `base` (the parent's) less [`UNSET`]; `login` (the workers'
+/// account's HOME, USER, LOGNAME and SHELL); `extra` (the configured
+/// `env_file` and `env`, see [`crate::config::WorkersConfig::extra_env`]);
+/// rookery's own `vars`.
 fn command_env(
     base: impl Iterator<Item = (OsString, OsString)>,
     vars: &[(&'static str, String)],
     login: &[(&'static str, OsString)],
+    extra: &BTreeMap<&str, &str>,
 ) -> BTreeMap<OsString, OsString> {
     let mut env: BTreeMap<OsString, OsString> = base.collect();
-    for (k, v) in vars {
-        env.insert(k.into(), v.into());
-    }
     for k in UNSET {
         env.remove(OsStr::new(k));
     }
     for (k, v) in login {
         env.insert(k.into(), v.clone());
     }
+    for (k, v) in extra {
+        env.insert(k.into(), v.into());
+    }
+    for (k, v) in vars {
+        env.insert(k.into(), v.into());
+    }
     env
+}
+
+/// [`command_env`] for the worker `cx` is about to start.
+fn env_for(cx: &SpawnContext<'_>) -> BTreeMap<OsString, OsString> {
+    let login = crate::privileges::workers().map_or(&[][..], |w| &w.env[..]);
+    let extra = cx.config.workers.extra_env();
+    command_env(std::env::vars_os(), &rookery_vars(cx), login, &extra)
 }
 
 fn cannot_execute(program: &Path, e: io::Error) -> io::Error {
@@ -185,8 +198,7 @@ impl CommandSpawner {
     /// Starts the command with [`sys::exec::spawn`] (a cost independent of
     /// how many descriptors the parent holds); `None` if this kernel cannot.
     fn spawn_cloned(cx: &SpawnContext<'_>, program: &Path, argv: &[String]) -> io::Result<Option<Spawned>> {
-        let login = crate::privileges::workers().map_or(&[][..], |w| &w.env[..]);
-        let env = command_env(std::env::vars_os(), &rookery_vars(cx), login);
+        let env = env_for(cx);
         let image = sys::exec::Image::new(
             program.as_os_str(),
             argv.iter().map(OsStr::new),
@@ -245,19 +257,16 @@ impl Spawner for CommandSpawner {
         let mut cmd = Command::new(&program);
         cmd.arg0(&argv[0])
             .args(&argv[1..])
-            .envs(rookery_vars(cx))
+            // The whole environment, as spawn_cloned gives it: the workers'
+            // account's login variables, env_file, env, ROOKERY_*.
+            .env_clear()
+            .envs(env_for(cx))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
-        for k in UNSET {
-            cmd.env_remove(k);
-        }
         // issue 9: the command runs as the workers' account (switched in
         // child_setup), with that user's HOME, USER, LOGNAME and SHELL.
-        if let Some(w) = crate::privileges::workers() {
-            cmd.envs(w.env.iter().map(|(k, v)| (k, v)));
-        }
         sys::child_setup(
             &mut cmd,
             cx.parent.as_raw(),
@@ -345,7 +354,9 @@ mod tests {
             ("ROOKERY_NOTIFY_FD", "3".to_string()),
         ];
         let login = [("HOME", os("/nonexistent")), ("USER", os("nobody"))];
-        let env = command_env(base.into_iter(), &vars, &login);
+        // Configured: over the parent's and the login's, under rookery's.
+        let extra = BTreeMap::from([("PATH", "/opt/bin"), ("USER", "app"), ("LANG", "C.UTF-8")]);
+        let env = command_env(base.into_iter(), &vars, &login, &extra);
         let got: Vec<(&str, &str)> = env
             .iter()
             .map(|(k, v)| (k.to_str().unwrap(), v.to_str().unwrap()))
@@ -354,10 +365,11 @@ mod tests {
             got,
             [
                 ("HOME", "/nonexistent"),
-                ("PATH", "/bin"),
+                ("LANG", "C.UTF-8"),
+                ("PATH", "/opt/bin"),
                 ("ROOKERY_NOTIFY_FD", "3"),
                 ("ROOKERY_WORKER_SLOT", "2"),
-                ("USER", "nobody"),
+                ("USER", "app"),
             ]
         );
     }

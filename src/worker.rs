@@ -252,6 +252,14 @@ fn child_life<W: Worker>(s: ChildSetup<'_, W>) -> i32 {
         let _ = nix::unistd::write(s.to_parent, line.as_bytes());
         return exit::WORKER_SETUP_FAILED;
     }
+    // issue 13: the configured env_file and env, over the parent's (and the
+    // login) variables. Sound: this process was just forked from the
+    // single-threaded parent and has started no thread, so nothing reads
+    // the environment while it changes (set_var is `unsafe` from edition
+    // 2024 for that reason; this crate is edition 2021).
+    for (k, v) in s.config.workers.extra_env() {
+        std::env::set_var(k, v);
+    }
     // The parent's handlers and mask are not ours.
     if signals::unblock_all().is_err() {
         return exit::WORKER_SETUP_FAILED;

@@ -13,11 +13,14 @@
 //! Without a file, [`Config::defaults`] gives a configuration that runs
 //! as-is, so `mydaemon --no-daemon` works on a fresh machine.
 
+mod dotenv;
+mod expand;
 mod origin;
 mod problem;
 mod source;
 mod validate;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +32,7 @@ use toml::de::{DeTable, ValueDeserializer};
 
 use crate::limits::{ParentNofile, Rlimit};
 use crate::logging::Level;
+pub use dotenv::EnvFile;
 use origin::Origin;
 pub use problem::{ConfigError, ConfigErrorKind, Problem};
 pub use source::MAX_CONFIG_BYTES;
@@ -200,6 +204,25 @@ pub struct WorkersConfig {
     pub rlimit_nproc: Option<Rlimit>,
     /// `/proc/PID/oom_score_adj` of each worker (`None`: the parent's).
     pub oom_score_adj: Option<i32>,
+    /// `env`: variables set in every worker, over those of `env_file`.
+    pub env: BTreeMap<String, String>,
+    /// `env_file`, with the variables read from it when the config was
+    /// loaded (so a reload sees a change of its contents).
+    pub env_file: Option<EnvFile>,
+}
+
+impl WorkersConfig {
+    /// The variables every worker gets on top of the parent's environment:
+    /// `env_file`'s, then `env`'s, which win. (rookery's own `ROOKERY_*`
+    /// variables win over both: no key here may have that prefix.)
+    pub fn extra_env(&self) -> BTreeMap<&str, &str> {
+        let mut env = BTreeMap::new();
+        if let Some(f) = &self.env_file {
+            env.extend(f.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        }
+        env.extend(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        env
+    }
 }
 
 /// The whole configuration, validated, plus the raw `[app]` table.
@@ -288,6 +311,8 @@ impl Config {
                 rlimit_as: None,
                 rlimit_nproc: None,
                 oom_score_adj: None,
+                env: BTreeMap::new(),
+                env_file: None,
             },
             app: toml::Table::new(),
             origin: None,
@@ -336,9 +361,14 @@ impl Config {
             let table: toml::Table = toml::from_str(&text).unwrap_or_else(|_| daemon_lines(&text));
             let base = abs.parent().map_or_else(|| PathBuf::from("/"), Path::to_path_buf);
             let daemon = table.get("daemon").and_then(toml::Value::as_table);
-            let key = |k: &str| daemon.and_then(|d| d.get(k)).and_then(toml::Value::as_str);
+            // `${VAR}` as a load expands it; a value that does not expand
+            // is left out (the default applies).
+            let key = |k: &str| {
+                let v = daemon.and_then(|d| d.get(k)).and_then(toml::Value::as_str)?;
+                expand::expand(v, &expand::process_env).ok()
+            };
             if let Some(n) = key("name").filter(|n| validate::check_name(n).is_ok()) {
-                c = Config::defaults(n);
+                c = Config::defaults(&n);
             }
             if let Some(p) = key("pidfile") {
                 c.daemon.pidfile = base.join(p);
@@ -368,16 +398,18 @@ impl Config {
         overrides: &Overrides,
         check: &dyn Fn(&Config) -> Vec<Problem>,
     ) -> Result<Config, ConfigError> {
-        let root = DeTable::parse(text)
+        let mut root = DeTable::parse(text)
             .map_err(|e| ConfigError::from(Origin::unparsed(path, text).toml_problem(&e)))?;
         let origin = Origin::new(path, text, root.get_ref());
         let base = path
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("/"));
+        // `${VAR}` first: every check sees the values in effect.
+        let mut problems = expand::expand_tree(root.get_mut(), &origin, &expand::process_env);
         let mut v = validate::Validator::new(&origin, root.get_ref());
         let mut config = validate::build(&mut v, name, &base);
-        let problems = v.problems;
+        problems.extend(v.problems);
         config.source = Some(path.to_path_buf());
         config.origin = Some(Arc::new(origin));
         config.finish(problems, overrides, check)
@@ -492,7 +524,9 @@ impl Config {
             // The same again from the spanned parse, for the error's place
             // (unless `app` was changed since: then the place is unknown).
             if let Some(o) = &self.origin {
-                if let Ok(root) = DeTable::parse(&o.text) {
+                if let Ok(mut root) = DeTable::parse(&o.text) {
+                    // As the load expanded it (its problems are known).
+                    let _ = expand::expand_tree(root.get_mut(), o, &expand::process_env);
                     let located = match root.get_ref().get("app") {
                         Some(app) => A::deserialize(ValueDeserializer::from(app.clone())).err(),
                         None => None,
@@ -513,7 +547,8 @@ impl Config {
         let d = &self.daemon;
         let w = &self.workers;
         let mut out = String::new();
-        let q = |s: &str| toml::Value::String(s.to_string()).to_string();
+        // `$` printed as `$$`: the output, read back, means the same.
+        let q = |s: &str| toml::Value::String(s.replace('$', "$$")).to_string();
         let dur = |d: Duration| q(&humantime::format_duration(d).to_string());
         out.push_str("[daemon]\n");
         out.push_str(&format!("name = {}\n", q(&d.name)));
@@ -616,13 +651,34 @@ impl Config {
                 out.push_str(&format!("{k} = {}\n", v.toml()));
             }
         }
+        if let Some(f) = &w.env_file {
+            out.push_str(&format!("env_file = {}\n", q(&f.path.display().to_string())));
+        }
+        let env: Vec<String> = w.env.iter().map(|(k, v)| format!("{k} = {}", q(v))).collect();
+        if env.is_empty() {
+            out.push_str("env = {}\n");
+        } else {
+            out.push_str(&format!("env = {{ {} }}\n", env.join(", ")));
+        }
         if !self.app.is_empty() {
+            let mut app = toml::Value::Table(self.app.clone());
+            escape_dollars(&mut app);
             let mut t = toml::Table::new();
-            t.insert("app".into(), toml::Value::Table(self.app.clone()));
+            t.insert("app".into(), app);
             out.push('\n');
             out.push_str(&toml::to_string(&t).unwrap_or_default());
         }
         out
+    }
+}
+
+/// `$` as `$$` in every string of `v`, so that it reads back unexpanded.
+fn escape_dollars(v: &mut toml::Value) {
+    match v {
+        toml::Value::String(s) if s.contains('$') => *s = s.replace('$', "$$"),
+        toml::Value::Array(a) => a.iter_mut().for_each(escape_dollars),
+        toml::Value::Table(t) => t.iter_mut().for_each(|(_, v)| escape_dollars(v)),
+        _ => {}
     }
 }
 
@@ -869,7 +925,12 @@ mod tests {
         let uncommented: String = crate::SAMPLE_CONFIG
             .lines()
             .map(|l| match l.strip_prefix("# ") {
-                Some(kv) if kv.contains(" = ") && !kv.starts_with("user") && !kv.starts_with("group") => {
+                Some(kv)
+                    if kv.contains(" = ")
+                        && !kv.starts_with("user")
+                        && !kv.starts_with("group")
+                        && !kv.starts_with("env_file") =>
+                {
                     format!("{kv}\n")
                 }
                 _ => format!("{l}\n"),
@@ -882,13 +943,17 @@ mod tests {
     /// check-config prints every key (so its output is a full config).
     #[test]
     fn to_toml_prints_every_known_key() {
-        let c = parse(
+        let env_file = std::env::temp_dir().join(format!("rookery-to-toml-{}.env", std::process::id()));
+        std::fs::write(&env_file, "A=1\n").unwrap();
+        let c = parse(&format!(
             "[daemon]\nuser = \"root\"\ngroup = \"root\"\nwatchdog = \"30s\"\n\
              [workers]\ncommand = [\"sleep\", \"1\"]\nreopen_signal = \"USR1\"\nnice = 3\n\
              oom_score_adj = 100\nrlimit_nofile = 4096\nrlimit_core = \"unlimited\"\n\
-             rlimit_as = \"1GiB\"\nrlimit_nproc = \"100:200\"\n[app]\nx = 1\n",
-        )
+             rlimit_as = \"1GiB\"\nrlimit_nproc = \"100:200\"\nenv_file = \"{}\"\n[app]\nx = 1\n",
+            env_file.display()
+        ))
         .unwrap();
+        std::fs::remove_file(&env_file).unwrap();
         let text = c.to_toml();
         let root = DeTable::parse(&text).unwrap().into_inner();
         let printed = Origin::new(Path::new("/x"), "", &root).keys;
@@ -1168,6 +1233,132 @@ mod tests {
         assert_eq!(parse_signal("term"), Some(Signal::SIGTERM));
         assert_eq!(parse_signal("SIGQUIT"), Some(Signal::SIGQUIT));
         assert_eq!(parse_signal("BOGUS"), None);
+    }
+
+    /// A unique temporary directory for a test, removed by the caller.
+    fn temp_dir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("rookery-config-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn env_and_env_file_give_every_worker_variables_env_winning() {
+        let dir = temp_dir("env");
+        std::fs::write(
+            dir.join("app.env"),
+            "# db\nexport DB=postgres://x\nSHARED=from-file\n",
+        )
+        .unwrap();
+        let cfg = dir.join("d.toml");
+        std::fs::write(
+            &cfg,
+            "[workers]\nenv_file = \"app.env\"\nenv = { SHARED = \"from-env\", N = 4, ON = true }\n",
+        )
+        .unwrap();
+        let c = Config::load("demo", Some(&cfg), &Overrides::default()).unwrap();
+        let f = c.workers.env_file.as_ref().unwrap();
+        assert_eq!(f.path, dir.join("app.env"), "relative to the config file");
+        let got: Vec<(&str, &str)> = c.workers.extra_env().into_iter().collect();
+        assert_eq!(
+            got,
+            [
+                ("DB", "postgres://x"),
+                ("N", "4"),
+                ("ON", "true"),
+                ("SHARED", "from-env")
+            ]
+        );
+        // check-config prints both, and reads back the same.
+        let text = c.to_toml();
+        assert!(
+            text.contains("env = { N = \"4\", ON = \"true\", SHARED = \"from-env\" }\n"),
+            "{text}"
+        );
+        let again = Config::parse("demo", &text, &cfg).unwrap();
+        assert_eq!(again.workers, c.workers);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn bad_env_keys_values_and_env_files_are_located() {
+        let dir = temp_dir("env-bad");
+        let env = dir.join("bad.env");
+        std::fs::write(&env, "OK=1\nno equals here\nROOKERY_PARENT_PID=1\n").unwrap();
+        let text = format!(
+            "[workers]\nenv = {{ \"1X\" = \"a\", ROOKERY_WORKER_ID = \"b\", L = [1] }}\nenv_file = \"{}\"\n",
+            env.display()
+        );
+        let e = parse(&text).unwrap_err();
+        let l = lines(&e);
+        assert_eq!(l.len(), 5, "{e}");
+        assert!(
+            l.iter()
+                .any(|p| p
+                    .starts_with("/etc/demo.toml:2:9: workers.env.1X: \"1X\" is not a valid variable name")),
+            "{e}"
+        );
+        assert!(
+            l.iter().any(|p| p.starts_with(
+                "/etc/demo.toml:2:21: workers.env.ROOKERY_WORKER_ID: ROOKERY_WORKER_ID is reserved"
+            )),
+            "{e}"
+        );
+        assert!(
+            l.iter()
+                .any(|p| p == "/etc/demo.toml:2:46: workers.env.L: expected a string, found an array"),
+            "{e}"
+        );
+        let at = |n: usize| format!("{}:{n}:1: workers.env_file: ", env.display());
+        assert!(
+            l.iter().any(|p| *p == format!("{}expected KEY=VALUE", at(2))),
+            "{e}"
+        );
+        assert!(
+            l.iter()
+                .any(|p| p.starts_with(&format!("{}ROOKERY_PARENT_PID is reserved", at(3)))),
+            "{e}"
+        );
+        assert_eq!(e.exit_code(), crate::exit::CONFIG);
+
+        let e = parse("[workers]\nenv_file = \"/nonexistent/x.env\"\nenv = \"A=1\"\n").unwrap_err();
+        assert_eq!(
+            lines(&e),
+            [
+                "/etc/demo.toml:2:1: workers.env_file: /nonexistent/x.env: cannot read env file: No such file or directory (os error 2)",
+                "/etc/demo.toml:3:1: workers.env: expected a table like { KEY = \"value\" }, found a string",
+            ]
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn variables_are_expanded_and_an_unset_one_is_a_located_error() {
+        // (Variables this test process has for sure.)
+        let path = std::env::var("PATH").unwrap();
+        let c = parse(
+            "[daemon]\npidfile = \"${ROOKERY_TEST_SURELY_UNSET:-/run}/x.pid\"\n\
+             [workers]\ncommand = [\"sh\", \"-c\", \"echo $$1 $HOME\"]\nenv = { P = \"${PATH}\" }\n",
+        )
+        .unwrap();
+        assert_eq!(c.daemon.pidfile, PathBuf::from("/run/x.pid"));
+        assert_eq!(c.workers.command.as_ref().unwrap()[2], "echo $1 $HOME");
+        assert_eq!(c.workers.env["P"], path);
+        // Printed with $ doubled: read back, the same.
+        let again = parse(&c.to_toml()).unwrap();
+        assert_eq!(again.workers.command, c.workers.command);
+
+        let e = parse("[workers]\nstop_timeout = \"${ROOKERY_TEST_SURELY_UNSET}\"\n").unwrap_err();
+        assert_eq!(
+            lines(&e),
+            [
+                "/etc/demo.toml:2:17: workers.stop_timeout: ${ROOKERY_TEST_SURELY_UNSET} is not set \
+              (give a default with ${ROOKERY_TEST_SURELY_UNSET:-value}; a literal $ is written $$)"
+            ],
+            "one problem, at the reference, not a second one about the duration"
+        );
+        assert_eq!(e.exit_code(), crate::exit::CONFIG);
     }
 
     #[test]

@@ -87,6 +87,13 @@ impl Origin {
         }
     }
 
+    /// A problem with `key`, placed at byte `offset` of the file (a place
+    /// inside its value).
+    pub fn problem_at(&self, key: &str, offset: usize, message: impl std::fmt::Display) -> Problem {
+        let (l, c) = self.line_col(offset);
+        Problem::new(key, message).in_file(&self.path).at(l, c)
+    }
+
     /// A TOML or serde error from parsing or deserializing this text, as a
     /// problem naming the innermost key around its span and placed at that
     /// key (at the span itself when no key is around it).

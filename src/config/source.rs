@@ -22,8 +22,14 @@ pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 /// 66) when it cannot be opened or is not a file, `Invalid` (exit 78) when
 /// it is larger than [`MAX_CONFIG_BYTES`] or not UTF-8.
 pub fn read(path: &Path) -> Result<String, ConfigError> {
+    read_as(path, "config file")
+}
+
+/// [`read`] for a file the config names (`workers.env_file`), called
+/// `label` in the errors.
+pub(super) fn read_as(path: &Path, label: &str) -> Result<String, ConfigError> {
     let unreadable = |what: String| {
-        ConfigError::unreadable(Problem::message(format!("cannot read config file: {what}")).in_file(path))
+        ConfigError::unreadable(Problem::message(format!("cannot read {label}: {what}")).in_file(path))
     };
     let invalid = |what: String| ConfigError {
         kind: ConfigErrorKind::Invalid,
@@ -55,7 +61,7 @@ pub fn read(path: &Path) -> Result<String, ConfigError> {
     }
     let too_big = || {
         invalid(format!(
-            "the file is larger than {} KiB (the most a config may have); is it the right file?",
+            "the file is larger than {} KiB (the most rookery reads); is it the right file?",
             MAX_CONFIG_BYTES / 1024
         ))
     };

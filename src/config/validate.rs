@@ -19,6 +19,7 @@ use serde::de::DeserializeOwned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 use toml::Spanned;
 
+use super::dotenv::{self, EnvFile};
 use super::origin::Origin;
 use super::{
     log_target, parse_signal, parse_size, socket_beside, Config, Mode, Problem, MAX_DURATION,
@@ -557,6 +558,7 @@ pub(super) fn build(v: &mut Validator<'_, '_>, name: &str, base: &Path) -> Confi
     x.rlimit_core = v.rlimit("workers.rlimit_core", true);
     x.rlimit_as = v.rlimit("workers.rlimit_as", true);
     x.rlimit_nproc = v.rlimit("workers.rlimit_nproc", false);
+    worker_env(v, x, base);
 
     // Across keys.
     if x.mode == Mode::Dynamic {
@@ -600,6 +602,75 @@ pub(super) fn build(v: &mut Validator<'_, '_>, name: &str, base: &Path) -> Confi
     }
     v.unknown_keys();
     c
+}
+
+/// `workers.env` and `workers.env_file` (read here, relative to `base`):
+/// each variable a portable name, none of rookery's own, no NUL.
+fn worker_env(v: &mut Validator<'_, '_>, x: &mut super::WorkersConfig, base: &Path) {
+    match v.value("workers.env") {
+        None => {}
+        Some(t) if !t.get_ref().is_table() => {
+            let found = t.get_ref().type_str();
+            v.problem(
+                "workers.env",
+                format!(
+                    "expected a table like {{ KEY = \"value\" }}, found {} {found}",
+                    article(found)
+                ),
+            );
+        }
+        Some(t) => env_table(v, x, t.get_ref().as_table().into_iter().flatten()),
+    }
+    if let Some(p) = v.get::<String>("workers.env_file") {
+        let path = base.join(p);
+        match super::source::read_as(&path, "env file") {
+            Err(e) => v.problem("workers.env_file", e),
+            Ok(text) => match dotenv::parse(&text) {
+                Ok(vars) => x.env_file = Some(EnvFile { path, vars }),
+                // Each bad line at its place in the env file.
+                Err(lines) => v.problems.extend(lines.into_iter().map(|l| {
+                    Problem::new("workers.env_file", l.message)
+                        .in_file(&path)
+                        .at(l.line, l.col)
+                })),
+            },
+        }
+    }
+}
+
+/// The entries of the `workers.env` table.
+fn env_table<'v, 'i: 'v>(
+    v: &mut Validator<'_, 'i>,
+    x: &mut super::WorkersConfig,
+    entries: impl Iterator<Item = (&'v Spanned<std::borrow::Cow<'i, str>>, &'v Spanned<DeValue<'i>>)>,
+) {
+    for (k, val) in entries {
+        let name: &str = k.get_ref();
+        let key = format!("workers.env.{name}");
+        if let Err(msg) = dotenv::check_name(name) {
+            v.problem(&key, msg);
+            continue;
+        }
+        let value = match val.get_ref() {
+            DeValue::String(s) if s.contains('\0') => Err("the value has a NUL byte".to_string()),
+            DeValue::String(s) => Ok(s.to_string()),
+            DeValue::Boolean(b) => Ok(b.to_string()),
+            DeValue::Integer(_) => int(val)
+                .map(|n| n.to_string())
+                .ok_or_else(|| "integer out of range".to_string()),
+            other => Err(format!(
+                "expected a string, found {} {}",
+                article(other.type_str()),
+                other.type_str()
+            )),
+        };
+        match value {
+            Ok(s) => {
+                x.env.insert(name.to_string(), s);
+            }
+            Err(msg) => v.problem(&key, msg),
+        }
+    }
 }
 
 /// A daemon name: it becomes file names, process titles, a systemd unit

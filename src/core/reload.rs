@@ -69,6 +69,8 @@ pub(crate) fn plan(old: &Config, new: &Config) -> Plan {
         rlimit_as,
         rlimit_nproc,
         oom_score_adj,
+        env,
+        env_file,
     } = &old.workers;
     let n = &new.workers;
     macro_rules! cmp {
@@ -94,7 +96,9 @@ pub(crate) fn plan(old: &Config, new: &Config) -> Plan {
         rlimit_core,
         rlimit_as,
         rlimit_nproc,
-        oom_score_adj
+        oom_score_adj,
+        env,
+        env_file
     );
     // Enforced by the parent.
     cmp!(
@@ -207,6 +211,16 @@ mod tests {
         let p = plan(&old, &new);
         assert_eq!(p.replace, ["workers.nice", "workers.rlimit_core"]);
         assert_eq!(p.restart, ["daemon.rlimit_nofile"]);
+
+        // issue 13: the workers' environment, from env or from the env
+        // file's contents, is read when a worker starts.
+        let mut new = old.clone();
+        new.workers.env.insert("LANG".into(), "C".into());
+        new.workers.env_file = Some(crate::config::EnvFile {
+            path: "/etc/x.env".into(),
+            vars: [("A".to_string(), "1".to_string())].into(),
+        });
+        assert_eq!(plan(&old, &new).replace, ["workers.env", "workers.env_file"]);
 
         let mut new = old.clone();
         new.workers.mode = crate::config::Mode::Dynamic;
