@@ -4,6 +4,7 @@
 mod beanstalk_client;
 mod config_errors;
 mod core;
+mod env;
 mod external;
 mod generate;
 mod guard;
