@@ -211,6 +211,31 @@ impl Consumer {
 /// One worker process of the pool.
 struct BeanstalkWorker {
     consumer: Consumer,
+    tube: String,
+    /// When the backlog was last reported (at most once a second: one
+    /// `stats-tube` round trip, not one per job).
+    reported: Option<std::time::Instant>,
+}
+
+impl BeanstalkWorker {
+    /// Reports the tube's ready jobs for `workers.mode = "backlog"`.
+    fn report_backlog(&mut self, ctx: &Context<Self>) -> Result<(), BoxError> {
+        if self
+            .reported
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return Ok(());
+        }
+        self.reported = Some(std::time::Instant::now());
+        let ready = match self.consumer.client.stats_tube(&self.tube) {
+            Ok(s) => s.get_u64("current-jobs-ready").unwrap_or(0),
+            // A tube nobody has used yet does not exist: nothing waits.
+            Err(rookery::beanstalk::Error::NotFound { .. }) => 0,
+            Err(e) => return Err(e.into()),
+        };
+        ctx.report_backlog(ready);
+        Ok(())
+    }
 }
 
 impl Worker for BeanstalkWorker {
@@ -226,10 +251,16 @@ impl Worker for BeanstalkWorker {
             s.server,
             consumer.results.path().display()
         );
-        Ok(BeanstalkWorker { consumer })
+        let tube = s.tube.clone();
+        Ok(BeanstalkWorker {
+            consumer,
+            tube,
+            reported: None,
+        })
     }
 
     fn run(&mut self, ctx: &mut Context<Self>) -> Result<Step, BoxError> {
+        self.report_backlog(ctx)?;
         // Waits at most reserve_timeout: a stop request is seen between jobs.
         let Some(job) = self.consumer.reserve()? else {
             return Ok(Step::Idle);

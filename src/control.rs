@@ -478,6 +478,7 @@ impl Status {
             match self.mode {
                 crate::config::Mode::Static => "static",
                 crate::config::Mode::Dynamic => "dynamic",
+                crate::config::Mode::Backlog => "backlog",
             },
             self.config
                 .as_ref()

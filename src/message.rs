@@ -78,6 +78,8 @@ pub(crate) enum NotifyLine {
     Idle,
     /// Finished a job.
     Done,
+    /// The queue's backlog as the command sees it (`backlog N`).
+    Backlog(u64),
 }
 
 impl NotifyLine {
@@ -89,7 +91,7 @@ impl NotifyLine {
             "busy" => NotifyLine::Busy,
             "idle" => NotifyLine::Idle,
             "done" => NotifyLine::Done,
-            _ => return None,
+            other => NotifyLine::Backlog(other.strip_prefix("backlog ")?.trim().parse().ok()?),
         })
     }
 
@@ -102,6 +104,7 @@ impl NotifyLine {
             NotifyLine::Busy => "busy",
             NotifyLine::Idle => "idle",
             NotifyLine::Done => "done",
+            NotifyLine::Backlog(_) => "backlog",
         }
     }
 }
@@ -156,5 +159,10 @@ mod tests {
             assert_eq!(NotifyLine::parse(&format!(" {} \r", l.word())), Some(l));
         }
         assert_eq!(NotifyLine::parse("READY"), None);
+        assert_eq!(
+            NotifyLine::parse("backlog 3000\r"),
+            Some(NotifyLine::Backlog(3000))
+        );
+        assert_eq!(NotifyLine::parse("backlog lots"), None);
     }
 }

@@ -59,7 +59,10 @@ pub struct Cell {
     /// Monotonic ms when `activity` last changed.
     since: AtomicU64,
     jobs: AtomicU64,
-    _spare: [AtomicU64; 3],
+    /// The queue's backlog as the worker last saw it, plus one (0: never
+    /// reported).
+    backlog: AtomicU64,
+    _spare: [AtomicU64; 2],
 }
 
 /// Milliseconds on the monotonic clock, which every process shares.
@@ -75,6 +78,7 @@ impl Cell {
         let now = now_ms();
         self.pid.store(pid as u64, Ordering::Relaxed);
         self.jobs.store(0, Ordering::Relaxed);
+        self.backlog.store(0, Ordering::Relaxed);
         self.heartbeat.store(now, Ordering::Relaxed);
         self.since.store(now, Ordering::Relaxed);
         self.activity.store(Activity::Starting as u64, Ordering::Release);
@@ -94,6 +98,14 @@ impl Cell {
     /// One more job done.
     pub fn add_jobs(&self, n: u64) -> u64 {
         self.jobs.fetch_add(n, Ordering::Relaxed) + n
+    }
+    /// Records the queue's backlog as the worker sees it.
+    pub fn report_backlog(&self, n: u64) {
+        self.backlog.store(n.saturating_add(1), Ordering::Relaxed);
+    }
+    /// The backlog last reported, if any.
+    pub fn backlog(&self) -> Option<u64> {
+        self.backlog.load(Ordering::Relaxed).checked_sub(1)
     }
     /// Jobs done so far.
     pub fn jobs(&self) -> u64 {

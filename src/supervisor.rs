@@ -672,6 +672,7 @@ impl<'h, O: Os> Supervisor<'h, O> {
                             cell.add_jobs(1);
                             cell.set(Activity::Idle);
                         }
+                        NotifyLine::Backlog(n) => cell.report_backlog(n),
                     }
                     let jobs = cell.jobs();
                     self.core.handle(now, Event::Notify { pid, line, jobs });
@@ -765,6 +766,7 @@ impl<'h, O: Os> Supervisor<'h, O> {
                             silent_for: cell.silent_for(now),
                             rss: if rss { self.os.rss(*pid) } else { None },
                             idle_for: (cell.activity() == Activity::Idle).then(|| cell.in_activity_for(now)),
+                            backlog: cell.backlog(),
                         };
                         (*pid, sample)
                     })

@@ -177,6 +177,14 @@ impl<W: Worker> Context<W> {
         }
         self.refresh_title(false);
     }
+    /// Reports how many jobs are waiting in the queue, as this worker sees
+    /// it (Beanstalkd's `current-jobs-ready`, a Redis list's `LLEN`, a
+    /// RabbitMQ queue's message count). With `workers.mode = "backlog"`
+    /// the parent sizes the pool on it. A plain memory write: call it as
+    /// often as the figure is cheap to get (once a second is plenty).
+    pub fn report_backlog(&self, n: u64) {
+        self.cell.report_backlog(n);
+    }
     /// Jobs done so far by this process.
     pub fn jobs(&self) -> u64 {
         self.cell.jobs()

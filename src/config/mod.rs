@@ -99,6 +99,9 @@ pub enum Mode {
     Static,
     /// Between `min` and `max` workers, following how many are idle.
     Dynamic,
+    /// Between `min` and `max` workers, following the queue's backlog as
+    /// the workers report it (`jobs_per_worker` jobs waiting per worker).
+    Backlog,
 }
 
 /// The `[daemon]` table, validated.
@@ -209,6 +212,13 @@ pub struct WorkersConfig {
     /// `env_file`, with the variables read from it when the config was
     /// loaded (so a reload sees a change of its contents).
     pub env_file: Option<EnvFile>,
+    /// Backlog mode: the waiting jobs one worker is sized for.
+    pub jobs_per_worker: u32,
+    /// Backlog mode: the most workers added in one step.
+    pub scale_up_step: u32,
+    /// Backlog mode: how long the backlog must stay below what the pool
+    /// is sized for before workers are retired.
+    pub scale_down_cooldown: Duration,
 }
 
 impl WorkersConfig {
@@ -313,6 +323,9 @@ impl Config {
                 oom_score_adj: None,
                 env: BTreeMap::new(),
                 env_file: None,
+                jobs_per_worker: 10,
+                scale_up_step: 4,
+                scale_down_cooldown: Duration::from_secs(30),
             },
             app: toml::Table::new(),
             origin: None,
@@ -490,7 +503,7 @@ impl Config {
                 ));
             } else {
                 self.workers.count = n;
-                if self.workers.mode == Mode::Dynamic {
+                if self.workers.mode != Mode::Static {
                     self.workers.max = self.workers.max.max(n);
                     self.workers.min = self.workers.min.min(n);
                 }
@@ -613,8 +626,12 @@ impl Config {
         let mode = match w.mode {
             Mode::Static => "static",
             Mode::Dynamic => "dynamic",
+            Mode::Backlog => "backlog",
         };
         out.push_str(&format!("mode = {}\n", q(mode)));
+        out.push_str(&format!("jobs_per_worker = {}\n", w.jobs_per_worker));
+        out.push_str(&format!("scale_up_step = {}\n", w.scale_up_step));
+        out.push_str(&format!("scale_down_cooldown = {}\n", dur(w.scale_down_cooldown)));
         out.push_str(&format!(
             "min = {}\nmax = {}\nmin_idle = {}\nmax_idle = {}\n",
             w.min, w.max, w.min_idle, w.max_idle

@@ -560,8 +560,27 @@ pub(super) fn build(v: &mut Validator<'_, '_>, name: &str, base: &Path) -> Confi
     x.rlimit_nproc = v.rlimit("workers.rlimit_nproc", false);
     worker_env(v, x, base);
 
+    match v.get::<i64>("workers.jobs_per_worker") {
+        Some(n) if (1..=1_000_000_000).contains(&n) => x.jobs_per_worker = n as u32,
+        Some(n) => v.problem(
+            "workers.jobs_per_worker",
+            format!("{n} is out of range (expected 1 to 1000000000)"),
+        ),
+        None => {}
+    }
+    if let Some(n) = v.count("workers.scale_up_step", 1) {
+        x.scale_up_step = n;
+    }
+    x.scale_down_cooldown = v.duration("workers.scale_down_cooldown", d.scale_down_cooldown);
+
     // Across keys.
-    if x.mode == Mode::Dynamic {
+    if x.mode == Mode::Backlog && x.min == 0 {
+        v.problem(
+            "workers.min",
+            "must be 1 or more in backlog mode (workers report the backlog)",
+        );
+    }
+    if x.mode != Mode::Static {
         if x.min > x.max {
             v.problem(
                 "workers.min",

@@ -18,6 +18,8 @@ pub(crate) struct Sample {
     pub rss: Option<u64>,
     /// How long it has been idle; `None` while busy or starting.
     pub idle_for: Option<Duration>,
+    /// The queue's backlog as it last reported it, if it did.
+    pub backlog: Option<u64>,
 }
 
 /// Why a worker is replaced while it still works.
@@ -109,7 +111,7 @@ pub(crate) fn probe_period(w: &WorkersConfig) -> Option<Duration> {
                 .min(w.check_interval),
         );
     }
-    if w.mode == crate::config::Mode::Dynamic {
+    if w.mode != crate::config::Mode::Static {
         consider(Duration::from_secs(1).min(w.check_interval));
     }
     p
@@ -130,6 +132,7 @@ mod tests {
             silent_for: Duration::from_secs(silent),
             rss,
             idle_for: None,
+            backlog: None,
         };
         let mut c = cfg();
         let age = Duration::from_secs(100);

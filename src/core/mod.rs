@@ -18,6 +18,7 @@
 //! is ready, the old one is told to stop. A process of a slot that was
 //! removed (scaled down) or replaced is *retiring*: it is only waited for.
 
+mod backlog;
 mod backoff;
 mod crash;
 pub(crate) mod dynamic;
@@ -468,6 +469,7 @@ pub(crate) struct Core {
     /// When the next health probe is due (its entry in `timers`).
     probe_at: Option<Instant>,
     counters: Counters,
+    backlog: backlog::State,
 }
 
 /// `now + d`, or far in the future when that does not fit an `Instant`.
@@ -509,6 +511,7 @@ impl Core {
             next_id: 1,
             probe_at: None,
             counters: Counters::default(),
+            backlog: backlog::State::default(),
         }
     }
 
@@ -1098,6 +1101,40 @@ impl Core {
                 _ => {}
             }
         }
+        if self.cfg.mode == Mode::Backlog && matches!(self.phase, PoolPhase::Running) {
+            // The workers see the same queue: the highest figure reported
+            // by a live worker is the freshest upper bound.
+            let seen = samples
+                .iter()
+                .filter(|(pid, _)| self.procs.contains_key(pid))
+                .filter_map(|(_, s)| s.backlog)
+                .max();
+            if let Some(seen) = seen {
+                let size = self.size();
+                let per = self.cfg.jobs_per_worker;
+                match backlog::decide(&self.cfg, &mut self.backlog, size, seen, now) {
+                    backlog::Decision::Keep => {}
+                    backlog::Decision::Grow(n) => {
+                        self.log(
+                            Level::INFO,
+                            format!("backlog pool: {seen} jobs waiting ({per} per worker); growing from {size} to {}", workers(n)),
+                        );
+                        self.scale_to(n, now);
+                    }
+                    backlog::Decision::Shrink(n) => {
+                        self.log(
+                            Level::INFO,
+                            format!(
+                                "backlog pool: {seen} jobs waiting for {}; shrinking from {size} to {}",
+                                humantime::format_duration(self.cfg.scale_down_cooldown),
+                                workers(n)
+                            ),
+                        );
+                        self.scale_to(n, now);
+                    }
+                }
+            }
+        }
         if self.cfg.mode == Mode::Dynamic && matches!(self.phase, PoolPhase::Running) {
             let starting = self
                 .procs
@@ -1328,7 +1365,7 @@ impl Core {
             ScaleSpec::Down(k) => size.saturating_sub(k),
         };
         let w = &self.cfg;
-        let (lo, hi) = if w.mode == Mode::Dynamic {
+        let (lo, hi) = if w.mode != Mode::Static {
             (w.min.max(1), w.max)
         } else {
             (1, crate::config::MAX_WORKERS)

@@ -71,6 +71,9 @@ pub(crate) fn plan(old: &Config, new: &Config) -> Plan {
         oom_score_adj,
         env,
         env_file,
+        jobs_per_worker,
+        scale_up_step,
+        scale_down_cooldown,
     } = &old.workers;
     let n = &new.workers;
     macro_rules! cmp {
@@ -123,7 +126,10 @@ pub(crate) fn plan(old: &Config, new: &Config) -> Plan {
         ready,
         ready_timeout,
         init_timeout,
-        reopen_signal
+        reopen_signal,
+        jobs_per_worker,
+        scale_up_step,
+        scale_down_cooldown
     );
     if count != &n.count {
         if n.mode == crate::config::Mode::Static {

@@ -667,6 +667,7 @@ fn health_samples_decide_hangs_and_recycling() {
         silent_for: Duration::from_secs(silent),
         rss: Some(rss),
         idle_for: None,
+        backlog: None,
     };
     s.ev(Event::Samples(vec![(a, sample(11, 10)), (b, sample(1, 2000))]));
     let spawned = s.run();

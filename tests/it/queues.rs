@@ -922,3 +922,44 @@ fn shipped_queue_configs_are_valid() {
         );
     }
 }
+
+/// Issue 13: `mode = "backlog"` grows a pool of one worker to `max` on a
+/// long queue within seconds, and shrinks it back to `min` once the queue
+/// is empty and the cool-down has passed; the log says why each time.
+#[test]
+fn a_backlog_pool_grows_on_a_long_queue_and_shrinks_when_it_is_empty() {
+    let server = Beanstalkd::start();
+    let addr = server.addr();
+    put_jobs(&server, "backlog", 3000, 0, "ok", "60s");
+    let d = Daemon::with(example("beanstalk_worker"), "beanstalk_worker", "");
+    let results = d.dir.path().join("results");
+    d.rewrite_config(&format!(
+        "[workers]\nmode = \"backlog\"\nmin = 1\nmax = 4\njobs_per_worker = 10\nscale_up_step = 4\n\
+         scale_down_cooldown = \"2s\"\ncheck_interval = \"500ms\"\nstop_timeout = \"5s\"\n\n\
+         [app]\nserver = \"{addr}\"\ntube = \"backlog\"\nresults_dir = \"{}\"\njob_time = \"5ms\"\n\
+         reserve_timeout = \"1s\"\n",
+        results.display()
+    ));
+    let parent = d.start();
+    let size = |d: &Daemon| crate::health::status_json(d)["size"].as_u64();
+    assert_eq!(size(&d), Some(1), "it starts at min");
+    assert!(wait_until(DEADLINE, || size(&d) == Some(4)), "{}", d.log());
+    assert!(
+        d.log().contains("backlog pool: ") && d.log().contains("growing from 1 to 4 workers"),
+        "{}",
+        d.log()
+    );
+    // 3,000 jobs of 5 ms on 4 workers: a few seconds.
+    assert!(
+        wait_until(Duration::from_secs(90), || {
+            let [ready, reserved, _, _] = tube_counts(&addr, "backlog");
+            ready == 0 && reserved == 0
+        }),
+        "{}",
+        d.log()
+    );
+    assert!(wait_until(DEADLINE, || size(&d) == Some(1)), "{}", d.log());
+    assert!(d.log().contains("shrinking from 4 to 1 worker"), "{}", d.log());
+    assert_eq!(d.pid(), Some(parent));
+    assert!(d.run(&["stop"]).status.success());
+}
