@@ -352,6 +352,26 @@ fn start_time(pid: i32) -> Option<u64> {
 /// One worker process of the pool.
 struct RedisWorker {
     consumer: Consumer,
+    /// When the backlog was last reported (at most once a second).
+    reported: Option<std::time::Instant>,
+}
+
+impl RedisWorker {
+    /// Reports the queue's length (`LLEN`) for `workers.mode = "backlog"`.
+    fn report_backlog(&mut self, ctx: &Context<Self>) -> Result<(), BoxError> {
+        if self
+            .reported
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return Ok(());
+        }
+        self.reported = Some(std::time::Instant::now());
+        let len: u64 = redis::cmd("LLEN")
+            .arg(&self.consumer.queue)
+            .query(&mut self.consumer.con)?;
+        ctx.report_backlog(len);
+        Ok(())
+    }
 }
 
 impl Worker for RedisWorker {
@@ -366,10 +386,14 @@ impl Worker for RedisWorker {
             consumer.processing,
             consumer.results.path().display()
         );
-        Ok(RedisWorker { consumer })
+        Ok(RedisWorker {
+            consumer,
+            reported: None,
+        })
     }
 
     fn run(&mut self, ctx: &mut Context<Self>) -> Result<Step, BoxError> {
+        self.report_backlog(ctx)?;
         // Waits at most block_timeout: a stop request is seen between jobs.
         let Some(item) = self.consumer.take()? else {
             // Idle: a good moment to look for stranded jobs.

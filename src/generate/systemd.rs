@@ -308,6 +308,10 @@ mod tests {
         let cfg = Config::parse("d", toml, Path::new("/etc/d.toml")).unwrap();
         let text = render(&cfg, &demo_invocation());
         assert!(!text.contains("User=") && !text.contains("# The "), "{text}");
-        assert!(text.contains("RestartSec=1\n\n[Install]"), "{text}");
+        assert!(text.contains("RestartSec=5\n\n[Install]"), "{text}");
+        assert!(
+            text.contains("StartLimitIntervalSec=0\n"),
+            "a broker down at boot never fails the unit for good: {text}"
+        );
     }
 }
