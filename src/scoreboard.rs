@@ -119,6 +119,11 @@ impl Cell {
     pub fn silent_for(&self, now: u64) -> Duration {
         Duration::from_millis(now.saturating_sub(self.heartbeat.load(Ordering::Relaxed)))
     }
+    /// When the current activity began (monotonic ms): with `Busy`, it
+    /// tells one job from the next.
+    pub fn since_ms(&self) -> u64 {
+        self.since.load(Ordering::Relaxed)
+    }
     /// Time in the current activity.
     pub fn in_activity_for(&self, now: u64) -> Duration {
         Duration::from_millis(now.saturating_sub(self.since.load(Ordering::Relaxed)))

@@ -767,12 +767,32 @@ impl<'h, O: Os> Supervisor<'h, O> {
                             rss: if rss { self.os.rss(*pid) } else { None },
                             idle_for: (cell.activity() == Activity::Idle).then(|| cell.in_activity_for(now)),
                             backlog: cell.backlog(),
+                            busy: (cell.activity() == Activity::Busy)
+                                .then(|| (cell.in_activity_for(now), cell.since_ms())),
                         };
                         (*pid, sample)
                     })
                     .collect();
                 let now = self.os.now();
                 self.core.handle(now, Event::Samples(samples));
+            }
+            Action::Inspect { pid, slot } => {
+                // Where it is stuck, before it is stopped: what an operator
+                // would otherwise have to catch by hand.
+                let wchan = crate::procfs::wchan(pid).unwrap_or_else(|| "?".into());
+                let syscall = crate::procfs::syscall(pid).unwrap_or_else(|| "?".into());
+                let stack: Vec<String> = crate::procfs::stack(pid)
+                    .unwrap_or_default()
+                    .lines()
+                    .take(8)
+                    .map(|l| l.split_once("] ").map_or(l, |(_, f)| f).to_string())
+                    .collect();
+                let stack = if stack.is_empty() {
+                    String::new()
+                } else {
+                    format!("; kernel stack: {}", stack.join(" < "))
+                };
+                warn!("worker {slot} (pid {pid}) blocked in wchan {wchan}; syscall {syscall}{stack}");
             }
             Action::Log(level, text) => match level {
                 Level::ERROR => error!("{text}"),

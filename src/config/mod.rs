@@ -212,6 +212,12 @@ pub struct WorkersConfig {
     /// `env_file`, with the variables read from it when the config was
     /// loaded (so a reload sees a change of its contents).
     pub env_file: Option<EnvFile>,
+    /// A job running longer than this is stopped, heartbeats or not (zero:
+    /// off).
+    pub job_timeout: Duration,
+    /// A job running longer than this is logged once, at warning (zero:
+    /// off).
+    pub slow_job: Duration,
     /// Backlog mode: the waiting jobs one worker is sized for.
     pub jobs_per_worker: u32,
     /// Backlog mode: the most workers added in one step.
@@ -323,6 +329,8 @@ impl Config {
                 oom_score_adj: None,
                 env: BTreeMap::new(),
                 env_file: None,
+                job_timeout: Duration::ZERO,
+                slow_job: Duration::ZERO,
                 jobs_per_worker: 10,
                 scale_up_step: 4,
                 scale_down_cooldown: Duration::from_secs(30),
@@ -629,6 +637,8 @@ impl Config {
             Mode::Backlog => "backlog",
         };
         out.push_str(&format!("mode = {}\n", q(mode)));
+        out.push_str(&format!("job_timeout = {}\n", dur(w.job_timeout)));
+        out.push_str(&format!("slow_job = {}\n", dur(w.slow_job)));
         out.push_str(&format!("jobs_per_worker = {}\n", w.jobs_per_worker));
         out.push_str(&format!("scale_up_step = {}\n", w.scale_up_step));
         out.push_str(&format!("scale_down_cooldown = {}\n", dur(w.scale_down_cooldown)));

@@ -560,6 +560,8 @@ pub(super) fn build(v: &mut Validator<'_, '_>, name: &str, base: &Path) -> Confi
     x.rlimit_nproc = v.rlimit("workers.rlimit_nproc", false);
     worker_env(v, x, base);
 
+    x.job_timeout = v.duration("workers.job_timeout", d.job_timeout);
+    x.slow_job = v.duration("workers.slow_job", d.slow_job);
     match v.get::<i64>("workers.jobs_per_worker") {
         Some(n) if (1..=1_000_000_000).contains(&n) => x.jobs_per_worker = n as u32,
         Some(n) => v.problem(

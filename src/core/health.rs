@@ -20,6 +20,9 @@ pub(crate) struct Sample {
     pub idle_for: Option<Duration>,
     /// The queue's backlog as it last reported it, if it did.
     pub backlog: Option<u64>,
+    /// While busy: how long the job in hand has run, and when it began
+    /// (monotonic ms, which tells one job from the next).
+    pub busy: Option<(Duration, u64)>,
 }
 
 /// Why a worker is replaced while it still works.
@@ -64,6 +67,8 @@ impl fmt::Display for Recycle {
 pub(crate) enum Verdict {
     /// Silent for longer than `heartbeat_timeout`: stop it, replace it.
     Hung(Duration),
+    /// Its job has run for longer than `job_timeout`: stop it, replace it.
+    JobTimeout(Duration),
     /// Replace it gracefully (the new one first).
     Recycle(Recycle),
 }
@@ -80,6 +85,11 @@ pub(crate) fn judge(
 ) -> Option<Verdict> {
     if watch_heartbeat && !cfg.heartbeat_timeout.is_zero() && s.silent_for > cfg.heartbeat_timeout {
         return Some(Verdict::Hung(s.silent_for));
+    }
+    if let Some((ran, _)) = s.busy {
+        if !cfg.job_timeout.is_zero() && ran > cfg.job_timeout {
+            return Some(Verdict::JobTimeout(ran));
+        }
     }
     if !lifetime.is_zero() && age >= lifetime {
         return Some(Verdict::Recycle(Recycle::MaxLifetime(cfg.max_lifetime)));
@@ -111,6 +121,11 @@ pub(crate) fn probe_period(w: &WorkersConfig) -> Option<Duration> {
                 .min(w.check_interval),
         );
     }
+    for limit in [w.job_timeout, w.slow_job] {
+        if !limit.is_zero() {
+            consider((limit / 2).max(Duration::from_millis(50)).min(w.check_interval));
+        }
+    }
     if w.mode != crate::config::Mode::Static {
         consider(Duration::from_secs(1).min(w.check_interval));
     }
@@ -133,6 +148,7 @@ mod tests {
             rss,
             idle_for: None,
             backlog: None,
+            busy: None,
         };
         let mut c = cfg();
         let age = Duration::from_secs(100);
@@ -173,6 +189,17 @@ mod tests {
             judge(&c, true, age, Duration::from_secs(95), &s(31, None)),
             Some(Verdict::Hung(Duration::from_secs(31))),
             "a hang wins"
+        );
+        c.job_timeout = Duration::from_secs(60);
+        let busy = |ran: u64| Sample {
+            busy: Some((Duration::from_secs(ran), 7)),
+            ..Sample::default()
+        };
+        assert_eq!(judge(&c, false, age, z, &busy(60)), None, "not past the limit");
+        assert_eq!(
+            judge(&c, false, age, z, &busy(61)),
+            Some(Verdict::JobTimeout(Duration::from_secs(61))),
+            "heartbeats cannot extend a job past job_timeout"
         );
     }
 

@@ -213,6 +213,14 @@ pub(crate) enum Action {
         /// Whether to kill its whole process group.
         group: bool,
     },
+    /// Log where a worker declared hung is blocked (wchan, system call,
+    /// kernel stack), before it is stopped.
+    Inspect {
+        /// The worker.
+        pid: Pid,
+        /// Its slot, for the log.
+        slot: u32,
+    },
     /// Sample every worker and answer with [`Event::Samples`]; `rss`: read
     /// memory too (it costs a read of `/proc`).
     Probe {
@@ -386,6 +394,8 @@ struct Proc {
     speaks_notify: bool,
     /// Jobs done, as last reported (commands).
     jobs: u64,
+    /// The job (its start, monotonic ms) already logged as slow.
+    slow_logged: Option<u64>,
     init_error: Option<String>,
 }
 
@@ -596,6 +606,7 @@ impl Core {
             max_jobs: order.max_jobs,
             speaks_notify: false,
             jobs: 0,
+            slow_logged: None,
             init_error: None,
         };
         if let Some((at, _)) = timer {
@@ -1088,12 +1099,43 @@ impl Core {
                 }
                 Phase::Ready if current => {
                     let age = now.saturating_duration_since(p.started);
-                    match health::judge(&self.cfg, watch, age, p.lifetime, sample) {
+                    let slot = p.slot;
+                    let lifetime = p.lifetime;
+                    let slow_logged = p.slow_logged;
+                    if let Some((ran, since)) = sample.busy {
+                        let slow = self.cfg.slow_job;
+                        if !slow.is_zero() && ran > slow && slow_logged != Some(since) {
+                            self.log(
+                                Level::WARN,
+                                format!(
+                                    "worker {slot} (pid {pid}): a job has run for {} (slow_job = {})",
+                                    round_ms(ran),
+                                    humantime::format_duration(slow)
+                                ),
+                            );
+                            if let Some(p) = self.procs.get_mut(pid) {
+                                p.slow_logged = Some(since);
+                            }
+                        }
+                    }
+                    match health::judge(&self.cfg, watch, age, lifetime, sample) {
                         Some(health::Verdict::Hung(silent)) => self.hung(*pid, silent, now),
+                        Some(health::Verdict::JobTimeout(ran)) => {
+                            self.log(
+                                Level::WARN,
+                                format!(
+                                    "worker {slot} (pid {pid}): a job has run for {}, over job_timeout ({}); stopping it",
+                                    round_ms(ran),
+                                    humantime::format_duration(self.cfg.job_timeout)
+                                ),
+                            );
+                            self.out.push(Action::Inspect { pid: *pid, slot });
+                            self.order_stop(*pid, now, AfterStop::Replace { failed: false });
+                        }
                         Some(health::Verdict::Recycle(why)) => self.recycle(*pid, why),
                         None => {
                             if let Some(d) = sample.idle_for {
-                                idle.push((p.slot, d));
+                                idle.push((slot, d));
                             }
                         }
                     }
@@ -1172,15 +1214,17 @@ impl Core {
     }
 
     fn hung(&mut self, pid: Pid, silent: Duration, now: Instant) {
-        let Some(p) = self.procs.get(&pid) else { return };
+        let Some(slot) = self.procs.get(&pid).map(|p| p.slot) else {
+            return;
+        };
         self.log(
             Level::WARN,
             format!(
-                "worker {} (pid {pid}) is hung: no heartbeat for {}; stopping it",
-                p.slot,
+                "worker {slot} (pid {pid}) is hung: no heartbeat for {}; stopping it",
                 round_ms(silent)
             ),
         );
+        self.out.push(Action::Inspect { pid, slot });
         self.order_stop(pid, now, AfterStop::Replace { failed: false });
     }
 

@@ -71,6 +71,8 @@ pub(crate) fn plan(old: &Config, new: &Config) -> Plan {
         oom_score_adj,
         env,
         env_file,
+        job_timeout,
+        slow_job,
         jobs_per_worker,
         scale_up_step,
         scale_down_cooldown,
@@ -127,6 +129,8 @@ pub(crate) fn plan(old: &Config, new: &Config) -> Plan {
         ready_timeout,
         init_timeout,
         reopen_signal,
+        job_timeout,
+        slow_job,
         jobs_per_worker,
         scale_up_step,
         scale_down_cooldown

@@ -668,6 +668,7 @@ fn health_samples_decide_hangs_and_recycling() {
         rss: Some(rss),
         idle_for: None,
         backlog: None,
+        busy: None,
     };
     s.ev(Event::Samples(vec![(a, sample(11, 10)), (b, sample(1, 2000))]));
     let spawned = s.run();
@@ -683,6 +684,47 @@ fn health_samples_decide_hangs_and_recycling() {
         Some(Duration::ZERO),
         "a hung worker is replaced when gone"
     );
+}
+
+#[test]
+fn a_slow_job_is_logged_once_and_a_job_over_job_timeout_is_stopped_after_an_inspection() {
+    let mut c = cfg(1);
+    c.slow_job = Duration::from_secs(5);
+    c.job_timeout = Duration::from_secs(60);
+    let mut s = Sim::new(c);
+    s.ready_all();
+    let pid = s.pid_of(1);
+    let busy = |ran: u64, since: u64| Sample {
+        busy: Some((Duration::from_secs(ran), since)),
+        ..Sample::default()
+    };
+    let slow_lines = |s: &Sim| {
+        s.log
+            .iter()
+            .filter(|a| matches!(a, Action::Log(_, t) if t.contains("slow_job")))
+            .count()
+    };
+    s.log.clear();
+    for ran in [4, 6, 7, 8] {
+        s.ev(Event::Samples(vec![(pid, busy(ran, 1000))]));
+        s.log.extend(s.core.take_actions());
+    }
+    assert_eq!(slow_lines(&s), 1, "once per job");
+    s.ev(Event::Samples(vec![(pid, busy(6, 9000))]));
+    s.log.extend(s.core.take_actions());
+    assert_eq!(slow_lines(&s), 2, "the next slow job is logged too");
+    s.log.clear();
+    s.ev(Event::Samples(vec![(pid, busy(61, 9000))]));
+    s.log.extend(s.core.take_actions());
+    let inspect = s.log.iter().position(|a| matches!(a, Action::Inspect { .. }));
+    let signal = s.log.iter().position(|a| matches!(a, Action::Signal { .. }));
+    assert!(
+        inspect.is_some() && inspect < signal,
+        "inspected before it is stopped: {:?}",
+        s.log
+    );
+    let e = s.exit(pid, ExitStatus::Signaled(Signal::SIGTERM)).unwrap();
+    assert_eq!(e.restart_in, Some(Duration::ZERO), "replaced at once");
 }
 
 #[test]

@@ -330,3 +330,47 @@ fn status_totals_are_cumulative_across_replacements() {
     assert_eq!(v["totals"]["started"]["start"], 1, "{v}");
     stop(&d);
 }
+
+/// Issue 12: a job that runs too long is logged once (`slow_job`), and
+/// stopped past `job_timeout` even though it heartbeats, after a line that
+/// says where the worker is blocked.
+#[test]
+fn slow_jobs_are_logged_and_a_job_past_job_timeout_is_stopped_with_forensics() {
+    let d = testworker(
+        "[workers]\ncount = 1\nslow_job = \"300ms\"\njob_timeout = \"1500ms\"\ncheck_interval = \"100ms\"\n\
+         stop_timeout = \"2s\"\n[app]\nbusy_ms = 60000\n",
+    );
+    let parent = d.start();
+    let w = d.wait_workers(parent, 1)[0];
+    assert!(
+        d.wait_log(&format!("worker 1 (pid {w}): a job has run for")),
+        "{}",
+        d.log()
+    );
+    assert!(
+        d.wait_log("over job_timeout (1s 500ms); stopping it"),
+        "{}",
+        d.log()
+    );
+    assert!(
+        d.wait_log(&format!("worker 1 (pid {w}) blocked in wchan ")),
+        "{}",
+        d.log()
+    );
+    let log = d.log();
+    let slow = log
+        .lines()
+        .filter(|l| l.contains(&format!("(pid {w}): a job has run for")) && l.contains("(slow_job = "))
+        .count();
+    assert_eq!(slow, 1, "one slow-job line for the job:\n{log}");
+    // Replaced: a new worker takes the slot.
+    assert!(
+        wait_until(DEADLINE, || {
+            let now = d.workers(parent);
+            now.len() == 1 && now[0] != w
+        }),
+        "{}",
+        d.log()
+    );
+    stop(&d);
+}
