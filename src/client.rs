@@ -260,14 +260,27 @@ pub(crate) fn status(config: &Config, json: bool) -> u8 {
     let socket = &config.daemon.control_socket;
     match control::call(socket, &Request::Status, Duration::from_secs(5)) {
         Ok(Response::Status(s)) => {
+            // issue 12: 0 healthy, 1 running but degraded (the reason said).
+            let degraded = degraded(&s);
             if json {
                 let mut v = serde_json::to_value(&*s).unwrap_or_default();
                 v["running"] = serde_json::Value::Bool(true);
+                v["ready"] = serde_json::Value::Bool(degraded.is_none());
+                if let Some(why) = &degraded {
+                    v["reason"] = serde_json::Value::String(why.clone());
+                }
                 out(v);
             } else {
                 out_raw(s.render());
+                if let Some(why) = &degraded {
+                    out(format!("degraded: {why}"));
+                }
             }
-            exit::OK
+            if degraded.is_some() {
+                exit::FAILURE
+            } else {
+                exit::OK
+            }
         }
         Ok(Response::Error { message }) => {
             say(name, message);
@@ -300,6 +313,32 @@ pub(crate) fn status(config: &Config, json: bool) -> u8 {
                 exit::FAILURE
             }
         },
+    }
+}
+
+/// Why a running daemon is not healthy, in one line: a crash loop, slots
+/// backing off, fewer workers running than its target (issue 12).
+fn degraded(s: &control::Status) -> Option<String> {
+    let running = s
+        .workers
+        .iter()
+        .filter(|w| w.state == control::WorkerState::Running)
+        .count();
+    let backing_off = s.backing_off.len();
+    if s.crash_loop {
+        Some(format!(
+            "crash loop: {running} of {} workers running, {backing_off} backing off",
+            s.size
+        ))
+    } else if backing_off > 0 {
+        Some(format!(
+            "{backing_off} of {} workers backing off after failures, {running} running",
+            s.size
+        ))
+    } else if running < s.size as usize {
+        Some(format!("{running} of {} workers running", s.size))
+    } else {
+        None
     }
 }
 
@@ -499,6 +538,45 @@ fn stop_parent(config: &Config, parent: Parent, grace: Duration, afterwards: Dur
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_is_degraded_by_back_off_crash_loop_or_missing_workers() {
+        let w = |state| control::WorkerStatus {
+            slot: 1,
+            pid: 10,
+            state,
+            activity: crate::scoreboard::Activity::Idle,
+            uptime_secs: 1.0,
+            restarts: 0,
+            rss_bytes: 0,
+            jobs: 0,
+        };
+        let mut s = control::Status {
+            name: "d".into(),
+            pid: 1,
+            uptime_secs: 1.0,
+            config: None,
+            rss_bytes: 0,
+            mode: crate::config::Mode::Static,
+            size: 2,
+            workers: vec![w(control::WorkerState::Running), w(control::WorkerState::Running)],
+            backing_off: Vec::new(),
+            crash_loop: false,
+            totals: control::Totals::default(),
+        };
+        assert_eq!(degraded(&s), None);
+        s.workers[1] = w(control::WorkerState::Starting);
+        assert_eq!(degraded(&s).as_deref(), Some("1 of 2 workers running"));
+        s.workers.pop();
+        s.backing_off.push(control::BackoffStatus {
+            slot: 2,
+            restart_in_secs: 1.0,
+            restarts: 3,
+        });
+        assert!(degraded(&s).unwrap().contains("1 of 2 workers backing off"));
+        s.crash_loop = true;
+        assert!(degraded(&s).unwrap().starts_with("crash loop"));
+    }
 
     #[test]
     fn start_time_is_field_22_even_when_comm_has_spaces_and_parens() {

@@ -477,6 +477,16 @@ impl<W: Worker> Daemon<W> {
                 source,
             }
         })?;
+        // issue 12: bound here, like the control socket, so a taken port is a start failure.
+        let metrics = match &config.metrics.listen {
+            Some(l) => Some(
+                crate::metrics::Server::bind(l).map_err(|source| StartError::Metrics {
+                    listen: l.to_string(),
+                    source,
+                })?,
+            ),
+            None => None,
+        };
         if let Err(e) = self.hooks.on_start(&config) {
             let e = StartError::Hook(crate::worker::error_chain(&*e));
             error!("{e}");
@@ -513,7 +523,11 @@ impl<W: Worker> Daemon<W> {
             Some(control),
             startup,
             reloader,
-        );
+        )
+        .and_then(|sup| match metrics {
+            Some(m) => sup.with_metrics(m), // issue 12
+            None => Ok(sup),
+        });
         match sup {
             Ok(sup) => {
                 drop(spare);

@@ -113,6 +113,7 @@ pub mod hooks;
 pub mod limits;
 pub mod logging;
 mod message;
+mod metrics;
 pub mod notify;
 pub mod pidfile;
 pub mod privileges;

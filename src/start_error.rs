@@ -107,6 +107,14 @@ pub enum StartError {
         /// Why.
         source: io::Error,
     },
+    /// The metrics endpoint could not be bound (`metrics.listen`).
+    #[error("cannot listen for metrics on {listen}: {source}")]
+    Metrics {
+        /// `metrics.listen`.
+        listen: String,
+        /// Why.
+        source: io::Error,
+    },
     /// The daemon's `on_start` hook returned an error (its chain).
     #[error("on_start hook failed: {0}")]
     Hook(String),
@@ -154,9 +162,9 @@ impl StartError {
             StartError::Running(_) => exit::OK,
             StartError::Held { .. } => exit::TEMPFAIL,
             StartError::Pidfile(e) => e.exit_code(),
-            StartError::Log { source, .. } | StartError::ControlSocket { source, .. } => {
-                exit::from_create_io(source)
-            }
+            StartError::Log { source, .. }
+            | StartError::ControlSocket { source, .. }
+            | StartError::Metrics { source, .. } => exit::from_create_io(source),
             StartError::Hook(_) => exit::FAILURE,
         }
     }

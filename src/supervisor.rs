@@ -58,7 +58,8 @@ const EVENTS: usize = 64;
 const TOKEN_SIGNALS: u64 = 0;
 const TOKEN_MESSAGES: u64 = 1;
 const TOKEN_CONTROL: u64 = 2;
-const FIRST_TOKEN: u64 = 3;
+const TOKEN_METRICS: u64 = 3; // issue 12
+const FIRST_TOKEN: u64 = 4;
 
 /// The operating system, as the executor uses it: the seam that lets the
 /// loop's own behaviour be unit-tested with a recording fake.
@@ -200,6 +201,8 @@ struct Handle {
 enum Source {
     Pipe(Pid, Stream),
     Client,
+    /// issue 12: a metrics/health connection.
+    Scrape,
 }
 
 /// Where the supervisor gets a fresh, validated config on reload.
@@ -218,6 +221,8 @@ pub(crate) struct Supervisor<'h, O: Os = RealOs> {
     msg_write: OwnedFd,
     msg_buf: Vec<u8>,
     control: Option<control::Server>,
+    /// issue 12: the metrics and health endpoints, if configured.
+    metrics: Option<crate::metrics::Server>,
     startup: StartupReport,
     reloader: Reloader,
     /// Descriptors workers must close after fork.
@@ -315,6 +320,7 @@ impl<'h, O: Os> Supervisor<'h, O> {
             msg_write,
             msg_buf: Vec::new(),
             control,
+            metrics: None,
             startup,
             reloader,
             parent_only,
@@ -333,6 +339,17 @@ impl<'h, O: Os> Supervisor<'h, O> {
             sd_listening: std::env::var_os("NOTIFY_SOCKET").is_some(),
             startup_error: None,
         })
+    }
+
+    /// issue 12: serves `server` (bound by the caller) from this loop.
+    pub(crate) fn with_metrics(mut self, server: crate::metrics::Server) -> std::io::Result<Self> {
+        self.epoll.add(
+            server.listener(),
+            EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_METRICS),
+        )?;
+        self.parent_only.push(server.listener().as_raw_fd());
+        self.metrics = Some(server);
+        Ok(self)
     }
 
     /// Runs until the pool has stopped. Returns the exit code.
@@ -383,6 +400,11 @@ impl<'h, O: Os> Supervisor<'h, O> {
                     self.sources.remove(&token);
                 }
             }
+            if let Some(m) = self.metrics.as_mut() {
+                for token in m.expire(now) {
+                    self.sources.remove(&token); // issue 12
+                }
+            }
             if let Some((period, due)) = self.watchdog {
                 if due <= now {
                     notify_systemd(&[sd_notify::NotifyState::Watchdog]);
@@ -431,6 +453,9 @@ impl<'h, O: Os> Supervisor<'h, O> {
             self.core.next_deadline(),
             self.strays.next_deadline(),
             self.control.as_ref().and_then(control::Server::next_deadline),
+            self.metrics
+                .as_ref()
+                .and_then(crate::metrics::Server::next_deadline),
             self.muted.first().map(|(t, _)| *t),
             self.watchdog.map(|w| w.1),
         ]
@@ -466,6 +491,7 @@ impl<'h, O: Os> Supervisor<'h, O> {
                 TOKEN_SIGNALS => signals = true,
                 TOKEN_MESSAGES => messages = true,
                 TOKEN_CONTROL => self.accept_clients(),
+                TOKEN_METRICS => self.accept_scrapes(),
                 token => match self.sources.get(&token).copied() {
                     Some(Source::Pipe(pid, stream)) => self.read_pipe(pid, stream, false),
                     Some(Source::Client) => {
@@ -475,6 +501,7 @@ impl<'h, O: Os> Supervisor<'h, O> {
                             self.client_readable(token);
                         }
                     }
+                    Some(Source::Scrape) => self.scrape_ready(token, ev.events()),
                     None => {}
                 },
             }
@@ -848,6 +875,9 @@ impl<'h, O: Os> Supervisor<'h, O> {
         if let Some(c) = &self.control {
             close.extend(c.client_fds());
         }
+        if let Some(m) = &self.metrics {
+            close.extend(m.client_fds()); // issue 12
+        }
         let cx = SpawnContext {
             slot: order.slot,
             id: order.id,
@@ -998,6 +1028,117 @@ impl<'h, O: Os> Supervisor<'h, O> {
         let Some(c) = self.control.as_mut() else { return };
         if !c.writable(token) {
             self.sources.remove(&token);
+        }
+    }
+
+    // -- the metrics and health endpoints (issue 12) ------------------------
+
+    fn accept_scrapes(&mut self) {
+        let now = self.os.now();
+        for _ in 0..crate::metrics::MAX_CLIENTS {
+            let token = self.next_token;
+            let Some(m) = self.metrics.as_mut() else { return };
+            match m.accept(token, now) {
+                control::Accepted::Nothing => return,
+                control::Accepted::Dropped => continue,
+                control::Accepted::Client { evicted } => {
+                    if let Some(t) = evicted {
+                        self.sources.remove(&t);
+                    }
+                }
+            }
+            self.next_token += 1;
+            let Some(fd) = self.metrics.as_ref().and_then(|m| m.fd(token)) else {
+                continue;
+            };
+            let flags = EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP;
+            if self.epoll.add(fd, EpollEvent::new(flags, token)).is_ok() {
+                self.sources.insert(token, Source::Scrape);
+            }
+        }
+    }
+
+    fn scrape_ready(&mut self, token: u64, events: EpollFlags) {
+        use crate::metrics::{Incoming, Route};
+        let Some(m) = self.metrics.as_mut() else { return };
+        if events.contains(EpollFlags::EPOLLOUT) {
+            if !m.writable(token) {
+                self.sources.remove(&token);
+            }
+            return;
+        }
+        let route = match m.readable(token) {
+            Incoming::Pending => return,
+            Incoming::Closed => {
+                self.sources.remove(&token);
+                return;
+            }
+            Incoming::Request(route) => route,
+        };
+        let answer = crate::metrics::simple_answer(route).unwrap_or_else(|| {
+            let snap = self.snapshot();
+            match route {
+                Route::Metrics => crate::metrics::response(
+                    200,
+                    crate::metrics::CONTENT_TYPE,
+                    &crate::metrics::render(&snap),
+                ),
+                _ => crate::metrics::readyz(&snap),
+            }
+        });
+        let Some(m) = self.metrics.as_mut() else { return };
+        if !m.reply(token, answer) {
+            self.sources.remove(&token);
+        } else if let Some(fd) = m.fd(token) {
+            // The rest goes out when the client reads.
+            let _ = self
+                .epoll
+                .modify(fd, &mut EpollEvent::new(EpollFlags::EPOLLOUT, token));
+        }
+    }
+
+    /// What `/metrics` and `/readyz` show: read from the core, the
+    /// scoreboard and /proc, nothing kept for it.
+    fn snapshot(&self) -> crate::metrics::Snapshot {
+        let now = self.os.now();
+        let board_now = now_ms();
+        let workers = self
+            .core
+            .processes()
+            .into_iter()
+            .map(|p| {
+                let cell = self.workers.get(&p.pid).map(|h| self.board.cell(h.cell));
+                crate::metrics::WorkerSample {
+                    slot: p.slot,
+                    state: crate::metrics::WorkerState::of(
+                        p.state,
+                        cell.map_or(Activity::Starting, |c| c.activity()),
+                    ),
+                    rss: self.os.rss(p.pid).unwrap_or(0),
+                    silent: cell.map_or(Duration::ZERO, |c| c.silent_for(board_now)),
+                }
+            })
+            .collect();
+        let t = self.totals();
+        let c = self.core.counters();
+        crate::metrics::Snapshot {
+            version: env!("CARGO_PKG_VERSION"),
+            uptime: now.saturating_duration_since(self.started),
+            parent_rss: titles::rss_bytes(None).unwrap_or(0),
+            size: self.core.size(),
+            min_ready: self.config.metrics.min_ready,
+            stopping: self.core.is_stopping(),
+            crash_loop: self.core.in_crash_loop(),
+            workers,
+            backing_off: u32::try_from(self.core.waiting(now).len()).unwrap_or(u32::MAX),
+            starts: core::Cause::ALL
+                .iter()
+                .map(|cause| (cause.label(), c.started.get(cause).copied().unwrap_or(0)))
+                .collect(),
+            jobs: t.jobs,
+            reloads_ok: c.reloads_ok,
+            reloads_failed: c.reloads_failed,
+            crash_loops: c.crash_loops,
         }
     }
 

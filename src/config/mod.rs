@@ -241,6 +241,33 @@ impl WorkersConfig {
     }
 }
 
+/// Where the metrics and health endpoints listen (`[metrics] listen`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetricsListen {
+    /// A TCP address: `"127.0.0.1:9187"`, `"[::1]:9187"`.
+    Tcp(std::net::SocketAddr),
+    /// A Unix socket: `"unix:/run/demo-metrics.sock"`.
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for MetricsListen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MetricsListen::Tcp(a) => write!(f, "{a}"),
+            MetricsListen::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// The `[metrics]` table, validated (issue 12).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MetricsConfig {
+    /// Where `/metrics`, `/livez` and `/readyz` are served; `None`: off.
+    pub listen: Option<MetricsListen>,
+    /// Ready workers `/readyz` needs; `None`: all of the target size.
+    pub min_ready: Option<u32>,
+}
+
 /// The whole configuration, validated, plus the raw `[app]` table.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -250,6 +277,8 @@ pub struct Config {
     pub daemon: DaemonConfig,
     /// `[workers]`.
     pub workers: WorkersConfig,
+    /// `[metrics]`.
+    pub metrics: MetricsConfig,
     /// `[app]`, the daemon's own settings, still as TOML.
     pub app: toml::Table,
     /// The file's text and the places of its keys, kept from the parse.
@@ -335,6 +364,7 @@ impl Config {
                 scale_up_step: 4,
                 scale_down_cooldown: Duration::from_secs(30),
             },
+            metrics: MetricsConfig::default(),
             app: toml::Table::new(),
             origin: None,
         }
@@ -687,6 +717,15 @@ impl Config {
         } else {
             out.push_str(&format!("env = {{ {} }}\n", env.join(", ")));
         }
+        if self.metrics != MetricsConfig::default() {
+            out.push_str("\n[metrics]\n");
+            if let Some(l) = &self.metrics.listen {
+                out.push_str(&format!("listen = {}\n", q(&l.to_string())));
+            }
+            if let Some(n) = self.metrics.min_ready {
+                out.push_str(&format!("min_ready = {n}\n"));
+            }
+        }
         if !self.app.is_empty() {
             let mut app = toml::Value::Table(self.app.clone());
             escape_dollars(&mut app);
@@ -942,7 +981,7 @@ mod tests {
         }
         let mut known: Vec<String> = validate::known_keys().iter().map(|k| k.to_string()).collect();
         // The tables themselves.
-        known.extend(["daemon".to_string(), "workers".to_string()]);
+        known.extend(["daemon".to_string(), "workers".to_string(), "metrics".to_string()]);
         known.sort();
         known.dedup();
         sample.sort();
@@ -976,7 +1015,8 @@ mod tests {
             "[daemon]\nuser = \"root\"\ngroup = \"root\"\nwatchdog = \"30s\"\n\
              [workers]\ncommand = [\"sleep\", \"1\"]\nreopen_signal = \"USR1\"\nnice = 3\n\
              oom_score_adj = 100\nrlimit_nofile = 4096\nrlimit_core = \"unlimited\"\n\
-             rlimit_as = \"1GiB\"\nrlimit_nproc = \"100:200\"\nenv_file = \"{}\"\n[app]\nx = 1\n",
+             rlimit_as = \"1GiB\"\nrlimit_nproc = \"100:200\"\nenv_file = \"{}\"\n\
+             [metrics]\nlisten = \"127.0.0.1:9187\"\nmin_ready = 2\n[app]\nx = 1\n",
             env_file.display()
         ))
         .unwrap();

@@ -30,7 +30,7 @@ use crate::logging::Level;
 
 /// The tables of the file; `[app]` belongs to the daemon's own settings
 /// type, which checks its keys itself.
-const TABLES: [&str; 3] = ["daemon", "workers", "app"];
+const TABLES: [&str; 4] = ["daemon", "workers", "metrics", "app"];
 
 /// Signals rookery keeps for itself, and what each does: none may be a
 /// worker's stop signal.
@@ -617,6 +617,15 @@ pub(super) fn build(v: &mut Validator<'_, '_>, name: &str, base: &Path) -> Confi
         );
     }
 
+    // [metrics] (issue 12)
+    if let Some(l) = v.get::<String>("metrics.listen") {
+        match parse_listen(&l, base) {
+            Ok(l) => c.metrics.listen = Some(l),
+            Err(msg) => v.problem("metrics.listen", msg),
+        }
+    }
+    c.metrics.min_ready = v.count("metrics.min_ready", 0);
+
     // [app]: the daemon's own settings check it (Config::app).
     if let Some(app) = v.get::<toml::Table>("app") {
         c.app = app;
@@ -711,6 +720,26 @@ pub(super) fn check_name(n: &str) -> Result<(), String> {
     }
 }
 
+/// `metrics.listen`: `"HOST:PORT"` with a numeric host (no name lookup in
+/// a config check), or `"unix:PATH"` (relative to the file's directory).
+pub(super) fn parse_listen(s: &str, base: &Path) -> Result<super::MetricsListen, String> {
+    if let Some(p) = s.strip_prefix("unix:") {
+        if p.is_empty() {
+            return Err("\"unix:\" needs a path, e.g. \"unix:/run/demo-metrics.sock\"".into());
+        }
+        let p = base.join(p);
+        check_socket_path(&p)?;
+        return Ok(super::MetricsListen::Unix(p));
+    }
+    s.parse::<std::net::SocketAddr>()
+        .map(super::MetricsListen::Tcp)
+        .map_err(|_| {
+            format!(
+                "{s:?} is not an address; expected \"IP:PORT\" (e.g. \"127.0.0.1:9187\") or \"unix:/path\""
+            )
+        })
+}
+
 /// A control socket path must fit in `sun_path`.
 pub(super) fn check_socket_path(p: &Path) -> Result<(), String> {
     let len = p.as_os_str().len();
@@ -727,6 +756,37 @@ pub(super) fn check_socket_path(p: &Path) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metrics_listen_is_an_ip_and_port_or_a_unix_path() {
+        use super::super::MetricsListen;
+        let base = Path::new("/etc/demo");
+        assert_eq!(
+            parse_listen("127.0.0.1:9187", base),
+            Ok(MetricsListen::Tcp("127.0.0.1:9187".parse().unwrap()))
+        );
+        assert!(matches!(
+            parse_listen("[::1]:80", base),
+            Ok(MetricsListen::Tcp(_))
+        ));
+        assert_eq!(
+            parse_listen("unix:m.sock", base),
+            Ok(MetricsListen::Unix("/etc/demo/m.sock".into()))
+        );
+        for bad in [
+            "localhost:9187",
+            "127.0.0.1",
+            "9187",
+            ":9187",
+            "unix:",
+            "127.0.0.1:99999",
+        ] {
+            let e = parse_listen(bad, base).unwrap_err();
+            assert!(e.contains("expected") || e.contains("needs a path"), "{bad}: {e}");
+        }
+        let long = format!("unix:/{}", "x".repeat(200));
+        assert!(parse_listen(&long, base).unwrap_err().contains("at most"));
+    }
 
     #[test]
     fn typos_find_the_nearest_key() {

@@ -8,7 +8,7 @@
 //!   `[app]` settings...): workers are replaced one at a time;
 //! * fixed for the daemon's life (paths, accounts): need a restart.
 
-use crate::config::{Config, DaemonConfig, WorkersConfig};
+use crate::config::{Config, DaemonConfig, MetricsConfig, WorkersConfig};
 
 /// The reload's consequences.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -183,6 +183,14 @@ pub(crate) fn plan(old: &Config, new: &Config) -> Plan {
     if *parent_nofile != d.rlimit_nofile {
         p.restart.push("daemon.rlimit_nofile");
     }
+    // issue 12: the listener is bound once; readiness reads min_ready live.
+    let MetricsConfig { listen, min_ready } = &old.metrics;
+    if *listen != new.metrics.listen {
+        p.restart.push("metrics.listen");
+    }
+    if *min_ready != new.metrics.min_ready {
+        p.live.push("metrics.min_ready");
+    }
     p
 }
 
@@ -208,9 +216,12 @@ mod tests {
         new.workers.stop_timeout = Duration::from_secs(3);
         new.app.insert("rate".into(), toml::Value::Integer(5));
         new.daemon.user = Some("nobody".into());
+        new.metrics.listen = Some(crate::config::MetricsListen::Tcp("127.0.0.1:1".parse().unwrap()));
+        new.metrics.min_ready = Some(1);
         let p = plan(&old, &new);
         assert_eq!(p.replace, ["workers.stop_timeout", "app"]);
-        assert_eq!(p.restart, ["daemon.user"]);
+        assert_eq!(p.restart, ["daemon.user", "metrics.listen"]);
+        assert_eq!(p.live, ["metrics.min_ready"]);
         assert!(p.replaces_workers());
 
         // issue 13: limits are set as a worker starts.
