@@ -11,6 +11,7 @@ mod guard;
 mod health;
 mod lifecycle;
 mod limits;
+mod metrics;
 mod never_stalls;
 mod operations;
 mod privileges;
