@@ -580,6 +580,13 @@ impl Server {
         self.conns.values().map(|c| c.stream.fd().as_raw_fd())
     }
 
+    /// Whether connection `token` has an answer still to send.
+    pub(crate) fn is_writing(&self, token: u64) -> bool {
+        self.conns
+            .get(&token)
+            .is_some_and(|c| matches!(c.state, ConnState::Writing(..)))
+    }
+
     /// Reads what the connection has, without blocking.
     pub(crate) fn readable(&mut self, token: u64) -> Incoming {
         let Some(conn) = self.conns.get_mut(&token) else {

@@ -501,7 +501,7 @@ impl<'h, O: Os> Supervisor<'h, O> {
                             self.client_readable(token);
                         }
                     }
-                    Some(Source::Scrape) => self.scrape_ready(token, ev.events()),
+                    Some(Source::Scrape) => self.scrape_ready(token),
                     None => {}
                 },
             }
@@ -1058,10 +1058,12 @@ impl<'h, O: Os> Supervisor<'h, O> {
         }
     }
 
-    fn scrape_ready(&mut self, token: u64, events: EpollFlags) {
+    fn scrape_ready(&mut self, token: u64) {
         use crate::metrics::{Incoming, Route};
         let Some(m) = self.metrics.as_mut() else { return };
-        if events.contains(EpollFlags::EPOLLOUT) {
+        // By the connection's state, not the event: a hang-up while an
+        // answer is queued ends it now (a write fails), not at its deadline.
+        if m.is_writing(token) {
             if !m.writable(token) {
                 self.sources.remove(&token);
             }
