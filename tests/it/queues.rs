@@ -891,8 +891,12 @@ fn gearman_pool_under_rookery_serves_jobs_and_replaces_a_killed_worker() {
     let second = batch("second");
     check_replies(&submit(server.port, &second, 4), &second);
 
-    let status = d.run(&["status"]);
-    assert!(status.status.success());
+    // issue 12: status exits 0 only once the replacement runs (1 while it starts).
+    assert!(
+        wait_until(DEADLINE, || d.run(&["status"]).status.success()),
+        "{}",
+        String::from_utf8_lossy(&d.run(&["status"]).stdout)
+    );
     assert!(d.run(&["stop"]).status.success());
     assert!(
         wait_until(DEADLINE, || server.workers("sha256") == Some(0)),
