@@ -89,6 +89,15 @@ pub fn out_raw(text: impl Display) {
     let _ = write!(std::io::stdout().lock(), "{text}");
 }
 
+/// Writes `text` as it is to standard output and flushes it; the error
+/// tells a command that keeps writing (`status --watch`) that its reader
+/// has left (a closed pipe), so it can end quietly.
+pub fn try_out_raw(text: impl Display) -> std::io::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    write!(stdout, "{text}")?;
+    stdout.flush()
+}
+
 /// A line for the operator on stderr, prefixed with the program name;
 /// dropped if stderr is closed.
 pub fn say(name: &str, msg: impl Display) {
@@ -130,8 +139,15 @@ pub enum Command {
     /// Exit 0 if running (and show its workers), 3 if not.
     Status {
         /// Print the status as JSON.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "watch")]
         json: bool,
+        /// Redraw the table every interval (busy/idle, jobs per second,
+        /// restarts since start) until Ctrl-C or the daemon stops.
+        #[arg(long)]
+        watch: bool,
+        /// How often `--watch` samples the daemon.
+        #[arg(long, default_value = "1s", requires = "watch", value_parser = parse_interval, value_name = "DURATION")]
+        interval: Duration,
     },
     /// Re-read the config and apply it without dropping capacity.
     Reload,
@@ -191,6 +207,22 @@ impl Command {
         }
     }
 }
+
+/// A `--watch` interval: a duration of at least [`MIN_INTERVAL`].
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    let d = crate::config::parse_duration_arg(s)?;
+    if d < MIN_INTERVAL {
+        return Err(format!(
+            "{s:?} is too short: at least {}",
+            humantime::format_duration(MIN_INTERVAL)
+        ));
+    }
+    Ok(d)
+}
+
+/// The shortest `status --watch` interval: each sample is a request the
+/// daemon's loop answers, so a watcher must not turn into a flood.
+pub const MIN_INTERVAL: Duration = Duration::from_millis(50);
 
 /// A parsed `scale` argument.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -272,6 +304,23 @@ mod tests {
         assert!(cli.no_daemon);
         assert_eq!(cli.loglevel, Some(Level::Debug));
         assert_eq!(cli.workers, Some(3));
+        let cli = Cli::<NoArgs>::try_parse_from(["d", "status", "--watch", "--interval", "200ms"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Some(Command::Status { watch: true, interval, json: false }) if interval == Duration::from_millis(200)
+        ));
+        let cli = Cli::<NoArgs>::try_parse_from(["d", "status"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Some(Command::Status { watch: false, interval, .. }) if interval == Duration::from_secs(1)
+        ));
+        for bad in [
+            &["d", "status", "--watch", "--interval", "1ms"][..],
+            &["d", "status", "--interval", "2s"],
+            &["d", "status", "--watch", "--json"],
+        ] {
+            assert!(Cli::<NoArgs>::try_parse_from(bad).is_err(), "{bad:?}");
+        }
         let cli = Cli::<NoArgs>::try_parse_from(["d", "run", "--", "sh", "-c", "echo hi"]).unwrap();
         assert!(matches!(cli.command, Some(Command::Run { ref command }) if command.len() == 3));
     }

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr};
 
-use crate::cli::{out, out_raw, say};
+use crate::cli::{out, out_raw, say, try_out_raw};
 use crate::config::Config;
 use crate::control::{self, Request, Response};
 use crate::exit;
@@ -313,6 +313,116 @@ pub(crate) fn status(config: &Config, json: bool) -> u8 {
                 exit::FAILURE
             }
         },
+    }
+}
+
+/// `status`, or with `watch` the live view of [`watch`].
+pub(crate) fn status_or_watch(config: &Config, json: bool, watch: bool, interval: Duration) -> u8 {
+    if watch {
+        self::watch(config, interval)
+    } else {
+        status(config, json)
+    }
+}
+
+/// Why a `--watch` sample brought no status.
+enum NoSample {
+    /// The watch is over with this exit code (what `status` would exit
+    /// with); its one line was said.
+    Ended(u8),
+    /// The daemon still holds its pidfile but did not answer (it is
+    /// stopping, or briefly unreachable): this line instead of a frame.
+    Silent(String),
+}
+
+/// One `status` request for `--watch`.
+fn sample(config: &Config) -> Result<Box<control::Status>, NoSample> {
+    let name = &config.daemon.name;
+    let holder = match holder(config) {
+        Ok(Some(h)) => h,
+        Ok(None) => {
+            out(format!("{name} is not running"));
+            return Err(NoSample::Ended(exit::NOT_RUNNING));
+        }
+        Err(code) => return Err(NoSample::Ended(code)),
+    };
+    let socket = &config.daemon.control_socket;
+    match control::call(socket, &Request::Status, Duration::from_secs(5)) {
+        Ok(Response::Status(s)) => Ok(s),
+        Ok(Response::Error { message }) => {
+            say(name, message);
+            Err(NoSample::Ended(exit::NOPERM))
+        }
+        Ok(other) => {
+            say(name, format!("unexpected answer: {other:?}"));
+            Err(NoSample::Ended(exit::SOFTWARE))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            say(name, refused(socket, &e));
+            Err(NoSample::Ended(exit::NOPERM))
+        }
+        Err(e) => match holder {
+            Holder::Pid(pid) => Err(NoSample::Silent(format!(
+                "{name} (pid {pid}): no answer on the control socket {}: {e}\n",
+                socket.display()
+            ))),
+            Holder::Headless { pid, .. } => {
+                out(format!("{name} is {}", headless(config, pid)));
+                Err(NoSample::Ended(exit::FAILURE))
+            }
+        },
+    }
+}
+
+/// `status --watch`: a frame every `interval` (drawn over the last one on a
+/// terminal, one after the other with a blank line between when piped)
+/// until SIGINT or SIGTERM (exit 0), a closed stdout (exit 0, quietly), or
+/// the daemon stops (its one line, and the exit code `status` would give).
+fn watch(config: &Config, interval: Duration) -> u8 {
+    use std::io::IsTerminal;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let name = &config.daemon.name;
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        if let Err(e) = signal_hook::flag::register(sig, Arc::clone(&stop)) {
+            say(name, format!("cannot handle signal {sig}: {e}"));
+            return exit::OSERR;
+        }
+    }
+    let terminal = std::io::stdout().is_terminal();
+    let mut prev: Option<Box<control::Status>> = None;
+    loop {
+        let tick = Instant::now();
+        let text = match sample(config) {
+            Ok(s) => {
+                let why = degraded(&s);
+                let text = crate::watch::frame(prev.as_deref(), &s, interval, why.as_deref());
+                prev = Some(s);
+                text
+            }
+            Err(NoSample::Silent(line)) => line,
+            Err(NoSample::Ended(code)) => return code,
+        };
+        let text = if terminal {
+            crate::watch::on_terminal(&text)
+        } else {
+            text + "\n"
+        };
+        if try_out_raw(text).is_err() {
+            return exit::OK; // the reader has left (`| head`)
+        }
+        let next = tick + interval;
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                return exit::OK;
+            }
+            let now = Instant::now();
+            if now >= next {
+                break;
+            }
+            std::thread::sleep((next - now).min(Duration::from_millis(20)));
+        }
     }
 }
 

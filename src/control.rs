@@ -452,7 +452,7 @@ pub fn call(path: &Path, req: &Request, timeout: Duration) -> io::Result<Respons
     serde_json::from_str(line.trim()).map_err(io::Error::other)
 }
 
-fn human_secs(s: f64) -> String {
+pub(crate) fn human_secs(s: f64) -> String {
     let d = Duration::from_secs(s.max(0.0) as u64);
     if d.is_zero() {
         format!("{:.1}s", s.max(0.0))
@@ -461,7 +461,7 @@ fn human_secs(s: f64) -> String {
     }
 }
 
-fn mib(b: u64) -> String {
+pub(crate) fn mib(b: u64) -> String {
     format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0))
 }
 

@@ -196,7 +196,11 @@ impl<W: Worker> Daemon<W> {
                         );
                         return match command {
                             Command::Stop { timeout } => client::stop(&c, timeout),
-                            Command::Status { json } => client::status(&c, json),
+                            Command::Status {
+                                json,
+                                watch,
+                                interval,
+                            } => client::status_or_watch(&c, json, watch, interval),
                             _ => client::signal_running(&c, nix::sys::signal::Signal::SIGUSR1),
                         };
                     }
@@ -225,7 +229,11 @@ impl<W: Worker> Daemon<W> {
                 out_raw(crate::SAMPLE_CONFIG);
                 exit::OK
             }
-            Command::Status { json } => client::status(&config, json),
+            Command::Status {
+                json,
+                watch,
+                interval,
+            } => client::status_or_watch(&config, json, watch, interval),
             Command::Stop { timeout } => client::stop(&config, timeout),
             Command::Reload => client::control_call(&config, &Request::Reload),
             Command::RetryNow => client::control_call(&config, &Request::RetryNow),

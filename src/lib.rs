@@ -127,6 +127,7 @@ mod supervisor;
 mod sys;
 pub mod text;
 pub mod titles;
+mod watch;
 pub mod worker;
 
 pub use crate::core::{ExitStatus, WorkerExit};

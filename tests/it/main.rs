@@ -20,4 +20,5 @@ mod servers;
 mod spawn;
 mod titles;
 mod util;
+mod watch;
 mod worker_io;
