@@ -9,6 +9,7 @@ mod external;
 mod generate;
 mod guard;
 mod health;
+mod kubernetes;
 mod lifecycle;
 mod limits;
 mod metrics;
