@@ -45,6 +45,8 @@ enum Section {
     Many,
     /// Jobs per second under rookery against the bare consumer loop.
     Throughput,
+    /// What a `/metrics` scrape costs the parent, with 8 and 1,000 workers.
+    Scrape,
 }
 
 /// The benchmark's command line (`bench/run` fills it in).
@@ -858,6 +860,67 @@ fn section_crash(cli: &Cli, root: &Path, r: &mut Report) -> Result<()> {
             Target::None,
             0.0,
         );
+    }
+    Ok(())
+}
+
+/// One `GET path` over a fresh connection; returns the whole answer.
+fn http_get(port: u16, path: &str) -> Result<String> {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+/// The cost of a `/metrics` scrape to the parent, with 8 and 1,000 idle
+/// demo workers: scrapes one after the other, each timed from connect to
+/// the end of the answer, and the parent's CPU time (schedstat) over all
+/// of them divided by their number.
+fn section_scrape(cli: &Cli, root: &Path, r: &mut Report) -> Result<()> {
+    const SCRAPES: usize = 200;
+    for n in [8u32, cli.many] {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let extra = format!(
+            "[workers]\ncount = {n}\n\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n\n[app]\njob_interval = \"1h\"\n"
+        );
+        let mut d = Daemon::new(root, &format!("scrape{n}"), &cli.demo, "demodaemon", &extra)?;
+        let (pid, _) = d.start(&["start"])?;
+        let first = http_get(port, "/metrics")?;
+        if !first.starts_with("HTTP/1.1 200") {
+            return Err(format!("/metrics answered: {}", first.lines().next().unwrap_or("")).into());
+        }
+        let size = first.len();
+        let cpu0 = procfs::cpu_ns(pid).unwrap_or(0);
+        let mut times = Vec::with_capacity(SCRAPES);
+        for _ in 0..SCRAPES {
+            let t = Instant::now();
+            http_get(port, "/metrics")?;
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        let cpu = procfs::cpu_ns(pid).unwrap_or(0).saturating_sub(cpu0);
+        let per = cpu as f64 / SCRAPES as f64 / 1e6;
+        let dist = Dist::new(times);
+        r.row(
+            format!(
+                "`GET /metrics` with {n} workers ({} KiB): parent CPU per scrape; latency, n={SCRAPES}",
+                size / 1024
+            ),
+            format!(
+                "{per:.3} ms CPU; {:.2} ms ({:.2}–{:.2} ms)",
+                dist.median(),
+                dist.pct(10.0),
+                dist.pct(90.0)
+            ),
+            Target::None,
+            per,
+        );
+        d.stop()?;
     }
     Ok(())
 }
@@ -1818,10 +1881,11 @@ fn main() -> ExitCode {
     let mut r = Report::default();
     let wanted = |s: Section| cli.only.is_empty() || cli.only.contains(&s);
     type SectionFn = fn(&Cli, &Path, &mut Report) -> Result<()>;
-    let sections: [(Section, &str, SectionFn); 4] = [
+    let sections: [(Section, &str, SectionFn); 5] = [
         (Section::Core, "core (demo, 8 idle workers)", section_core),
         (Section::Crash, "crash loop CPU", section_crash),
         (Section::Many, "1,000 workers", section_many),
+        (Section::Scrape, "metrics scrape", section_scrape),
         (Section::Throughput, "throughput", section_throughput),
     ];
     for (s, title, f) in sections {

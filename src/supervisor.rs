@@ -1078,7 +1078,9 @@ impl<'h, O: Os> Supervisor<'h, O> {
             Incoming::Request(route) => route,
         };
         let answer = crate::metrics::simple_answer(route).unwrap_or_else(|| {
-            let snap = self.snapshot();
+            // Readiness needs no memory figures: a probe every few seconds
+            // costs no read of /proc per worker.
+            let snap = self.snapshot(route == Route::Metrics);
             match route {
                 Route::Metrics => crate::metrics::response(
                     200,
@@ -1100,8 +1102,10 @@ impl<'h, O: Os> Supervisor<'h, O> {
     }
 
     /// What `/metrics` and `/readyz` show: read from the core, the
-    /// scoreboard and /proc, nothing kept for it.
-    fn snapshot(&self) -> crate::metrics::Snapshot {
+    /// scoreboard and (with `rss`) /proc, nothing kept for it. A scrape
+    /// reads each worker's own RSS (one `statm` read); `max_memory` checks
+    /// measure the whole process tree.
+    fn snapshot(&self, rss: bool) -> crate::metrics::Snapshot {
         let now = self.os.now();
         let board_now = now_ms();
         let workers = self
@@ -1116,7 +1120,11 @@ impl<'h, O: Os> Supervisor<'h, O> {
                         p.state,
                         cell.map_or(Activity::Starting, |c| c.activity()),
                     ),
-                    rss: self.os.rss(p.pid).unwrap_or(0),
+                    rss: if rss {
+                        crate::procfs::rss_bytes(p.pid).unwrap_or(0)
+                    } else {
+                        0
+                    },
                     silent: cell.map_or(Duration::ZERO, |c| c.silent_for(board_now)),
                 }
             })
