@@ -9,7 +9,7 @@
 //! the pool is sized for during the whole `scale_down_cooldown` (no
 //! flapping when the queue hovers around a boundary).
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::config::WorkersConfig;
 
@@ -65,12 +65,13 @@ pub(crate) fn decide(
     Decision::Keep
 }
 
-/// When a pending shrink is due, for a caller that wants to know.
-#[allow(dead_code)]
+/// When a pending shrink is due (the tests check that a growing backlog
+/// cancels it).
+#[cfg(test)]
 pub(crate) fn shrink_due(w: &WorkersConfig, state: &State) -> Option<Instant> {
     state.below_since.map(|t| {
         t.checked_add(w.scale_down_cooldown)
-            .unwrap_or(t + Duration::from_secs(1))
+            .unwrap_or(t + std::time::Duration::from_secs(1))
     })
 }
 
@@ -78,6 +79,7 @@ pub(crate) fn shrink_due(w: &WorkersConfig, state: &State) -> Option<Instant> {
 mod tests {
     use super::*;
     use crate::config::{Config, Mode};
+    use std::time::Duration;
 
     fn cfg() -> WorkersConfig {
         let mut w = Config::defaults("t").workers;
