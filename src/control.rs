@@ -8,14 +8,14 @@
 //! encoded with serde by [`call`] on the client side and decoded by
 //! [`Server`] in the daemon.
 
-use std::collections::HashMap;
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::os::fd::AsFd;
+use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+
+use crate::conns::{Conns, Read, Room};
 
 /// A request from the command line.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -172,20 +172,7 @@ pub struct Server {
     listener: UnixListener,
     path: PathBuf,
     owner: u32,
-    conns: HashMap<u64, Conn>,
-}
-
-struct Conn {
-    stream: UnixStream,
-    deadline: Instant,
-    state: ConnState,
-}
-
-enum ConnState {
-    /// Collecting the request line.
-    Reading(Vec<u8>),
-    /// Sending the answer from this offset.
-    Writing(Vec<u8>, usize),
+    conns: Conns<UnixStream>,
 }
 
 /// What [`Server::accept`] did.
@@ -247,7 +234,7 @@ impl Server {
             listener,
             path: path.to_path_buf(),
             owner,
-            conns: HashMap::new(),
+            conns: Conns::new(MAX_CLIENTS, CLIENT_DEADLINE),
         })
     }
 
@@ -265,35 +252,16 @@ impl Server {
         let Ok((stream, _)) = self.listener.accept() else {
             return Accepted::Nothing;
         };
-        let mut evicted = None;
-        if self.conns.len() >= MAX_CLIENTS {
-            let oldest = self
-                .conns
-                .iter()
-                .filter(|(_, c)| matches!(c.state, ConnState::Reading(_)))
-                .min_by_key(|(t, c)| (c.deadline, **t))
-                .map(|(t, _)| *t);
-            match oldest {
-                Some(t) => {
-                    self.conns.remove(&t);
-                    evicted = Some(t);
-                }
-                None => return Accepted::Dropped,
-            }
-        }
+        let evicted = match self.conns.make_room() {
+            Room::Made { evicted } => evicted,
+            Room::Full => return Accepted::Dropped,
+        };
         if stream.set_nonblocking(true).is_err() {
             return Accepted::Dropped;
         }
         let cred = nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials);
         let allowed = cred.is_ok_and(|c| c.uid() == 0 || c.uid() == self.owner);
-        self.conns.insert(
-            token,
-            Conn {
-                stream,
-                deadline: now + CLIENT_DEADLINE,
-                state: ConnState::Reading(Vec::new()),
-            },
-        );
+        self.conns.insert(token, stream, now);
         if !allowed {
             self.reply(
                 token,
@@ -307,118 +275,61 @@ impl Server {
 
     /// The descriptor of connection `token`, to watch.
     pub fn fd(&self, token: u64) -> Option<std::os::fd::BorrowedFd<'_>> {
-        self.conns.get(&token).map(|c| c.stream.as_fd())
+        self.conns.fd(token)
     }
 
     /// The descriptors of the open connections: a forked worker must close
     /// them, or a client would never see its connection end.
     pub fn client_fds(&self) -> impl Iterator<Item = std::os::fd::RawFd> + '_ {
-        use std::os::fd::AsRawFd;
-        self.conns.values().map(|c| c.stream.as_raw_fd())
+        self.conns.raw_fds()
     }
 
     /// Whether connection `token` has an answer still to send.
     pub fn is_writing(&self, token: u64) -> bool {
-        self.conns
-            .get(&token)
-            .is_some_and(|c| matches!(c.state, ConnState::Writing(..)))
+        self.conns.is_writing(token)
     }
 
     /// Whether `token` names one of this server's connections.
     pub fn owns(&self, token: u64) -> bool {
-        self.conns.contains_key(&token)
+        self.conns.owns(token)
     }
 
-    /// Reads what the connection has (without blocking).
+    /// Reads what the connection has (without blocking): a request is one
+    /// JSON line of at most [`MAX_REQUEST`] bytes.
     pub fn readable(&mut self, token: u64) -> Incoming {
-        let Some(conn) = self.conns.get_mut(&token) else {
-            return Incoming::Closed;
+        let line = |buf: &[u8]| {
+            let i = buf.iter().position(|b| *b == b'\n')?;
+            let line = String::from_utf8_lossy(&buf[..i]).into_owned();
+            Some(serde_json::from_str(line.trim()).map_err(|e| format!("bad request: {e}")))
         };
-        let ConnState::Reading(buf) = &mut conn.state else {
-            // Writing: a readable socket now means the client hung up or
-            // sent more; the answer is still sent.
-            return Incoming::Pending;
-        };
-        let mut chunk = [0u8; 1024];
-        loop {
-            match (&conn.stream).read(&mut chunk) {
-                Ok(0) => {
-                    self.conns.remove(&token);
-                    return Incoming::Closed;
-                }
-                Ok(n) => {
-                    buf.extend_from_slice(&chunk[..n]);
-                    if let Some(i) = buf.iter().position(|b| *b == b'\n') {
-                        let line = String::from_utf8_lossy(&buf[..i]).into_owned();
-                        return Incoming::Request(
-                            serde_json::from_str(line.trim()).map_err(|e| format!("bad request: {e}")),
-                        );
-                    }
-                    if buf.len() > MAX_REQUEST {
-                        self.conns.remove(&token);
-                        return Incoming::Closed;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Incoming::Pending,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => {
-                    self.conns.remove(&token);
-                    return Incoming::Closed;
-                }
-            }
+        match self.conns.read(token, MAX_REQUEST, line) {
+            Read::Pending => Incoming::Pending,
+            Read::Request(r) => Incoming::Request(r),
+            Read::Closed => Incoming::Closed,
         }
     }
 
     /// Queues the answer and sends what the socket takes now. Returns true
     /// while some is left to send (watch the connection for writing).
     pub fn reply(&mut self, token: u64, resp: &Response) -> bool {
-        let Some(conn) = self.conns.get_mut(&token) else {
-            return false;
-        };
         let mut text = serde_json::to_string(resp).unwrap_or_else(|_| "{}".into());
         text.push('\n');
-        conn.state = ConnState::Writing(text.into_bytes(), 0);
-        self.writable(token)
+        self.conns.reply(token, text.into_bytes())
     }
 
     /// Sends more of a queued answer. Returns true while some is left.
     pub fn writable(&mut self, token: u64) -> bool {
-        let Some(conn) = self.conns.get_mut(&token) else {
-            return false;
-        };
-        let ConnState::Writing(buf, pos) = &mut conn.state else {
-            return false;
-        };
-        while *pos < buf.len() {
-            match (&conn.stream).write(&buf[*pos..]) {
-                Ok(0) => break,
-                Ok(n) => *pos += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => break,
-            }
-        }
-        self.conns.remove(&token);
-        false
+        self.conns.writable(token)
     }
 
     /// Drops connections past their deadline; returns their tokens.
     pub fn expire(&mut self, now: Instant) -> Vec<u64> {
-        let late: Vec<u64> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| c.deadline <= now)
-            .map(|(t, _)| *t)
-            .collect();
-        for t in &late {
-            self.conns.remove(t);
-        }
-        late
+        self.conns.expire(now)
     }
 
     /// The earliest connection deadline, if any connection is open.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.conns.values().map(|c| c.deadline).min()
+        self.conns.next_deadline()
     }
 
     /// Open connections.

@@ -102,6 +102,7 @@ pub mod beanstalk;
 pub mod cli;
 mod client;
 pub mod config;
+mod conns;
 pub mod control;
 mod core;
 mod daemon;

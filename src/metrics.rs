@@ -31,17 +31,18 @@
 //! * `rookery_reloads_total{result="ok"|"failed"}` counter;
 //! * `rookery_stopping` gauge (0/1).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, RawFd};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::config::MetricsListen;
+use crate::conns::{self, Conns, Room, Socket};
 use crate::control::Accepted;
 
 /// Longest request (line and headers) accepted.
@@ -424,38 +425,28 @@ enum Stream {
     Unix(UnixStream),
 }
 
-impl Stream {
-    fn fd(&self) -> BorrowedFd<'_> {
+impl AsFd for Stream {
+    fn as_fd(&self) -> BorrowedFd<'_> {
         match self {
             Stream::Tcp(s) => s.as_fd(),
             Stream::Unix(s) => s.as_fd(),
         }
     }
-    fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Stream::Tcp(s) => (&*s).read(buf),
-            Stream::Unix(s) => (&*s).read(buf),
-        }
-    }
-    fn write(&self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Stream::Tcp(s) => (&*s).write(buf),
-            Stream::Unix(s) => (&*s).write(buf),
-        }
-    }
 }
 
-struct Conn {
-    stream: Stream,
-    deadline: Instant,
-    state: ConnState,
-}
-
-enum ConnState {
-    /// Collecting the request.
-    Reading(Vec<u8>),
-    /// Sending the answer from this offset.
-    Writing(Vec<u8>, usize),
+impl Socket for Stream {
+    fn read_some(&self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read_some(buf),
+            Stream::Unix(s) => s.read_some(buf),
+        }
+    }
+    fn write_some(&self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write_some(buf),
+            Stream::Unix(s) => s.write_some(buf),
+        }
+    }
 }
 
 /// What became of a connection after it was readable.
@@ -472,7 +463,7 @@ pub(crate) enum Incoming {
 /// The listening socket and its connections.
 pub(crate) struct Server {
     listener: Listener,
-    conns: HashMap<u64, Conn>,
+    conns: Conns<Stream>,
 }
 
 impl Server {
@@ -504,7 +495,7 @@ impl Server {
         };
         Ok(Server {
             listener,
-            conns: HashMap::new(),
+            conns: Conns::new(MAX_CLIENTS, CLIENT_DEADLINE),
         })
     }
 
@@ -536,22 +527,10 @@ impl Server {
         let Ok(stream) = stream else {
             return Accepted::Nothing;
         };
-        let mut evicted = None;
-        if self.conns.len() >= MAX_CLIENTS {
-            let oldest = self
-                .conns
-                .iter()
-                .filter(|(_, c)| matches!(c.state, ConnState::Reading(_)))
-                .min_by_key(|(t, c)| (c.deadline, **t))
-                .map(|(t, _)| *t);
-            match oldest {
-                Some(t) => {
-                    self.conns.remove(&t);
-                    evicted = Some(t);
-                }
-                None => return Accepted::Dropped,
-            }
-        }
+        let evicted = match self.conns.make_room() {
+            Room::Made { evicted } => evicted,
+            Room::Full => return Accepted::Dropped,
+        };
         let nonblocking = match &stream {
             Stream::Tcp(s) => s.set_nonblocking(true),
             Stream::Unix(s) => s.set_nonblocking(true),
@@ -559,113 +538,54 @@ impl Server {
         if nonblocking.is_err() {
             return Accepted::Dropped;
         }
-        self.conns.insert(
-            token,
-            Conn {
-                stream,
-                deadline: now + CLIENT_DEADLINE,
-                state: ConnState::Reading(Vec::new()),
-            },
-        );
+        self.conns.insert(token, stream, now);
         Accepted::Client { evicted }
     }
 
     /// The descriptor of connection `token`.
     pub(crate) fn fd(&self, token: u64) -> Option<BorrowedFd<'_>> {
-        self.conns.get(&token).map(|c| c.stream.fd())
+        self.conns.fd(token)
     }
 
     /// The open connections' descriptors: forked workers close them.
     pub(crate) fn client_fds(&self) -> impl Iterator<Item = RawFd> + '_ {
-        self.conns.values().map(|c| c.stream.fd().as_raw_fd())
+        self.conns.raw_fds()
     }
 
     /// Whether connection `token` has an answer still to send.
     pub(crate) fn is_writing(&self, token: u64) -> bool {
-        self.conns
-            .get(&token)
-            .is_some_and(|c| matches!(c.state, ConnState::Writing(..)))
+        self.conns.is_writing(token)
     }
 
-    /// Reads what the connection has, without blocking.
+    /// Reads what the connection has, without blocking (`parse` answers
+    /// an oversized request itself).
     pub(crate) fn readable(&mut self, token: u64) -> Incoming {
-        let Some(conn) = self.conns.get_mut(&token) else {
-            return Incoming::Closed;
-        };
-        let ConnState::Reading(buf) = &mut conn.state else {
-            return Incoming::Pending;
-        };
-        let mut chunk = [0u8; 2048];
-        loop {
-            match conn.stream.read(&mut chunk) {
-                Ok(0) => {
-                    self.conns.remove(&token);
-                    return Incoming::Closed;
-                }
-                Ok(n) => {
-                    buf.extend_from_slice(&chunk[..n]);
-                    if let Some(route) = parse(buf) {
-                        return Incoming::Request(route);
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Incoming::Pending,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => {
-                    self.conns.remove(&token);
-                    return Incoming::Closed;
-                }
-            }
+        match self.conns.read(token, usize::MAX, parse) {
+            conns::Read::Pending => Incoming::Pending,
+            conns::Read::Request(route) => Incoming::Request(route),
+            conns::Read::Closed => Incoming::Closed,
         }
     }
 
     /// Queues `answer` and sends what the socket takes now; true while some
     /// is left (watch the connection for writing).
     pub(crate) fn reply(&mut self, token: u64, answer: Vec<u8>) -> bool {
-        let Some(conn) = self.conns.get_mut(&token) else {
-            return false;
-        };
-        conn.state = ConnState::Writing(answer, 0);
-        self.writable(token)
+        self.conns.reply(token, answer)
     }
 
     /// Sends more of a queued answer; true while some is left.
     pub(crate) fn writable(&mut self, token: u64) -> bool {
-        let Some(conn) = self.conns.get_mut(&token) else {
-            return false;
-        };
-        let ConnState::Writing(buf, pos) = &mut conn.state else {
-            return false;
-        };
-        while *pos < buf.len() {
-            match conn.stream.write(&buf[*pos..]) {
-                Ok(0) => break,
-                Ok(n) => *pos += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => break,
-            }
-        }
-        self.conns.remove(&token);
-        false
+        self.conns.writable(token)
     }
 
     /// Drops connections past their deadline; returns their tokens.
     pub(crate) fn expire(&mut self, now: Instant) -> Vec<u64> {
-        let late: Vec<u64> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| c.deadline <= now)
-            .map(|(t, _)| *t)
-            .collect();
-        for t in &late {
-            self.conns.remove(t);
-        }
-        late
+        self.conns.expire(now)
     }
 
     /// The earliest connection deadline.
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
-        self.conns.values().map(|c| c.deadline).min()
+        self.conns.next_deadline()
     }
 }
 
@@ -680,6 +600,7 @@ impl Drop for Server {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Read, Write};
 
     fn sample() -> Snapshot {
         let w = |slot, state| WorkerSample {
