@@ -28,7 +28,14 @@ pub fn target_dir() -> &'static Path {
     DIR.get_or_init(|| {
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
         let status = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "--examples", "--bins", "--manifest-path"])
+            .args([
+                "build",
+                "--quiet",
+                "--workspace",
+                "--examples",
+                "--bins",
+                "--manifest-path",
+            ])
             .arg(manifest.join("Cargo.toml"))
             .status()
             .expect("run cargo build");
