@@ -660,6 +660,7 @@ mod tests {
             restarts: 0,
             rss_bytes: 0,
             jobs: 0,
+            ..control::WorkerStatus::default()
         };
         let mut s = control::Status {
             name: "d".into(),
@@ -682,6 +683,7 @@ mod tests {
             slot: 2,
             restart_in_secs: 1.0,
             restarts: 3,
+            ..control::BackoffStatus::default()
         });
         assert!(degraded(&s).unwrap().contains("1 of 2 workers backing off"));
         s.crash_loop = true;

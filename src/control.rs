@@ -99,7 +99,7 @@ pub struct Totals {
 }
 
 /// One worker process in `status`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct WorkerStatus {
     /// Slot.
     pub slot: u32,
@@ -117,13 +117,32 @@ pub struct WorkerStatus {
     pub rss_bytes: u64,
     /// Jobs done.
     pub jobs: u64,
+    /// issue 12: jobs done by every process of this slot so far (across
+    /// replacements), this one included.
+    #[serde(default)]
+    pub slot_jobs: u64,
+    /// issue 12: while busy, seconds the job in hand has run.
+    #[serde(default)]
+    pub busy_secs: Option<f64>,
+    /// issue 12: while busy, the job's label (`Context::begin_job_labeled`,
+    /// a `busy LABEL` notify line), if it was given one.
+    #[serde(default)]
+    pub job: Option<String>,
+    /// issue 12: why the slot's previous process ended (`crash: exit 3`,
+    /// `hung`, `memory`, ...; see the README).
+    #[serde(default)]
+    pub last_exit: Option<String>,
+    /// issue 12: the version of the program the worker runs.
+    #[serde(default)]
+    pub version: String,
 }
 
 /// A worker process's phase, as the parent sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum WorkerState {
     /// Started; `init` has not returned (or the command is not ready) yet.
+    #[default]
     Starting,
     /// Ready and working.
     Running,
@@ -143,7 +162,7 @@ impl WorkerState {
 }
 
 /// A slot waiting out its back-off.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct BackoffStatus {
     /// Slot.
     pub slot: u32,
@@ -151,6 +170,9 @@ pub struct BackoffStatus {
     pub restart_in_secs: f64,
     /// Restarts so far.
     pub restarts: u64,
+    /// issue 12: why its last process ended.
+    #[serde(default)]
+    pub last_exit: Option<String>,
 }
 
 /// Longest request line accepted; a client that sends more is dropped.

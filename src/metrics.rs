@@ -29,7 +29,9 @@
 //!   `rookery_worker_heartbeat_age_seconds{slot}` gauges;
 //! * `rookery_crash_loop` gauge (0/1), `rookery_crash_loops_total` counter;
 //! * `rookery_reloads_total{result="ok"|"failed"}` counter;
-//! * `rookery_stopping` gauge (0/1).
+//! * `rookery_stopping` gauge (0/1);
+//! * with `mode = "backlog"` (issue 13): `rookery_backlog_jobs`,
+//!   `rookery_backlog_desired_workers`, `rookery_worker_backlog_jobs{slot}` gauges.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -185,6 +187,8 @@ pub(crate) struct WorkerSample {
     pub rss: u64,
     /// Time since its last heartbeat.
     pub silent: Duration,
+    /// issue 13: the backlog it last reported, if it did.
+    pub backlog: Option<u64>,
 }
 
 /// Everything `/metrics` and `/readyz` show, built by the supervisor.
@@ -218,6 +222,9 @@ pub(crate) struct Snapshot {
     pub reloads_failed: u64,
     /// Crash loops begun.
     pub crash_loops: u64,
+    /// issue 13: with `mode = "backlog"`, the backlog the pool was last
+    /// sized on and the workers it asks for.
+    pub backlog: Option<(u64, u32)>,
 }
 
 impl Snapshot {
@@ -410,7 +417,36 @@ pub(crate) fn render(s: &Snapshot) -> String {
         "1 once the daemon is stopping.",
     );
     let _ = writeln!(o, "rookery_stopping {}", b(s.stopping));
+    if let Some((seen, desired)) = s.backlog {
+        render_backlog(&mut o, seen, desired, &by_slot);
+    }
     o
+}
+
+/// issue 13: the gauges of `mode = "backlog"`, for KEDA or an HPA on
+/// external metrics (scale a Deployment on the queue's depth or on the
+/// size rookery itself computes).
+fn render_backlog(o: &mut String, seen: u64, desired: u32, by_slot: &BTreeMap<u32, &WorkerSample>) {
+    let _ = writeln!(
+        o,
+        "# HELP rookery_backlog_jobs Jobs waiting in the queue, as the pool last sized itself on (the highest figure a live worker reported).\n\
+         # TYPE rookery_backlog_jobs gauge\nrookery_backlog_jobs {seen}"
+    );
+    let _ = writeln!(
+        o,
+        "# HELP rookery_backlog_desired_workers Workers the backlog asks for: ceil(backlog / jobs_per_worker) within min..max.\n\
+         # TYPE rookery_backlog_desired_workers gauge\nrookery_backlog_desired_workers {desired}"
+    );
+    let _ = writeln!(
+        o,
+        "# HELP rookery_worker_backlog_jobs Jobs waiting in the queue as each slot's worker last reported.\n\
+         # TYPE rookery_worker_backlog_jobs gauge"
+    );
+    for (slot, w) in by_slot {
+        if let Some(n) = w.backlog {
+            let _ = writeln!(o, "rookery_worker_backlog_jobs{{slot=\"{slot}\"}} {n}");
+        }
+    }
 }
 
 // -- the server -------------------------------------------------------------
@@ -608,6 +644,7 @@ mod tests {
             state,
             rss: 1000 + u64::from(slot),
             silent: Duration::from_millis(1500),
+            backlog: (slot == 2).then_some(250),
         };
         Snapshot {
             version: "1.2.3",
@@ -708,6 +745,25 @@ mod tests {
             }
         }
         assert!(text.contains("# HELP rookery_jobs_total "));
+    }
+
+    #[test]
+    fn backlog_gauges_are_shown_in_backlog_mode_only() {
+        let mut s = sample();
+        assert!(!render(&s).contains("backlog"), "not in backlog mode");
+        s.backlog = Some((250, 3));
+        let text = render(&s);
+        assert!(text.contains("\nrookery_backlog_jobs 250\n"), "{text}");
+        assert!(text.contains("\nrookery_backlog_desired_workers 3\n"), "{text}");
+        assert!(
+            text.contains("\nrookery_worker_backlog_jobs{slot=\"2\"} 250\n"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("rookery_worker_backlog_jobs{slot=\"1\"}"),
+            "slot 1 never reported"
+        );
+        assert!(text.contains("# TYPE rookery_backlog_desired_workers gauge\n"));
     }
 
     #[test]

@@ -15,10 +15,11 @@ use std::time::Duration;
 use crate::sys;
 
 /// What a worker is doing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Activity {
     /// Forked, `init` not finished.
+    #[default]
     Starting,
     /// Waiting for work.
     Idle,

@@ -1126,6 +1126,7 @@ impl<'h, O: Os> Supervisor<'h, O> {
                         0
                     },
                     silent: cell.map_or(Duration::ZERO, |c| c.silent_for(board_now)),
+                    backlog: cell.and_then(|c| c.backlog()),
                 }
             })
             .collect();
@@ -1149,17 +1150,27 @@ impl<'h, O: Os> Supervisor<'h, O> {
             reloads_ok: c.reloads_ok,
             reloads_failed: c.reloads_failed,
             crash_loops: c.crash_loops,
+            backlog: self.core.backlog_gauges(),
         }
     }
 
     fn status(&self) -> Status {
         let now = self.os.now();
-        let workers = self
-            .core
-            .processes()
+        let board_now = now_ms();
+        let procs = self.core.processes();
+        // issue 12: a slot's jobs across replacements: its exited
+        // processes' (the core's count) and its live ones' (scoreboard).
+        let mut live_jobs: HashMap<u32, u64> = HashMap::new();
+        for p in &procs {
+            if let Some(h) = self.workers.get(&p.pid) {
+                *live_jobs.entry(p.slot).or_default() += self.board.cell(h.cell).jobs();
+            }
+        }
+        let workers = procs
             .into_iter()
             .map(|p| {
                 let cell = self.workers.get(&p.pid).map(|h| self.board.cell(h.cell));
+                let busy = cell.filter(|c| c.activity() == Activity::Busy);
                 WorkerStatus {
                     slot: p.slot,
                     pid: p.pid.as_raw(),
@@ -1173,6 +1184,11 @@ impl<'h, O: Os> Supervisor<'h, O> {
                     restarts: p.restarts,
                     rss_bytes: self.os.rss(p.pid).unwrap_or(0),
                     jobs: cell.map_or(0, |c| c.jobs()),
+                    slot_jobs: p.slot_jobs + live_jobs.get(&p.slot).copied().unwrap_or(0),
+                    busy_secs: busy.map(|c| c.in_activity_for(board_now).as_secs_f64()),
+                    job: None,
+                    last_exit: p.last_exit,
+                    version: env!("CARGO_PKG_VERSION").to_string(),
                 }
             })
             .collect();
@@ -1184,6 +1200,7 @@ impl<'h, O: Os> Supervisor<'h, O> {
                 slot: w.slot,
                 restart_in_secs: w.restart_in.as_secs_f64(),
                 restarts: w.restarts,
+                last_exit: w.last_exit,
             })
             .collect();
         Status {

@@ -174,6 +174,7 @@ mod tests {
             restarts: 0,
             rss_bytes: 1 << 20,
             jobs,
+            ..WorkerStatus::default()
         }
     }
 
@@ -308,6 +309,7 @@ mod tests {
             slot: 2,
             restart_in_secs: 3.0,
             restarts: 2,
+            ..BackoffStatus::default()
         });
         let f = frame(
             None,

@@ -38,6 +38,8 @@ pub(crate) fn wanted(w: &WorkersConfig, backlog: u64) -> u32 {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct State {
     below_since: Option<Instant>,
+    /// issue 12: the backlog of the latest decision, for the metrics.
+    pub(crate) last_seen: Option<u64>,
 }
 
 /// Decides from the pool's `size` and the latest `backlog` at `now`.
@@ -48,6 +50,7 @@ pub(crate) fn decide(
     backlog: u64,
     now: Instant,
 ) -> Decision {
+    state.last_seen = Some(backlog);
     let want = wanted(w, backlog);
     if want > size {
         state.below_since = None;

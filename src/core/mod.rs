@@ -333,6 +333,10 @@ pub(crate) struct ProcInfo {
     pub started: Instant,
     /// Restarts of its slot so far.
     pub restarts: u64,
+    /// issue 12: why its slot's previous process ended (see [`exit_reason`]).
+    pub last_exit: Option<String>,
+    /// issue 12: jobs done by the slot's processes that have exited.
+    pub slot_jobs: u64,
 }
 
 /// A slot waiting out its back-off, for `status`.
@@ -344,6 +348,26 @@ pub(crate) struct Waiting {
     pub restart_in: Duration,
     /// Restarts so far.
     pub restarts: u64,
+    /// issue 12: why its last process ended.
+    pub last_exit: Option<String>,
+}
+
+/// issue 12: why a process ended, as `status` shows it: the reason it was
+/// stopped for (`hung`, `job_timeout`, `start_timeout`, `memory`, `jobs`,
+/// `lifetime`, `reload`, `scale`, `stop`; with ` (killed)` when it had to
+/// be SIGKILLed), else `exit` for a clean exit or `crash: exit N` /
+/// `crash: SIGSEGV`.
+pub(crate) fn exit_reason(stopped_for: Option<&str>, killed: bool, status: ExitStatus) -> String {
+    let mut s = match (stopped_for, status) {
+        (Some(why), _) => why.to_string(),
+        (None, ExitStatus::Code(0)) => "exit".into(),
+        (None, ExitStatus::Code(c)) => format!("crash: exit {c}"),
+        (None, ExitStatus::Signaled(sig)) => format!("crash: {}", sig.as_str()),
+    };
+    if killed && stopped_for.is_some() {
+        s.push_str(" (killed)");
+    }
+    s
 }
 
 /// What ends a process's start.
@@ -397,6 +421,8 @@ struct Proc {
     /// The job (its start, monotonic ms) already logged as slow.
     slow_logged: Option<u64>,
     init_error: Option<String>,
+    /// issue 12: why it was asked to stop (the first reason wins).
+    stopped_for: Option<&'static str>,
 }
 
 /// The replacement of a slot's current worker.
@@ -430,6 +456,10 @@ struct Slot {
     /// Quick failures in a row, for the back-off.
     failures: u32,
     restarts: u64,
+    /// issue 12: why its last process ended.
+    last_exit: Option<String>,
+    /// issue 12: jobs done by its processes that have exited.
+    jobs: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -562,8 +592,14 @@ impl Core {
             }
             Event::Notify { pid, line, jobs } => self.notify(pid, line, jobs, now),
             Event::Exited { pid, status, jobs } => {
-                if self.procs.contains_key(&pid) {
+                if let Some(p) = self.procs.get(&pid) {
                     self.counters.jobs_of_exited = self.counters.jobs_of_exited.saturating_add(jobs);
+                    let (slot, why) = (p.slot, p.stopped_for);
+                    let killed = matches!(p.phase, Phase::Stopping { killed: true, .. });
+                    if let Some(s) = self.slots.get_mut(&slot) {
+                        s.jobs = s.jobs.saturating_add(jobs);
+                        s.last_exit = Some(exit_reason(why, killed, status));
+                    }
                 }
                 self.exited(pid, status, now);
             }
@@ -608,6 +644,7 @@ impl Core {
             jobs: 0,
             slow_logged: None,
             init_error: None,
+            stopped_for: None,
         };
         if let Some((at, _)) = timer {
             self.timers.insert((at, Timer::Start(pid)));
@@ -704,7 +741,7 @@ impl Core {
         let state = self.slots.get(&slot).map(|s| s.state.clone());
         if let Some(SlotState::Live {
             current,
-            next: Next::Starting(r, _),
+            next: Next::Starting(r, why),
         }) = state
         {
             if r == pid {
@@ -716,7 +753,7 @@ impl Core {
                     Level::DEBUG,
                     format!("worker {slot}: pid {pid} ready, stopping old pid {current}"),
                 );
-                self.order_stop(current, now, AfterStop::Nothing);
+                self.stop_for(current, Cause::of(&why).label(), now, AfterStop::Nothing);
                 self.advance_rolling(now);
             }
         }
@@ -1053,7 +1090,7 @@ impl Core {
                 } else {
                     self.log(Level::ERROR, msg);
                 }
-                self.order_stop(pid, now, AfterStop::Replace { failed: true });
+                self.stop_for(pid, "start_timeout", now, AfterStop::Replace { failed: true });
             }
         }
     }
@@ -1130,7 +1167,7 @@ impl Core {
                                 ),
                             );
                             self.out.push(Action::Inspect { pid: *pid, slot });
-                            self.order_stop(*pid, now, AfterStop::Replace { failed: false });
+                            self.stop_for(*pid, "job_timeout", now, AfterStop::Replace { failed: false });
                         }
                         Some(health::Verdict::Recycle(why)) => self.recycle(*pid, why),
                         None => {
@@ -1225,7 +1262,7 @@ impl Core {
             ),
         );
         self.out.push(Action::Inspect { pid, slot });
-        self.order_stop(pid, now, AfterStop::Replace { failed: false });
+        self.stop_for(pid, "hung", now, AfterStop::Replace { failed: false });
     }
 
     /// Replaces `pid` gracefully: a new worker is started in its slot, and
@@ -1259,6 +1296,15 @@ impl Core {
     }
 
     // -- stopping -----------------------------------------------------------
+
+    /// [`Core::order_stop`], remembering `why` for the slot's last exit
+    /// reason (issue 12).
+    fn stop_for(&mut self, pid: Pid, why: &'static str, now: Instant, then: AfterStop) {
+        if let Some(p) = self.procs.get_mut(&pid) {
+            p.stopped_for.get_or_insert(why);
+        }
+        self.order_stop(pid, now, then);
+    }
 
     fn order_stop(&mut self, pid: Pid, now: Instant, then: AfterStop) {
         let group = self.kind == Kind::Command;
@@ -1331,7 +1377,7 @@ impl Core {
         let mut pids: Vec<Pid> = self.procs.keys().copied().collect();
         pids.sort();
         for pid in pids {
-            self.order_stop(pid, now, AfterStop::Nothing);
+            self.stop_for(pid, "stop", now, AfterStop::Nothing);
         }
     }
 
@@ -1484,7 +1530,7 @@ impl Core {
             SlotState::Spawning | SlotState::Done { .. } => {}
         }
         for pid in pids {
-            self.order_stop(pid, now, AfterStop::Nothing);
+            self.stop_for(pid, "scale", now, AfterStop::Nothing);
         }
         self.startup_progress(slot);
     }
@@ -1717,6 +1763,16 @@ impl Core {
         &self.counters
     }
 
+    /// issue 12: with `mode = "backlog"`, the backlog the pool was last
+    /// sized on (0 before any report) and the workers that backlog asks for
+    /// (`ceil(backlog / jobs_per_worker)` within `min..max`).
+    pub(crate) fn backlog_gauges(&self) -> Option<(u64, u32)> {
+        (self.cfg.mode == Mode::Backlog).then(|| {
+            let seen = self.backlog.last_seen.unwrap_or(0);
+            (seen, backlog::wanted(&self.cfg, seen))
+        })
+    }
+
     /// Whether the pool is in a crash loop.
     pub(crate) fn in_crash_loop(&self) -> bool {
         self.crash.in_loop()
@@ -1746,6 +1802,7 @@ impl Core {
                     slot: *slot,
                     restart_in: until.saturating_duration_since(now),
                     restarts: s.restarts,
+                    last_exit: s.last_exit.clone(),
                 }),
                 _ => None,
             })
@@ -1767,6 +1824,8 @@ impl Core {
                 },
                 started: p.started,
                 restarts: self.slots.get(&p.slot).map_or(0, |s| s.restarts),
+                last_exit: self.slots.get(&p.slot).and_then(|s| s.last_exit.clone()),
+                slot_jobs: self.slots.get(&p.slot).map_or(0, |s| s.jobs),
             })
             .collect();
         v.sort_by_key(|p| (p.slot, p.started, p.pid));
@@ -1780,6 +1839,8 @@ impl Slot {
             state: SlotState::Spawning,
             failures: 0,
             restarts: 0,
+            last_exit: None,
+            jobs: 0,
         }
     }
 }

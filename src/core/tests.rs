@@ -791,6 +791,94 @@ fn max_jobs_of_a_command_counts_done_lines_even_while_starting() {
     assert_eq!(spawned.len(), 1, "recycled once started");
 }
 
+/// issue 12: `status` shows why each slot's last process ended, and the
+/// slot's jobs across replacements.
+#[test]
+fn each_slot_remembers_why_its_last_process_ended_and_its_jobs() {
+    let mut c = cfg(2);
+    c.heartbeat_timeout = Duration::from_secs(10);
+    c.max_memory = 1000;
+    c.min_uptime = Duration::ZERO;
+    let mut s = Sim::new(c);
+    s.ready_all();
+    let last = |s: &Sim, slot: u32| {
+        let p = s.core.processes().into_iter().find(|p| p.slot == slot).unwrap();
+        (p.last_exit, p.slot_jobs)
+    };
+    assert_eq!(last(&s, 1), (None, 0));
+    // A crash (Sim::exit reports 3 jobs per process).
+    let a = s.pid_of(1);
+    s.exit(a, ExitStatus::Code(3));
+    s.ready_all();
+    assert_eq!(last(&s, 1), (Some("crash: exit 3".into()), 3));
+    let a = s.pid_of(1);
+    s.exit(a, ExitStatus::Signaled(Signal::SIGSEGV));
+    s.ready_all();
+    assert_eq!(last(&s, 1), (Some("crash: SIGSEGV".into()), 6), "jobs add up");
+    // Hung: stopped, then killed at the deadline.
+    let a = s.pid_of(1);
+    let hung = Sample {
+        silent_for: Duration::from_secs(11),
+        ..Sample::default()
+    };
+    s.ev(Event::Samples(vec![(a, hung)]));
+    s.run();
+    s.advance(s.core.cfg.stop_timeout + Duration::from_millis(1));
+    s.exit(a, ExitStatus::Signaled(Signal::SIGKILL));
+    s.ready_all();
+    assert_eq!(last(&s, 1).0.as_deref(), Some("hung (killed)"));
+    // Recycled on memory: the old process stops once its replacement is ready.
+    let b = s.pid_of(2);
+    let fat = Sample {
+        rss: Some(2000),
+        ..Sample::default()
+    };
+    s.ev(Event::Samples(vec![(b, fat)]));
+    s.run();
+    s.ready_all();
+    s.exit(b, ExitStatus::Code(0));
+    assert_eq!(last(&s, 2).0.as_deref(), Some("memory"));
+    // A clean exit nobody asked for.
+    let b = s.pid_of(2);
+    s.exit(b, ExitStatus::Code(0));
+    assert_eq!(
+        s.core
+            .waiting(s.now)
+            .first()
+            .map(|w| w.last_exit.clone())
+            .unwrap_or_else(|| {
+                s.ready_all();
+                last(&s, 2).0
+            }),
+        Some("exit".into())
+    );
+}
+
+#[test]
+fn backlog_gauges_follow_the_latest_decision() {
+    let mut c = cfg(1);
+    assert_eq!(
+        Sim::new(c.clone()).core.backlog_gauges(),
+        None,
+        "static pool: none"
+    );
+    c.mode = Mode::Backlog;
+    c.min = 1;
+    c.max = 8;
+    c.jobs_per_worker = 10;
+    let mut s = Sim::new(c);
+    s.ready_all();
+    assert_eq!(s.core.backlog_gauges(), Some((0, 1)), "before any report: min");
+    let pid = s.pid_of(1);
+    let seen = Sample {
+        backlog: Some(55),
+        ..Sample::default()
+    };
+    s.ev(Event::Samples(vec![(pid, seen)]));
+    s.run();
+    assert_eq!(s.core.backlog_gauges(), Some((55, 6)));
+}
+
 mod properties {
     //! Random event sequences against the core's invariants.
 

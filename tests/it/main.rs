@@ -14,6 +14,7 @@ mod lifecycle;
 mod limits;
 mod metrics;
 mod never_stalls;
+mod observe;
 mod operations;
 mod privileges;
 mod queues;

@@ -155,6 +155,60 @@ impl Drop for Prometheus {
     }
 }
 
+/// `promtool check metrics` accepts `text`, with no complaint at all.
+fn promtool_check(text: &str) {
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus) is installed");
+    promtool.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Issue 13's gauges for KEDA/HPA: with `mode = "backlog"`, the backlog
+/// the workers report and the size it asks for, accepted by promtool.
+#[test]
+fn backlog_mode_exports_the_backlog_and_the_desired_size() {
+    let port = free_port();
+    let d = Daemon::rookery("");
+    d.rewrite_config(&format!(
+        "[workers]\nmode = \"backlog\"\nmin = 1\nmax = 4\njobs_per_worker = 10\nscale_down_cooldown = \"1h\"\n\
+         command = [\"sh\", \"-c\", \"echo 'backlog 25' >&3; exec sleep 300\"]\n\n\
+         [metrics]\nlisten = \"127.0.0.1:{port}\"\n"
+    ));
+    d.start();
+    let mut text = String::new();
+    assert!(
+        wait_until(DEADLINE, || {
+            text = get(port, "/metrics").map(|(_, t)| t).unwrap_or_default();
+            sample(&text, "rookery_backlog_jobs") == Some(25.0)
+        }),
+        "{text}\n{}",
+        d.log()
+    );
+    assert_eq!(
+        sample(&text, "rookery_backlog_desired_workers"),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "rookery_worker_backlog_jobs{slot=\"1\"}"),
+        Some(25.0),
+        "{text}"
+    );
+    promtool_check(&text);
+    assert!(d.run(&["stop"]).status.success());
+}
+
 #[test]
 fn promtool_accepts_the_exposition_and_the_endpoints_answer() {
     let port = free_port();
@@ -179,27 +233,17 @@ fn promtool_accepts_the_exposition_and_the_endpoints_answer() {
         assert!(sample(&text, metric).is_some(), "{metric} missing:\n{text}");
     }
     assert_eq!(sample(&text, "rookery_workers_target"), Some(2.0));
+    assert!(
+        !text.contains("rookery_backlog_"),
+        "static mode: no backlog gauges\n{text}"
+    );
     assert!(sample(&text, "rookery_parent_resident_memory_bytes").unwrap() > 0.0);
     assert!(text.contains(&format!(
         "rookery_build_info{{version=\"{}\"}} 1",
         env!("CARGO_PKG_VERSION")
     )));
 
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian package prometheus) is installed");
-    promtool.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-    let out = promtool.wait_with_output().unwrap();
-    assert!(
-        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
-        "promtool: {}{}\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    promtool_check(&text);
 
     assert_eq!(get(port, "/livez"), Some((200, "ok\n".into())));
     assert!(wait_until(DEADLINE, || get(port, "/readyz").is_some_and(|(c, _)| c == 200)));
