@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use rookery::beanstalk::Client;
+use rookery_queues::beanstalk::Client;
 
 #[path = "common/queue_job.rs"]
 mod queue_job;
@@ -49,7 +49,7 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let run = || -> Result<(), rookery::beanstalk::Error> {
+    let run = || -> Result<(), rookery_queues::beanstalk::Error> {
         let mut client = Client::connect(&cli.addr)?;
         client.use_tube(&cli.tube)?;
         for id in cli.first_id..cli.first_id + cli.jobs {

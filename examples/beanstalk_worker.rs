@@ -38,8 +38,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use rookery::beanstalk::{self, Client, Job};
 use rookery::{BoxError, Context, Step, Worker};
+use rookery_queues::beanstalk::{self, Client, Job};
 use serde::Deserialize;
 use tracing::{debug, info, warn};
 
@@ -230,7 +230,7 @@ impl BeanstalkWorker {
         let ready = match self.consumer.client.stats_tube(&self.tube) {
             Ok(s) => s.get_u64("current-jobs-ready").unwrap_or(0),
             // A tube nobody has used yet does not exist: nothing waits.
-            Err(rookery::beanstalk::Error::NotFound { .. }) => 0,
+            Err(rookery_queues::beanstalk::Error::NotFound { .. }) => 0,
             Err(e) => return Err(e.into()),
         };
         ctx.report_backlog(ready);

@@ -98,7 +98,6 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod beanstalk;
 pub mod cli;
 mod client;
 pub mod config;

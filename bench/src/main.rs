@@ -27,6 +27,8 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
+use rookery_testkit::servers::{Beanstalkd, RedisServer};
+use rookery_testkit::{proc, TempDir};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Result<T, E = BoxError> = std::result::Result<T, E>;
@@ -111,85 +113,8 @@ struct Cli {
 // ---------------------------------------------------------------------------
 // /proc
 
-/// Reading other processes' state through the library's one /proc parser
-/// (`rookery::procfs`), with the bench's plain `i32` pids; nothing here
-/// wakes them.
-mod procfs {
-    use rookery::procfs::{self as p, Pid};
-
-    fn pid(raw: i32) -> Pid {
-        Pid::from_raw(raw)
-    }
-
-    /// Children, zombies included, but not the guard of a `rookery`
-    /// parent that runs commands (a child whose title is `NAME: guard of parent PID`,
-    /// see src/guard.rs): the workers.
-    pub fn children(parent: i32) -> Vec<i32> {
-        p::children(pid(parent))
-            .into_iter()
-            .map(Pid::as_raw)
-            .filter(|c| !is_guard(*c))
-            .collect()
-    }
-
-    /// A guard's title: `NAME: guard of parent PID`.
-    fn is_guard(raw: i32) -> bool {
-        let c = cmdline(raw);
-        c.split_once(": guard of parent ")
-            .is_some_and(|(name, _)| !name.contains(' '))
-    }
-
-    /// Exists and is not a zombie.
-    pub fn alive(raw: i32) -> bool {
-        p::alive(pid(raw))
-    }
-
-    /// The parent pid.
-    pub fn ppid(raw: i32) -> Option<i32> {
-        p::ppid(pid(raw)).map(Pid::as_raw)
-    }
-
-    /// utime + stime in clock ticks (USER_HZ, 100 per second on Linux).
-    pub fn cpu_ticks(raw: i32) -> Option<u64> {
-        p::stat(pid(raw)).map(|s| s.utime + s.stime)
-    }
-
-    /// The CPU it last ran on.
-    pub fn processor(raw: i32) -> Option<u32> {
-        p::stat(pid(raw)).map(|s| s.processor)
-    }
-
-    /// CPU time in nanoseconds from the scheduler (`/proc/PID/schedstat`).
-    pub fn cpu_ns(raw: i32) -> Option<u64> {
-        p::schedstat_cpu_ns(pid(raw))
-    }
-
-    /// `/proc/PID/cmdline` with NULs as spaces.
-    pub fn cmdline(raw: i32) -> String {
-        p::cmdline(pid(raw)).unwrap_or_default()
-    }
-
-    /// `/proc/PID/comm`.
-    pub fn comm(raw: i32) -> String {
-        p::comm(pid(raw)).unwrap_or_default()
-    }
-
-    /// A `kB` field of `/proc/PID/status`.
-    pub fn status_kb(raw: i32, key: &str) -> Option<u64> {
-        p::status_kb(pid(raw), key)
-    }
-
-    /// Proportional set size (shared pages divided among their users).
-    pub fn pss_kb(raw: i32) -> Option<u64> {
-        p::smaps_rollup_kb(pid(raw), "Pss")
-    }
-
-    /// Voluntary plus involuntary context switches of every thread: each
-    /// time the process woke up (or was preempted while running).
-    pub fn ctxt_switches(raw: i32) -> Option<u64> {
-        p::ctxt_switches(pid(raw))
-    }
-}
+// Reading other processes' state: the test kit's helpers (plain `i32`
+// pids, the library's /proc parser); nothing here wakes them.
 
 // ---------------------------------------------------------------------------
 // Polling and statistics
@@ -368,7 +293,7 @@ fn sig(pid: i32, s: Signal) {
 /// groups: external workers lead their own). The parent goes first so it
 /// cannot replace the children we kill.
 fn kill_tree(pid: i32) {
-    let kids = procfs::children(pid);
+    let kids = proc::children_and_zombies_of(pid);
     sig(pid, Signal::SIGKILL);
     for k in kids {
         let _ = killpg(Pid::from_raw(k), Signal::SIGKILL);
@@ -416,54 +341,36 @@ fn describe(out: &Output) -> String {
     )
 }
 
-/// A daemon in its own directory, with its config, pidfile and log there.
+/// A daemon in its own directory, with its config, pidfile and log there:
+/// the test kit's fixture, plus the bench's bookkeeping (every process
+/// registered for [`kill_everything`]) and errors instead of panics.
 struct Daemon {
-    exe: PathBuf,
-    dir: PathBuf,
-    config: PathBuf,
-    pidfile: PathBuf,
-    logfile: PathBuf,
+    kit: rookery_testkit::Daemon,
     parent: Option<i32>,
     foreground: Option<Child>,
+}
+
+impl std::ops::Deref for Daemon {
+    type Target = rookery_testkit::Daemon;
+    fn deref(&self) -> &rookery_testkit::Daemon {
+        &self.kit
+    }
 }
 
 impl Daemon {
     /// `extra` is appended to a `[daemon]` table that puts every file in
     /// the directory; it may add `[workers]` and `[app]` tables.
     fn new(root: &Path, tag: &str, exe: &Path, name: &str, extra: &str) -> Result<Daemon> {
-        let dir = root.join(tag);
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir)?;
-        let (config, pidfile, logfile) = (dir.join("d.toml"), dir.join("d.pid"), dir.join("d.log"));
-        let text = format!(
-            "[daemon]\nname = \"{name}\"\npidfile = \"{}\"\nlogfile = \"{}\"\nloglevel = \"info\"\n\n{extra}\n",
-            pidfile.display(),
-            logfile.display()
-        );
-        fs::write(&config, text)?;
+        let dir = TempDir::new_in(root, tag);
         Ok(Daemon {
-            exe: exe.to_path_buf(),
-            dir,
-            config,
-            pidfile,
-            logfile,
+            kit: rookery_testkit::Daemon::in_dir(dir, exe.to_path_buf(), name, "info", extra),
             parent: None,
             foreground: None,
         })
     }
 
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(&self.exe);
-        c.arg("-c").arg(&self.config).args(args).current_dir(&self.dir);
-        c
-    }
-
-    fn pid(&self) -> Option<i32> {
-        fs::read_to_string(&self.pidfile).ok()?.trim().parse().ok()
-    }
-
     fn log_tail(&self) -> String {
-        let log = fs::read_to_string(&self.logfile).unwrap_or_default();
+        let log = self.log();
         let lines: Vec<&str> = log.lines().collect();
         lines[lines.len().saturating_sub(5)..].join(" / ")
     }
@@ -529,11 +436,11 @@ impl Daemon {
     /// SIGKILL for the parent and its workers; waits until they are gone.
     fn kill(&mut self) {
         if let Some(p) = self.parent.take() {
-            let kids = procfs::children(p);
+            let kids = proc::children_and_zombies_of(p);
             kill_tree(p);
             unregister(p);
             let _ = wait_for(Duration::from_secs(10), "killed processes", || {
-                !procfs::alive(p) && kids.iter().all(|k| !procfs::alive(*k))
+                !proc::alive(p) && kids.iter().all(|k| !proc::alive(*k))
             });
         }
         if let Some(mut c) = self.foreground.take() {
@@ -545,8 +452,8 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        // The kit's fixture then removes the directory.
         self.kill();
-        let _ = fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -555,11 +462,11 @@ impl Drop for Daemon {
 fn wait_workers(parent: i32, n: usize, mark: &str, limit: Duration) -> Result<Vec<i32>> {
     let t0 = Instant::now();
     loop {
-        let last = procfs::children(parent);
+        let last = proc::children_and_zombies_of(parent);
         if last.len() == n
             && last
                 .iter()
-                .all(|p| procfs::alive(*p) && procfs::cmdline(*p).contains(mark))
+                .all(|p| proc::alive(*p) && proc::cmdline(*p).contains(mark))
         {
             return Ok(last);
         }
@@ -588,7 +495,7 @@ fn section_core(cli: &Cli, root: &Path, r: &mut Report) -> Result<()> {
     thread::sleep(Duration::from_secs(1));
 
     // Memory.
-    let prss = procfs::status_kb(parent, "VmRSS").ok_or("parent VmRSS")? as f64;
+    let prss = proc::status_kb(parent, "VmRSS").ok_or("parent VmRSS")? as f64;
     r.row(
         "parent RSS (VmRSS), 8 workers",
         fmt_kib(prss),
@@ -598,7 +505,7 @@ fn section_core(cli: &Cli, root: &Path, r: &mut Report) -> Result<()> {
     let wrss = Dist::new(
         workers
             .iter()
-            .filter_map(|w| procfs::status_kb(*w, "VmRSS"))
+            .filter_map(|w| proc::status_kb(*w, "VmRSS"))
             .map(|k| k as f64)
             .collect(),
     );
@@ -616,11 +523,11 @@ fn section_core(cli: &Cli, root: &Path, r: &mut Report) -> Result<()> {
     let wpss = Dist::new(
         workers
             .iter()
-            .filter_map(|w| procfs::pss_kb(*w))
+            .filter_map(|w| proc::pss_kb(*w))
             .map(|k| k as f64)
             .collect(),
     );
-    let ppss = procfs::pss_kb(parent).unwrap_or(0) as f64;
+    let ppss = proc::pss_kb(parent).unwrap_or(0) as f64;
     r.row(
         "PSS (shared pages split): parent; each worker",
         format!("{}; {}", fmt_kib(ppss), fmt_kib(wpss.median())),
@@ -634,10 +541,10 @@ fn section_core(cli: &Cli, root: &Path, r: &mut Report) -> Result<()> {
         let w: Option<u64> = workers.iter().map(|w| f(*w)).sum();
         Ok((p, w.ok_or("a worker is gone")?))
     };
-    let (p0, w0) = all(procfs::ctxt_switches)?;
+    let (p0, w0) = all(proc::ctxt_switches)?;
     let t0 = Instant::now();
     thread::sleep(cli.idle);
-    let (p1, w1) = all(procfs::ctxt_switches)?;
+    let (p1, w1) = all(proc::ctxt_switches)?;
     let secs = t0.elapsed().as_secs_f64();
     let wake = (p1 - p0) as f64 / secs;
     r.row(
@@ -663,18 +570,20 @@ fn section_core(cli: &Cli, root: &Path, r: &mut Report) -> Result<()> {
         if let Some(rest) = min_age.checked_sub(at.elapsed()) {
             thread::sleep(rest);
         }
-        let before: HashSet<i32> = procfs::children(parent).into_iter().collect();
+        let before: HashSet<i32> = proc::children_and_zombies_of(parent).into_iter().collect();
         let t0 = Instant::now();
         sig(victim, Signal::SIGKILL);
         let mut new = None;
         wait_for(Duration::from_secs(5), "a replacement worker", || {
-            new = procfs::children(parent).into_iter().find(|p| !before.contains(p));
+            new = proc::children_and_zombies_of(parent)
+                .into_iter()
+                .find(|p| !before.contains(p));
             new.is_some()
         })?;
         let t_pid = t0.elapsed();
         let new = new.ok_or("no replacement")?;
         wait_for(Duration::from_secs(5), "the replacement's title", || {
-            procfs::cmdline(new).contains(WORKER_MARK)
+            proc::cmdline(new).contains(WORKER_MARK)
         })?;
         let t_up = t0.elapsed();
         seen.push(ms(t_pid));
@@ -699,7 +608,7 @@ fn section_core(cli: &Cli, root: &Path, r: &mut Report) -> Result<()> {
         0.0,
     );
     wait_workers(parent, 8, WORKER_MARK, Duration::from_secs(10))?;
-    let prss2 = procfs::status_kb(parent, "VmRSS").unwrap_or(0) as f64;
+    let prss2 = proc::status_kb(parent, "VmRSS").unwrap_or(0) as f64;
     r.row(
         format!("parent RSS after {} restarts", cli.kills),
         fmt_kib(prss2),
@@ -720,7 +629,7 @@ fn section_core(cli: &Cli, root: &Path, r: &mut Report) -> Result<()> {
         let t0 = Instant::now();
         sig(parent, Signal::SIGKILL);
         wait_for(Duration::from_secs(30), "orphaned workers to exit", || {
-            workers.iter().all(|w| !procfs::alive(*w))
+            workers.iter().all(|w| !proc::alive(*w))
         })?;
         orphans.push(ms(t0.elapsed()));
         d.kill();
@@ -744,7 +653,7 @@ fn section_core(cli: &Cli, root: &Path, r: &mut Report) -> Result<()> {
         let t0 = Instant::now();
         sig(parent, Signal::SIGTERM);
         wait_for(Duration::from_secs(30), "the daemon to stop", || {
-            !procfs::alive(parent) && workers.iter().all(|w| !procfs::alive(*w))
+            !proc::alive(parent) && workers.iter().all(|w| !proc::alive(*w))
         })?;
         stops.push(ms(t0.elapsed()));
         d.kill();
@@ -824,7 +733,7 @@ fn section_crash(cli: &Cli, root: &Path, r: &mut Report) -> Result<()> {
             })
         })?;
         if *kill_first {
-            for w in procfs::children(pid) {
+            for w in proc::children_and_zombies_of(pid) {
                 let _ = kill(Pid::from_raw(w), Signal::SIGKILL);
             }
         }
@@ -834,8 +743,8 @@ fn section_crash(cli: &Cli, root: &Path, r: &mut Report) -> Result<()> {
     for (_, d, pid, crasher) in &runs {
         let n = if *crasher { restarts(d)? } else { 0 };
         start.push((
-            procfs::cpu_ticks(*pid).ok_or("parent gone")?,
-            procfs::cpu_ns(*pid).unwrap_or(0),
+            proc::cpu_ticks(*pid).ok_or("parent gone")?,
+            proc::cpu_ns(*pid).unwrap_or(0),
             n,
         ));
     }
@@ -843,8 +752,8 @@ fn section_crash(cli: &Cli, root: &Path, r: &mut Report) -> Result<()> {
     thread::sleep(cli.crash_window);
     let secs = t0.elapsed().as_secs_f64();
     for ((label, d, pid, crasher), (t0, n0, r0)) in runs.iter().zip(start) {
-        let ticks = procfs::cpu_ticks(*pid).ok_or("parent gone")? - t0;
-        let ns = procfs::cpu_ns(*pid).unwrap_or(0).saturating_sub(n0);
+        let ticks = proc::cpu_ticks(*pid).ok_or("parent gone")? - t0;
+        let ns = proc::cpu_ns(*pid).unwrap_or(0).saturating_sub(n0);
         let per_min_ms = ns as f64 / 1e6 * 60.0 / secs;
         let restarts = if *crasher {
             format!("; {} restarts in {secs:.0} s", restarts(d)? - r0)
@@ -896,14 +805,14 @@ fn section_scrape(cli: &Cli, root: &Path, r: &mut Report) -> Result<()> {
             return Err(format!("/metrics answered: {}", first.lines().next().unwrap_or("")).into());
         }
         let size = first.len();
-        let cpu0 = procfs::cpu_ns(pid).unwrap_or(0);
+        let cpu0 = proc::cpu_ns(pid).unwrap_or(0);
         let mut times = Vec::with_capacity(SCRAPES);
         for _ in 0..SCRAPES {
             let t = Instant::now();
             http_get(port, "/metrics")?;
             times.push(t.elapsed().as_secs_f64() * 1e3);
         }
-        let cpu = procfs::cpu_ns(pid).unwrap_or(0).saturating_sub(cpu0);
+        let cpu = proc::cpu_ns(pid).unwrap_or(0).saturating_sub(cpu0);
         let per = cpu as f64 / SCRAPES as f64 / 1e6;
         let dist = Dist::new(times);
         r.row(
@@ -951,14 +860,14 @@ fn many_case(
         if parent.is_none() {
             parent = d
                 .pid()
-                .filter(|p| procfs::alive(*p) && procfs::ppid(*p) != Some(std::process::id() as i32));
+                .filter(|p| proc::alive(*p) && proc::ppid(*p) != Some(std::process::id() as i32));
             if let Some(p) = parent {
                 d.adopt(p);
             }
         }
         if t_kids.is_none() {
             if let Some(p) = parent {
-                if procfs::children(p).len() >= n {
+                if proc::children_and_zombies_of(p).len() >= n {
                     t_kids = Some(t0.elapsed());
                 }
             }
@@ -1003,7 +912,7 @@ fn many_case(
     );
     // All of them up longer than min_uptime (1 s), so each is restarted at once.
     thread::sleep(Duration::from_millis(1500));
-    let old: Vec<i32> = procfs::children(parent);
+    let old: Vec<i32> = proc::children_and_zombies_of(parent);
     if old.len() != n || !old.iter().all(|p| ready(*p)) {
         return Err(format!("{label}: {} of {n} workers before the kill", old.len()).into());
     }
@@ -1014,7 +923,7 @@ fn many_case(
     }
     let t_sent = t0.elapsed();
     wait_for(Duration::from_secs(120), "every worker to be replaced", || {
-        let now = procfs::children(parent);
+        let now = proc::children_and_zombies_of(parent);
         now.len() == n && now.iter().all(|p| !old_set.contains(p)) && now.iter().all(|p| ready(*p))
     })?;
     let t_back = t0.elapsed();
@@ -1042,7 +951,7 @@ fn section_many(cli: &Cli, root: &Path, r: &mut Report) -> Result<()> {
         &mut d,
         "`rookery run -- sleep 3600`",
         &["run", "-w", &n, "--", "sleep", "3600"],
-        |p| procfs::alive(p) && procfs::comm(p) == "sleep",
+        |p| proc::alive(p) && proc::comm(p) == "sleep",
         r,
     )?;
     drop(d);
@@ -1058,7 +967,7 @@ fn section_many(cli: &Cli, root: &Path, r: &mut Report) -> Result<()> {
         &mut d,
         "demo (forked Rust workers)",
         &["-w", &n, "start"],
-        |p| procfs::alive(p) && procfs::cmdline(p).contains(WORKER_MARK),
+        |p| proc::alive(p) && proc::cmdline(p).contains(WORKER_MARK),
         r,
     )?;
     Ok(())
@@ -1076,51 +985,29 @@ fn section_many(cli: &Cli, root: &Path, r: &mut Report) -> Result<()> {
 // queue's length), so both sides are measured the same way and startup
 // costs are left out.
 
-/// A queue server on a free 127.0.0.1 port, killed on drop.
-struct Server {
-    child: Child,
+/// A queue server (the test kit's) registered for [`kill_everything`]
+/// while it lives.
+struct Server<S> {
+    _server: S,
+    pid: i32,
     port: u16,
-    dir: PathBuf,
 }
 
-impl Server {
-    fn start(root: &Path, name: &str, args: impl Fn(u16) -> Vec<String>) -> Result<Server> {
-        let dir = root.join(name);
-        fs::create_dir_all(&dir)?;
-        for _ in 0..3 {
-            let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-            let child = Command::new(name)
-                .args(args(port))
-                .current_dir(&dir)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .map_err(|e| format!("cannot run {name}: {e}"))?;
-            register(child.id() as i32);
-            let mut s = Server {
-                child,
-                port,
-                dir: dir.clone(),
-            };
-            let up = wait_for(Duration::from_secs(10), name, || {
-                std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-            });
-            if up.is_ok() && s.child.try_wait()?.is_none() {
-                return Ok(s);
-            }
-            let _ = s.child.kill();
+impl<S> Server<S> {
+    fn new(server: S, pid: u32, port: u16) -> Server<S> {
+        register(pid as i32);
+        Server {
+            _server: server,
+            pid: pid as i32,
+            port,
         }
-        Err(format!("{name} did not start").into())
     }
 }
 
-impl Drop for Server {
+impl<S> Drop for Server<S> {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        unregister(self.child.id() as i32);
-        let _ = fs::remove_dir_all(&self.dir);
+        // The kit's server kills and reaps it when it is dropped, after this.
+        unregister(self.pid);
     }
 }
 
@@ -1180,17 +1067,17 @@ const TUBE: &str = "bench";
 struct Beanstalk {
     worker: PathBuf,
     producer: PathBuf,
-    server: Server,
-    client: rookery::beanstalk::Client,
+    server: Server<Beanstalkd>,
+    client: rookery_queues::beanstalk::Client,
     next_id: u64,
 }
 
 impl Beanstalk {
-    fn start(root: &Path, dir: &Path) -> Result<Beanstalk> {
-        let server = Server::start(root, "beanstalkd", |port| {
-            vec!["-l".into(), "127.0.0.1".into(), "-p".into(), port.to_string()]
-        })?;
-        let mut client = rookery::beanstalk::Client::connect(("127.0.0.1", server.port))?;
+    fn start(dir: &Path) -> Result<Beanstalk> {
+        let b = Beanstalkd::try_start()?;
+        let (pid, port) = (b.pid(), b.port);
+        let server = Server::new(b, pid, port);
+        let mut client = rookery_queues::beanstalk::Client::connect(("127.0.0.1", server.port))?;
         client.use_tube(TUBE)?;
         Ok(Beanstalk {
             worker: dir.join("beanstalk_worker"),
@@ -1204,7 +1091,7 @@ impl Beanstalk {
         match self.client.stats_tube(TUBE) {
             Ok(s) => Ok(s.get_u64(key).unwrap_or(0)),
             // The tube does not exist until the first job.
-            Err(rookery::beanstalk::Error::NotFound { .. }) => Ok(0),
+            Err(rookery_queues::beanstalk::Error::NotFound { .. }) => Ok(0),
             Err(e) => Err(e.into()),
         }
     }
@@ -1231,7 +1118,7 @@ impl Queue for Beanstalk {
         self.stat("cmd-delete")
     }
     fn server_pid(&self) -> i32 {
-        self.server.child.id() as i32
+        self.server.pid
     }
     fn fill(&mut self, n: u64) -> Result<()> {
         let addr = format!("127.0.0.1:{}", self.server.port);
@@ -1249,23 +1136,16 @@ impl Queue for Beanstalk {
 struct Redis {
     worker: PathBuf,
     producer: PathBuf,
-    server: Server,
+    server: Server<RedisServer>,
     con: redis::Connection,
     next_id: u64,
 }
 
 impl Redis {
-    fn start(root: &Path, dir: &Path) -> Result<Redis> {
-        let rdir = root.join("redis-server");
-        let server = Server::start(root, "redis-server", |port| {
-            let mut a: Vec<String> = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect();
-            a.extend(["--port".into(), port.to_string(), "--dir".into()]);
-            a.push(rdir.display().to_string());
-            a
-        })?;
+    fn start(dir: &Path) -> Result<Redis> {
+        let r = RedisServer::try_start()?;
+        let (pid, port) = (r.pid(), r.port);
+        let server = Server::new(r, pid, port);
         let url = format!("redis://127.0.0.1:{}/", server.port);
         let con = redis::Client::open(url.as_str())?.get_connection()?;
         Ok(Redis {
@@ -1306,7 +1186,7 @@ impl Queue for Redis {
         Ok(u64::MAX / 2 - self.llen()?)
     }
     fn server_pid(&self) -> i32 {
-        self.server.child.id() as i32
+        self.server.pid
     }
     fn fill(&mut self, n: u64) -> Result<()> {
         let url = self.url();
@@ -1387,7 +1267,7 @@ fn count_window(q: &mut dyn Queue, pids: impl Fn() -> Vec<i32>, window: Duration
     thread::sleep(WARMUP);
     let pids = pids();
     let server = q.server_pid();
-    let cpu = |pids: &[i32]| pids.iter().map(|p| procfs::cpu_ns(*p).unwrap_or(0)).sum::<u64>();
+    let cpu = |pids: &[i32]| pids.iter().map(|p| proc::cpu_ns(*p).unwrap_or(0)).sum::<u64>();
     let (d0, c0, s0, i0, t0) = (q.done()?, cpu(&pids), cpu(&[server]), cpu_idle(), Instant::now());
     thread::sleep(window);
     let (d1, c1, s1, i1) = (q.done()?, cpu(&pids), cpu(&[server]), cpu_idle());
@@ -1396,7 +1276,7 @@ fn count_window(q: &mut dyn Queue, pids: impl Fn() -> Vec<i32>, window: Duration
         return Err(format!("{}: the queue ran dry during the window; fill more", q.name()).into());
     }
     let jobs = (d1 - d0).max(1) as f64;
-    let cpu_of = |p: i32| procfs::processor(p).map_or_else(|| "?".to_string(), |c| c.to_string());
+    let cpu_of = |p: i32| proc::processor(p).map_or_else(|| "?".to_string(), |c| c.to_string());
     let mut on: Vec<String> = pids.iter().map(|p| cpu_of(*p)).collect();
     on.sort();
     let placement = format!("consumers on CPUs {}, server on {}", on.join(","), cpu_of(server));
@@ -1428,7 +1308,7 @@ fn pool_run(cli: &Cli, root: &Path, q: &mut dyn Queue, n: u32, results: &Path) -
     let mut d = Daemon::new(root, &format!("tput-{name}"), &exe, &name, &extra)?;
     let (parent, _) = d.start(&["start"])?;
     let pids = || {
-        let mut v = procfs::children(parent);
+        let mut v = proc::children_and_zombies_of(parent);
         v.push(parent);
         v
     };
@@ -1466,7 +1346,7 @@ fn spawn_bare(root: &Path, q: &mut dyn Queue, n: u32, results: &Path, run_for: D
         .arg(&d.config)
         .arg("--bare")
         .arg(format!("{}ms", run_for.as_millis()))
-        .current_dir(&d.dir)
+        .current_dir(d.dir.path())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -1475,7 +1355,7 @@ fn spawn_bare(root: &Path, q: &mut dyn Queue, n: u32, results: &Path, run_for: D
     register(gid);
     let mut ids = Vec::new();
     let started = wait_for(Duration::from_secs(10), "the bare loops", || {
-        ids = procfs::children(gid);
+        ids = proc::children_and_zombies_of(gid);
         ids.len() == n as usize
     });
     let bare = Bare {
@@ -1559,10 +1439,10 @@ fn head_to_head(cli: &Cli, root: &Path, q: &mut dyn Queue, n: u32, results: &Pat
             return Err(e);
         }
     };
-    let pool = procfs::children(parent);
+    let pool = proc::children_and_zombies_of(parent);
     let mut pool_cpu = pool.clone();
     pool_cpu.push(parent);
-    let cpu = |pids: &[i32]| pids.iter().map(|p| procfs::cpu_ns(*p).unwrap_or(0)).sum::<u64>();
+    let cpu = |pids: &[i32]| pids.iter().map(|p| proc::cpu_ns(*p).unwrap_or(0)).sum::<u64>();
     thread::sleep(WARMUP);
     let (p0, b0) = (lines_of(results, &pool), lines_of(results, &bare.ids));
     let (pc0, bc0) = (cpu(&pool_cpu), cpu(&bare.ids));
@@ -1664,11 +1544,11 @@ fn section_throughput(cli: &Cli, root: &Path, r: &mut Report) -> Result<()> {
         pin(&cpus[..1])?;
     }
     let mut queues: Vec<Box<dyn Queue>> = Vec::new();
-    match Beanstalk::start(root, dir) {
+    match Beanstalk::start(dir) {
         Ok(b) => queues.push(Box::new(b)),
         Err(e) => r.note(format!("throughput on beanstalkd not measured: {e}")),
     }
-    match Redis::start(root, dir) {
+    match Redis::start(dir) {
         Ok(q) => queues.push(Box::new(q)),
         Err(e) => r.note(format!("throughput on Redis not measured: {e}")),
     }

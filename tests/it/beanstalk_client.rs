@@ -1,9 +1,9 @@
-//! `rookery::beanstalk::Client` against a real beanstalkd, one server per
+//! `rookery_queues::beanstalk::Client` against a real beanstalkd, one server per
 //! test.
 
 use std::time::{Duration, Instant};
 
-use rookery::beanstalk::{Client, Error, Job};
+use rookery_queues::beanstalk::{Client, Error, Job};
 
 use crate::servers::Beanstalkd;
 

@@ -6,46 +6,17 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rookery::config::Config;
 use rookery::generate::{render, Invocation, Kind};
+use rookery_testkit::TempDir;
 
-/// A fresh directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("rookery-it-generate-{}-{n}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir(&dir).unwrap();
-        // logrotate refuses directories writable by group or others.
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
-        TempDir(dir)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-
-    /// Writes `text` to `name` in the directory with `mode`.
-    fn file(&self, name: &str, text: &str, mode: u32) -> PathBuf {
-        let path = self.0.join(name);
-        if let Some(parent) = path.parent() {
-            fs::create_dir_all(parent).unwrap();
-        }
-        fs::write(&path, text).unwrap();
-        fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
-        path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
+/// A fresh directory (the kit's), made 0755: logrotate refuses
+/// directories writable by group or others.
+fn scratch() -> TempDir {
+    let dir = TempDir::new("it-generate");
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    dir
 }
 
 fn config(name: &str, toml: &str) -> Config {
@@ -76,7 +47,7 @@ fn text(bytes: &[u8]) -> String {
 
 #[test]
 fn init_script_is_plain_posix_sh() {
-    let dir = TempDir::new();
+    let dir = scratch();
     let inv = Invocation {
         exe: PathBuf::from("/opt/my app/bin/demo$daemon"),
         args: vec!["-c".into(), "/etc/it's 100% demo.toml".into()],
@@ -95,7 +66,7 @@ fn init_script_is_plain_posix_sh() {
 
 #[test]
 fn init_script_passes_arguments_and_maps_exit_codes() {
-    let dir = TempDir::new();
+    let dir = scratch();
     // A stand-in daemon: prints its arguments one per line, exits $FAKE_EXIT.
     let fake = dir.file(
         "my bin/fake 'daemon'",
@@ -176,7 +147,7 @@ fn verify_unit(unit: &Path) {
 
 #[test]
 fn systemd_unit_verifies() {
-    let dir = TempDir::new();
+    let dir = scratch();
     let inv = Invocation {
         exe: std::env::current_exe().unwrap(),
         args: vec!["-c".into(), "/etc/demodaemon.toml".into()],
@@ -218,7 +189,7 @@ fn systemd_unit_verifies() {
 
 #[test]
 fn systemd_unit_with_spaces_and_percent_verifies() {
-    let dir = TempDir::new();
+    let dir = scratch();
     let exe = dir.path().join("my bin/100% demo");
     fs::create_dir_all(exe.parent().unwrap()).unwrap();
     std::os::unix::fs::symlink(std::env::current_exe().unwrap(), &exe).unwrap();
@@ -253,7 +224,7 @@ fn check_logrotate(dir: &TempDir, snippet: &Path) {
 
 #[test]
 fn logrotate_snippet_passes_a_dry_run() {
-    let dir = TempDir::new();
+    let dir = scratch();
     let inv = Invocation {
         exe: PathBuf::from("/usr/local/bin/demodaemon"),
         args: vec!["-c".into(), "/etc/demodaemon.toml".into()],

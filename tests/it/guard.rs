@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use rookery::procfs;
+use rookery_testkit::procfs;
 
 use crate::external::run_sh;
 use crate::health::stop;

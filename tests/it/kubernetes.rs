@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use rookery::procfs::{self, Pid};
+use rookery_testkit::procfs::{self, Pid};
 use serde_yaml_ng::Value;
 
 use crate::util::*;

@@ -16,7 +16,7 @@ use std::fs;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use rookery::procfs;
+use rookery_testkit::procfs;
 
 use crate::util::*;
 

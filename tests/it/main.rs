@@ -1,5 +1,12 @@
 //! The integration tests: one binary, one module per area. Every test runs
 //! built binaries as real processes (no fork inside this harness).
+//!
+//! The fixture, the queue servers and the /proc helpers are the test kit
+//! (crates/testkit), shared with the bench; `crate::util` and
+//! `crate::servers` name it here.
+
+use rookery_testkit as util;
+use rookery_testkit::servers;
 
 mod beanstalk_client;
 mod config_errors;
@@ -18,9 +25,7 @@ mod observe;
 mod operations;
 mod privileges;
 mod queues;
-mod servers;
 mod spawn;
 mod titles;
-mod util;
 mod watch;
 mod worker_io;

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use rookery::beanstalk::Client;
+use rookery_queues::beanstalk::Client;
 
 use crate::servers::{Beanstalkd, Gearmand, RedisServer};
 use crate::util::*;
@@ -230,7 +230,7 @@ fn tube_counts(addr: &str, tube: &str) -> [u64; 4] {
             "current-jobs-buried",
         ]
         .map(|k| s.get_u64(k).unwrap_or_else(|| panic!("stats-tube without {k}"))),
-        Err(rookery::beanstalk::Error::NotFound { .. }) => [0; 4],
+        Err(rookery_queues::beanstalk::Error::NotFound { .. }) => [0; 4],
         Err(e) => panic!("stats-tube {tube}: {e}"),
     }
 }

@@ -8,16 +8,15 @@
 //! `Drop` kills whatever a test left running (parent and workers) and
 //! removes the directory.
 
-#![allow(dead_code)]
-
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use rookery::procfs;
+use crate::proc::{alive, all_children_of, children_of, cmdline, is_guard, kill, pgid};
+use crate::TempDir;
 
 /// Generous: these machines are shared and noisy.
 pub const DEADLINE: Duration = Duration::from_secs(20);
@@ -26,7 +25,8 @@ pub const DEADLINE: Duration = Duration::from_secs(20);
 pub fn target_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+        // This crate is crates/testkit in the workspace.
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
         let status = Command::new(env!("CARGO"))
             .args([
                 "build",
@@ -59,32 +59,6 @@ pub fn rookery_bin() -> PathBuf {
     target_dir().join("rookery")
 }
 
-/// A fresh directory, removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "rookery-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = fs::remove_dir_all(&p);
-        fs::create_dir_all(&p).expect("create temp dir");
-        TempDir(p)
-    }
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Polls `f` until it is true or `timeout` passes.
 pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
@@ -99,100 +73,6 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(50));
     }
-}
-
-// The /proc helpers below take the tests' plain `i32` pids and read
-// through the library's one /proc parser, `rookery::procfs`.
-
-fn pid_t(pid: i32) -> procfs::Pid {
-    procfs::Pid::from_raw(pid)
-}
-
-/// The one-letter state of a process (`R`, `S`, `Z`, ...), if it exists.
-pub fn proc_state(pid: i32) -> Option<char> {
-    procfs::state(pid_t(pid)).map(procfs::State::letter)
-}
-
-/// Alive: exists and is not a zombie (PID 1 reaps orphans late here).
-pub fn alive(pid: i32) -> bool {
-    procfs::alive(pid_t(pid))
-}
-
-/// The parent pid of a process.
-pub fn ppid(pid: i32) -> Option<i32> {
-    procfs::ppid(pid_t(pid)).map(procfs::Pid::as_raw)
-}
-
-/// The process group of a process.
-pub fn pgid(pid: i32) -> Option<i32> {
-    procfs::stat(pid_t(pid)).map(|s| s.pgid.as_raw())
-}
-
-/// Live children of `parent`, sorted, but not a `rookery` parent's guard
-/// (see [`guard_of`]): for a daemon's parent, its workers and strays.
-pub fn children_of(parent: i32) -> Vec<i32> {
-    let mut v: Vec<i32> = all_children_of(parent)
-        .into_iter()
-        .filter(|p| !is_guard(*p))
-        .collect();
-    v.sort();
-    v
-}
-
-/// Live children of `parent`, the guard included.
-pub fn all_children_of(parent: i32) -> Vec<i32> {
-    procfs::children(pid_t(parent))
-        .into_iter()
-        .filter(|p| procfs::alive(*p))
-        .map(procfs::Pid::as_raw)
-        .collect()
-}
-
-/// Live members of process group `pgid`, sorted.
-pub fn group_members(pgid: i32) -> Vec<i32> {
-    let mut v: Vec<i32> = procfs::group_members(pid_t(pgid))
-        .into_iter()
-        .map(|s| s.pid.as_raw())
-        .collect();
-    v.sort();
-    v
-}
-
-/// `/proc/PID/cmdline` as one string (NULs as spaces, trailing ones cut).
-pub fn cmdline(pid: i32) -> String {
-    procfs::cmdline(pid_t(pid)).unwrap_or_default()
-}
-
-/// `/proc/PID/comm`, without its newline (empty if gone).
-pub fn comm(pid: i32) -> String {
-    procfs::comm(pid_t(pid)).unwrap_or_default()
-}
-
-/// A line of `/proc/PID/status`, e.g. `Uid`.
-pub fn status_field(pid: i32, key: &str) -> Option<String> {
-    procfs::status_field(pid_t(pid), key)
-}
-
-/// The guard process of a `rookery` parent that supervises commands (its
-/// title is `NAME: guard of parent PID`; see src/guard.rs): a child that is not a
-/// worker.
-pub fn is_guard(pid: i32) -> bool {
-    cmdline(pid)
-        .split_once(": guard of parent ")
-        .is_some_and(|(name, _)| !name.contains(' '))
-}
-
-/// The live guard child of `parent`, if it has one.
-pub fn guard_of(parent: i32) -> Option<i32> {
-    all_children_of(parent).into_iter().find(|p| is_guard(*p))
-}
-
-pub fn kill(pid: i32, sig: i32) {
-    // SIGKILL etc. through the real `kill` program: no unsafe in tests.
-    let _ = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .status();
 }
 
 /// Runs a command with a watchdog; a stuck command fails the test.
@@ -249,11 +129,17 @@ fn wait_output(child: &mut Child) -> Output {
 
 /// A daemon under test, in its own directory.
 pub struct Daemon {
+    /// Its directory: config, pidfile, log and socket are in it.
     pub dir: TempDir,
+    /// The binary under test.
     pub exe: PathBuf,
+    /// Its config file.
     pub config: PathBuf,
+    /// Its pidfile.
     pub pidfile: PathBuf,
+    /// Its log file.
     pub logfile: PathBuf,
+    /// Where its control socket would be if the config put it there.
     pub socket: PathBuf,
     /// Foreground children started by the test, killed on drop.
     pub foreground: Vec<Child>,
@@ -275,13 +161,19 @@ impl Daemon {
         Daemon::with(rookery_bin(), "rookery", extra)
     }
 
+    /// `exe` called `name`, in a fresh directory, logging at debug.
     pub fn with(exe: PathBuf, name: &str, extra: &str) -> Daemon {
-        let dir = TempDir::new(name);
+        Daemon::in_dir(TempDir::new(name), exe, name, "debug", extra)
+    }
+
+    /// `exe` called `name`, in `dir` (removed on drop), logging at
+    /// `loglevel` (the bench logs at info: debug lines cost time).
+    pub fn in_dir(dir: TempDir, exe: PathBuf, name: &str, loglevel: &str, extra: &str) -> Daemon {
         let p = dir.path();
         let config = p.join("daemon.toml");
         let (pidfile, logfile, socket) = (p.join("d.pid"), p.join("d.log"), p.join("d.sock"));
         let text = format!(
-            "[daemon]\nname = \"{name}\"\npidfile = \"{}\"\nlogfile = \"{}\"\nloglevel = \"debug\"\n\n{extra}\n",
+            "[daemon]\nname = \"{name}\"\npidfile = \"{}\"\nlogfile = \"{}\"\nloglevel = \"{loglevel}\"\n\n{extra}\n",
             pidfile.display(),
             logfile.display()
         );

@@ -35,10 +35,10 @@
 //! # Example
 //!
 //! ```no_run
-//! use rookery::beanstalk::Client;
+//! use rookery_queues::beanstalk::Client;
 //! use std::time::Duration;
 //!
-//! # fn main() -> Result<(), rookery::beanstalk::Error> {
+//! # fn main() -> Result<(), rookery_queues::beanstalk::Error> {
 //! let mut client = Client::connect("127.0.0.1:11300")?;
 //! client.use_tube("emails")?;
 //! client.put(b"hello", 1024, Duration::ZERO, Duration::from_secs(60))?;

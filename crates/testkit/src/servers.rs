@@ -1,4 +1,4 @@
-//! Real queue servers for the integration tests.
+//! Real queue servers for the integration tests and the bench.
 //!
 //! Each fixture starts its own server on a free port in its own temporary
 //! directory, waits until it answers a protocol-level probe (polling with a
@@ -8,11 +8,12 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
+
+use crate::TempDir;
 
 /// How long a server may take to become ready.
 const READY_DEADLINE: Duration = Duration::from_secs(10);
@@ -28,7 +29,14 @@ pub struct Beanstalkd {
 
 impl Beanstalkd {
     /// Starts `beanstalkd` (from `PATH`) and waits until it answers.
+    /// Panics if it cannot (a test without its server cannot run).
     pub fn start() -> Beanstalkd {
+        Beanstalkd::try_start().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Beanstalkd::start`], or why it could not (for the bench, which goes on
+    /// without).
+    pub fn try_start() -> Result<Beanstalkd, String> {
         let server = Server::start(
             "beanstalkd",
             |port, _dir| {
@@ -37,11 +45,16 @@ impl Beanstalkd {
                 cmd
             },
             |port| probe(port, b"use default\r\n", "USING default\r\n"),
-        );
-        Beanstalkd {
+        )?;
+        Ok(Beanstalkd {
             port: server.port,
             _server: server,
-        }
+        })
+    }
+
+    /// The server's pid.
+    pub fn pid(&self) -> u32 {
+        self._server.child.id()
     }
 
     /// `127.0.0.1:<port>`.
@@ -59,7 +72,14 @@ pub struct RedisServer {
 
 impl RedisServer {
     /// Starts `redis-server` (from `PATH`) and waits until it answers PING.
+    /// Panics if it cannot (a test without its server cannot run).
     pub fn start() -> RedisServer {
+        RedisServer::try_start().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`RedisServer::start`], or why it could not (for the bench, which goes on
+    /// without).
+    pub fn try_start() -> Result<RedisServer, String> {
         let server = Server::start(
             "redis-server",
             |port, dir| {
@@ -70,11 +90,16 @@ impl RedisServer {
                 cmd
             },
             |port| probe(port, b"PING\r\n", "+PONG\r\n"),
-        );
-        RedisServer {
+        )?;
+        Ok(RedisServer {
             port: server.port,
             _server: server,
-        }
+        })
+    }
+
+    /// The server's pid.
+    pub fn pid(&self) -> u32 {
+        self._server.child.id()
     }
 
     /// `127.0.0.1:<port>`.
@@ -115,7 +140,8 @@ impl Gearmand {
                 cmd
             },
             |port| probe_with(port, b"version\n", |line| line.starts_with("OK ")),
-        );
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         Gearmand {
             port: server.port,
             _server: server,
@@ -151,7 +177,11 @@ struct Server {
 }
 
 impl Server {
-    fn start(name: &str, command: impl Fn(u16, &Path) -> Command, ready: impl Fn(u16) -> bool) -> Server {
+    fn start(
+        name: &str,
+        command: impl Fn(u16, &Path) -> Command,
+        ready: impl Fn(u16) -> bool,
+    ) -> Result<Server, String> {
         let mut failures = Vec::new();
         for _ in 0..ATTEMPTS {
             let dir = TempDir::new(name);
@@ -165,7 +195,7 @@ impl Server {
                 .stdout(out)
                 .stderr(err)
                 .spawn()
-                .unwrap_or_else(|e| panic!("cannot run {name} (is it installed?): {e}"));
+                .map_err(|e| format!("cannot run {name} (is it installed?): {e}"))?;
             let mut server = Server {
                 port,
                 child,
@@ -174,7 +204,7 @@ impl Server {
             let deadline = Instant::now() + READY_DEADLINE;
             loop {
                 if ready(port) {
-                    return server;
+                    return Ok(server);
                 }
                 if let Some(status) = server.child.try_wait().expect("try_wait") {
                     let output = std::fs::read_to_string(&log).unwrap_or_default();
@@ -183,12 +213,14 @@ impl Server {
                 }
                 if Instant::now() >= deadline {
                     let output = std::fs::read_to_string(&log).unwrap_or_default();
-                    panic!("{name} on port {port} not ready after {READY_DEADLINE:?}: {output}");
+                    return Err(format!(
+                        "{name} on port {port} not ready after {READY_DEADLINE:?}: {output}"
+                    ));
                 }
                 thread::sleep(Duration::from_millis(20));
             }
         }
-        panic!("{name} failed to start: {failures:#?}");
+        Err(format!("{name} failed to start: {failures:#?}"))
     }
 }
 
@@ -222,32 +254,6 @@ fn probe_with(port: u16, request: &[u8], ok: impl Fn(&str) -> bool) -> bool {
     }
     let mut line = String::new();
     BufReader::new(stream).read_line(&mut line).is_ok() && ok(&line)
-}
-
-/// A fresh directory under the system temp dir, removed on drop.
-pub struct TempDir(PathBuf);
-
-impl TempDir {
-    /// Creates `<tmp>/rookery-<prefix>-<pid>-<n>`.
-    pub fn new(prefix: &str) -> TempDir {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("rookery-{prefix}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
-        TempDir(path)
-    }
-
-    /// The directory.
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 #[test]
