@@ -265,8 +265,9 @@ impl Worker for BeanstalkWorker {
         let Some(job) = self.consumer.reserve()? else {
             return Ok(Step::Idle);
         };
-        // From here the job is finished even if a stop is requested.
-        ctx.begin_job();
+        // From here the job is finished even if a stop is requested. Its
+        // id labels it in `status` and in the parent's lines about it.
+        ctx.begin_job_labeled(&format!("beanstalkd job {}", job.id));
         self.consumer.handle(&job)?;
         Ok(Step::Worked)
     }

@@ -400,8 +400,11 @@ impl Worker for RedisWorker {
             self.consumer.recover_stranded()?;
             return Ok(Step::Idle);
         };
-        // From here the job is finished even if a stop is requested.
-        ctx.begin_job();
+        // From here the job is finished even if a stop is requested. Its
+        // id (the payload's first word) labels it in `status` and in the
+        // parent's lines about it.
+        let id = item.split(|b| *b == b' ').next().unwrap_or_default();
+        ctx.begin_job_labeled(&format!("job {}", String::from_utf8_lossy(id)));
         self.consumer.handle(&item)?;
         Ok(Step::Worked)
     }

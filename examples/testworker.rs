@@ -171,19 +171,21 @@ impl Worker for TestWorker {
                 CrashWith::Error => return Err("crash_after reached".into()),
             }
         }
-        if s.hang_after_jobs.is_some_and(|n| self.jobs >= n) {
-            info!("hanging after {} jobs", self.jobs);
-            // No heartbeat from here on; only a stop request ends the wait.
-            while ctx.sleep(Duration::from_secs(3600)) {}
-            return Ok(Step::Idle);
-        }
         if !ctx.sleep(s.job_interval) {
             return Ok(Step::Idle);
         }
         if s.idle_after_jobs.is_some_and(|n| self.jobs >= n) {
             return Ok(Step::Idle);
         }
-        ctx.begin_job();
+        // Labelled, so the parent's lines about a job say which one.
+        ctx.begin_job_labeled(&format!("test job {}", self.jobs + 1));
+        if s.hang_after_jobs.is_some_and(|n| self.jobs >= n) {
+            info!("hanging after {} jobs", self.jobs);
+            // In the middle of a job, with no heartbeat from here on; only
+            // a stop request ends the wait.
+            while ctx.sleep(Duration::from_secs(3600)) {}
+            return Ok(Step::Idle);
+        }
         if s.leak_per_job > 0 {
             // Touch every page so the memory is resident, not just reserved.
             self.leaked.push(vec![0x5a; s.leak_per_job]);

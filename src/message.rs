@@ -72,7 +72,8 @@ pub(crate) enum NotifyLine {
     Ready,
     /// A sign of life.
     Heartbeat,
-    /// Took a job.
+    /// Took a job (`busy`, or `busy LABEL` for a job with a label: see
+    /// [`busy_label`]).
     Busy,
     /// Waiting for work.
     Idle,
@@ -91,6 +92,7 @@ impl NotifyLine {
             "busy" => NotifyLine::Busy,
             "idle" => NotifyLine::Idle,
             "done" => NotifyLine::Done,
+            other if busy_label(other).is_some() => NotifyLine::Busy,
             other => NotifyLine::Backlog(other.strip_prefix("backlog ")?.trim().parse().ok()?),
         })
     }
@@ -107,6 +109,13 @@ impl NotifyLine {
             NotifyLine::Backlog(_) => "backlog",
         }
     }
+}
+
+/// The label of a `busy LABEL` notify line (issue 12: a command's job
+/// id, shown by `status` and in the lines logged about the job), if any.
+pub(crate) fn busy_label(line: &str) -> Option<&str> {
+    let label = line.trim().strip_prefix("busy ")?.trim();
+    (!label.is_empty()).then_some(label)
 }
 
 #[cfg(test)]
@@ -164,5 +173,9 @@ mod tests {
             Some(NotifyLine::Backlog(3000))
         );
         assert_eq!(NotifyLine::parse("backlog lots"), None);
+        assert_eq!(NotifyLine::parse("busy order 42\r"), Some(NotifyLine::Busy));
+        assert_eq!(busy_label(" busy order 42 \r"), Some("order 42"));
+        assert_eq!(busy_label("busy"), None);
+        assert_eq!(busy_label("busy   "), None);
     }
 }

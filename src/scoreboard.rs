@@ -49,7 +49,52 @@ impl Activity {
     }
 }
 
-/// One process's record. Eight atomics: 64 bytes, one cache line.
+/// Longest job label kept (bytes; a longer one is cut at a character
+/// boundary).
+pub const LABEL_MAX: usize = 112;
+
+/// A job's label as the scoreboard holds it (issue 12): fixed size and
+/// `Copy`, so a health sample carries it without an allocation.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct JobLabel {
+    len: u8,
+    bytes: [u8; LABEL_MAX],
+}
+
+impl JobLabel {
+    /// `text`, with control characters shown escaped (it is logged), cut
+    /// to [`LABEL_MAX`] bytes at a character boundary.
+    pub fn new(text: &str) -> JobLabel {
+        let mut t = crate::text::escape_controls(text).into_owned();
+        crate::text::truncate_at_char_boundary(&mut t, LABEL_MAX);
+        let mut bytes = [0u8; LABEL_MAX];
+        bytes[..t.len()].copy_from_slice(t.as_bytes());
+        JobLabel {
+            len: t.len() as u8,
+            bytes,
+        }
+    }
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or("?")
+    }
+}
+
+impl std::fmt::Debug for JobLabel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl std::fmt::Display for JobLabel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One process's record: its first cache line (eight atomics) is what
+/// every job touches; the job label (issue 12) lives on the two lines
+/// after it, written only by a job that has a label.
 #[repr(C, align(64))]
 #[derive(Debug)]
 pub struct Cell {
@@ -64,6 +109,13 @@ pub struct Cell {
     /// reported).
     backlog: AtomicU64,
     _spare: [AtomicU64; 2],
+    /// The label's sequence number: odd while it is being written (a
+    /// seqlock: the one writer, the worker or the parent for a command,
+    /// never waits; a reader retries).
+    label_seq: AtomicU64,
+    /// The label's length in bytes (0: none).
+    label_len: AtomicU64,
+    label: [AtomicU64; LABEL_MAX / 8],
 }
 
 /// Milliseconds on the monotonic clock, which every process shares.
@@ -80,6 +132,7 @@ impl Cell {
         self.pid.store(pid as u64, Ordering::Relaxed);
         self.jobs.store(0, Ordering::Relaxed);
         self.backlog.store(0, Ordering::Relaxed);
+        self.label_len.store(0, Ordering::Relaxed);
         self.heartbeat.store(now, Ordering::Relaxed);
         self.since.store(now, Ordering::Relaxed);
         self.activity.store(Activity::Starting as u64, Ordering::Release);
@@ -129,6 +182,57 @@ impl Cell {
     pub fn in_activity_for(&self, now: u64) -> Duration {
         Duration::from_millis(now.saturating_sub(self.since.load(Ordering::Relaxed)))
     }
+    /// Sets the label of the job in hand (`None`: it has none). Plain
+    /// memory writes, no system call.
+    pub fn set_label(&self, label: Option<&JobLabel>) {
+        let Some(l) = label else {
+            // One store: a reader sees either the old label or none.
+            if self.label_len.load(Ordering::Relaxed) != 0 {
+                self.label_len.store(0, Ordering::Release);
+            }
+            return;
+        };
+        let seq = self.label_seq.load(Ordering::Relaxed);
+        self.label_seq.store(seq.wrapping_add(1), Ordering::Relaxed);
+        std::sync::atomic::fence(Ordering::Release);
+        for (i, word) in self.label.iter().enumerate() {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&l.bytes[i * 8..i * 8 + 8]);
+            word.store(u64::from_ne_bytes(b), Ordering::Relaxed);
+        }
+        self.label_len.store(u64::from(l.len), Ordering::Relaxed);
+        self.label_seq.store(seq.wrapping_add(2), Ordering::Release);
+    }
+    /// The label of the job in hand, if it has one and it could be read
+    /// whole (a few tries while it is being rewritten).
+    pub fn label(&self) -> Option<JobLabel> {
+        for _ in 0..4 {
+            let before = self.label_seq.load(Ordering::Acquire);
+            let len = self.label_len.load(Ordering::Acquire).min(LABEL_MAX as u64) as usize;
+            if len == 0 {
+                return None;
+            }
+            if before % 2 == 1 {
+                std::hint::spin_loop();
+                continue;
+            }
+            let mut bytes = [0u8; LABEL_MAX];
+            for (i, word) in self.label.iter().enumerate() {
+                bytes[i * 8..i * 8 + 8].copy_from_slice(&word.load(Ordering::Relaxed).to_ne_bytes());
+            }
+            std::sync::atomic::fence(Ordering::Acquire);
+            if self.label_seq.load(Ordering::Relaxed) == before {
+                let l = JobLabel {
+                    len: len as u8,
+                    bytes,
+                };
+                // A torn read cannot pass the check above; this guards
+                // against a worker scribbling on its cell.
+                return std::str::from_utf8(&l.bytes[..len]).is_ok().then_some(l);
+            }
+        }
+        None
+    }
     /// The pid that holds the cell (0: free).
     pub fn pid(&self) -> i32 {
         self.pid.load(Ordering::Relaxed) as i32
@@ -164,5 +268,29 @@ impl Scoreboard {
     /// The cell at `i`.
     pub fn cell(&self, i: u32) -> &'static Cell {
         &self.cells[i as usize]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_label_round_trips_and_is_cleared() {
+        let board = Scoreboard::new(2).unwrap();
+        let c = board.cell(1);
+        assert_eq!(c.label(), None);
+        c.set_label(Some(&JobLabel::new("order 42")));
+        assert_eq!(c.label().map(|l| l.to_string()).as_deref(), Some("order 42"));
+        c.set_label(Some(&JobLabel::new("a\nb")));
+        assert_eq!(c.label().unwrap().as_str(), "a\\nb", "control characters escaped");
+        c.set_label(None);
+        assert_eq!(c.label(), None);
+        let long = "é".repeat(100);
+        c.set_label(Some(&JobLabel::new(&long)));
+        let l = c.label().unwrap();
+        assert!(l.as_str().len() <= LABEL_MAX && l.as_str().starts_with("éé"));
+        c.reset(7);
+        assert_eq!(c.label(), None, "a new process starts without one");
     }
 }

@@ -693,7 +693,12 @@ impl<'h, O: Os> Supervisor<'h, O> {
                     };
                     match line {
                         NotifyLine::Heartbeat | NotifyLine::Ready => cell.beat(),
-                        NotifyLine::Busy => cell.set(Activity::Busy),
+                        NotifyLine::Busy => {
+                            // issue 12: `busy LABEL` labels the job.
+                            let label = crate::message::busy_label(l).map(crate::scoreboard::JobLabel::new);
+                            cell.set_label(label.as_ref());
+                            cell.set(Activity::Busy);
+                        }
                         NotifyLine::Idle => cell.set(Activity::Idle),
                         NotifyLine::Done => {
                             cell.add_jobs(1);
@@ -796,6 +801,9 @@ impl<'h, O: Os> Supervisor<'h, O> {
                             backlog: cell.backlog(),
                             busy: (cell.activity() == Activity::Busy)
                                 .then(|| (cell.in_activity_for(now), cell.since_ms())),
+                            job: (cell.activity() == Activity::Busy)
+                                .then(|| cell.label())
+                                .flatten(),
                         };
                         (*pid, sample)
                     })
@@ -803,7 +811,7 @@ impl<'h, O: Os> Supervisor<'h, O> {
                 let now = self.os.now();
                 self.core.handle(now, Event::Samples(samples));
             }
-            Action::Inspect { pid, slot } => {
+            Action::Inspect { pid, slot, job } => {
                 // Where it is stuck, before it is stopped: what an operator
                 // would otherwise have to catch by hand.
                 let wchan = crate::procfs::wchan(pid).unwrap_or_else(|| "?".into());
@@ -819,7 +827,8 @@ impl<'h, O: Os> Supervisor<'h, O> {
                 } else {
                     format!("; kernel stack: {}", stack.join(" < "))
                 };
-                warn!("worker {slot} (pid {pid}) blocked in wchan {wchan}; syscall {syscall}{stack}");
+                let job = core::job_suffix(job.as_ref());
+                warn!("worker {slot} (pid {pid}) blocked in wchan {wchan}; syscall {syscall}{stack}{job}");
             }
             Action::Log(level, text) => match level {
                 Level::ERROR => error!("{text}"),
@@ -1186,7 +1195,7 @@ impl<'h, O: Os> Supervisor<'h, O> {
                     jobs: cell.map_or(0, |c| c.jobs()),
                     slot_jobs: p.slot_jobs + live_jobs.get(&p.slot).copied().unwrap_or(0),
                     busy_secs: busy.map(|c| c.in_activity_for(board_now).as_secs_f64()),
-                    job: None,
+                    job: busy.and_then(|c| c.label()).map(|l| l.to_string()),
                     last_exit: p.last_exit,
                     version: env!("CARGO_PKG_VERSION").to_string(),
                 }

@@ -161,6 +161,18 @@ impl<W: Worker> Context<W> {
     }
     /// Marks the worker busy with a job (shown by `status` and the title).
     pub fn begin_job(&mut self) {
+        self.cell.set_label(None);
+        self.cell.set(Activity::Busy);
+        self.refresh_title(false);
+    }
+    /// [`Context::begin_job`] for a job with a label (its id, say): the
+    /// parent shows it in `status` (`job`) and in the lines it logs about
+    /// the job (`slow_job`, `job_timeout`, a hang). The label goes to the
+    /// shared scoreboard with plain memory writes (no system call); at most
+    /// [`crate::scoreboard::LABEL_MAX`] bytes are kept.
+    pub fn begin_job_labeled(&mut self, label: &str) {
+        self.cell
+            .set_label(Some(&crate::scoreboard::JobLabel::new(label)));
         self.cell.set(Activity::Busy);
         self.refresh_title(false);
     }

@@ -23,6 +23,8 @@ pub(crate) struct Sample {
     /// While busy: how long the job in hand has run, and when it began
     /// (monotonic ms, which tells one job from the next).
     pub busy: Option<(Duration, u64)>,
+    /// issue 12: while busy, the job's label, if it has one.
+    pub job: Option<crate::scoreboard::JobLabel>,
 }
 
 /// Why a worker is replaced while it still works.
@@ -149,6 +151,7 @@ mod tests {
             idle_for: None,
             backlog: None,
             busy: None,
+            job: None,
         };
         let mut c = cfg();
         let age = Duration::from_secs(100);

@@ -220,6 +220,8 @@ pub(crate) enum Action {
         pid: Pid,
         /// Its slot, for the log.
         slot: u32,
+        /// issue 12: the label of the job it is on, if any.
+        job: Option<crate::scoreboard::JobLabel>,
     },
     /// Sample every worker and answer with [`Event::Samples`]; `rss`: read
     /// memory too (it costs a read of `/proc`).
@@ -523,6 +525,11 @@ fn round_ms(d: Duration) -> humantime::FormattedDuration {
     humantime::format_duration(Duration::from_millis(
         u64::try_from(d.as_millis()).unwrap_or(u64::MAX),
     ))
+}
+
+/// issue 12: `; job LABEL` for a log line about a job that has a label.
+pub(crate) fn job_suffix(job: Option<&crate::scoreboard::JobLabel>) -> String {
+    job.map_or_else(String::new, |l| format!("; job {l}"))
 }
 
 /// "1 worker", "2 workers".
@@ -1131,7 +1138,7 @@ impl Core {
                 Phase::Starting { .. } if watch && current && self.kind == Kind::Forked => {
                     let h = self.cfg.heartbeat_timeout;
                     if !h.is_zero() && sample.silent_for > h {
-                        self.hung(*pid, sample.silent_for, now);
+                        self.hung(*pid, sample.silent_for, None, now);
                     }
                 }
                 Phase::Ready if current => {
@@ -1145,9 +1152,10 @@ impl Core {
                             self.log(
                                 Level::WARN,
                                 format!(
-                                    "worker {slot} (pid {pid}): a job has run for {} (slow_job = {})",
+                                    "worker {slot} (pid {pid}): a job has run for {} (slow_job = {}){}",
                                     round_ms(ran),
-                                    humantime::format_duration(slow)
+                                    humantime::format_duration(slow),
+                                    job_suffix(sample.job.as_ref())
                                 ),
                             );
                             if let Some(p) = self.procs.get_mut(pid) {
@@ -1156,17 +1164,22 @@ impl Core {
                         }
                     }
                     match health::judge(&self.cfg, watch, age, lifetime, sample) {
-                        Some(health::Verdict::Hung(silent)) => self.hung(*pid, silent, now),
+                        Some(health::Verdict::Hung(silent)) => self.hung(*pid, silent, sample.job, now),
                         Some(health::Verdict::JobTimeout(ran)) => {
                             self.log(
                                 Level::WARN,
                                 format!(
-                                    "worker {slot} (pid {pid}): a job has run for {}, over job_timeout ({}); stopping it",
+                                    "worker {slot} (pid {pid}): a job has run for {}, over job_timeout ({}); stopping it{}",
                                     round_ms(ran),
-                                    humantime::format_duration(self.cfg.job_timeout)
+                                    humantime::format_duration(self.cfg.job_timeout),
+                                    job_suffix(sample.job.as_ref())
                                 ),
                             );
-                            self.out.push(Action::Inspect { pid: *pid, slot });
+                            self.out.push(Action::Inspect {
+                                pid: *pid,
+                                slot,
+                                job: sample.job,
+                            });
                             self.stop_for(*pid, "job_timeout", now, AfterStop::Replace { failed: false });
                         }
                         Some(health::Verdict::Recycle(why)) => self.recycle(*pid, why),
@@ -1250,18 +1263,19 @@ impl Core {
         }
     }
 
-    fn hung(&mut self, pid: Pid, silent: Duration, now: Instant) {
+    fn hung(&mut self, pid: Pid, silent: Duration, job: Option<crate::scoreboard::JobLabel>, now: Instant) {
         let Some(slot) = self.procs.get(&pid).map(|p| p.slot) else {
             return;
         };
         self.log(
             Level::WARN,
             format!(
-                "worker {slot} (pid {pid}) is hung: no heartbeat for {}; stopping it",
-                round_ms(silent)
+                "worker {slot} (pid {pid}) is hung: no heartbeat for {}; stopping it{}",
+                round_ms(silent),
+                job_suffix(job.as_ref())
             ),
         );
-        self.out.push(Action::Inspect { pid, slot });
+        self.out.push(Action::Inspect { pid, slot, job });
         self.stop_for(pid, "hung", now, AfterStop::Replace { failed: false });
     }
 

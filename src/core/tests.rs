@@ -669,6 +669,7 @@ fn health_samples_decide_hangs_and_recycling() {
         idle_for: None,
         backlog: None,
         busy: None,
+        job: None,
     };
     s.ev(Event::Samples(vec![(a, sample(11, 10)), (b, sample(1, 2000))]));
     let spawned = s.run();
@@ -877,6 +878,57 @@ fn backlog_gauges_follow_the_latest_decision() {
     s.ev(Event::Samples(vec![(pid, seen)]));
     s.run();
     assert_eq!(s.core.backlog_gauges(), Some((55, 6)));
+}
+
+/// issue 12: a job's label ends every line about the job, and goes with
+/// the inspection of a hung worker.
+#[test]
+fn a_job_s_label_is_in_the_slow_timeout_and_hang_lines() {
+    let mut c = cfg(2);
+    c.slow_job = Duration::from_secs(5);
+    c.job_timeout = Duration::from_secs(60);
+    c.heartbeat_timeout = Duration::from_secs(30);
+    let mut s = Sim::new(c);
+    s.ready_all();
+    let (a, b) = (s.pid_of(1), s.pid_of(2));
+    let label = crate::scoreboard::JobLabel::new("order 42");
+    let busy = |ran: u64, silent: u64| Sample {
+        busy: Some((Duration::from_secs(ran), 1000)),
+        silent_for: Duration::from_secs(silent),
+        job: Some(label),
+        ..Sample::default()
+    };
+    s.log.clear();
+    s.ev(Event::Samples(vec![(a, busy(6, 0)), (b, busy(1, 31))]));
+    s.ev(Event::Samples(vec![(a, busy(61, 0))]));
+    s.run();
+    let lines: Vec<&String> = s
+        .log
+        .iter()
+        .filter_map(|x| match x {
+            Action::Log(_, t) => Some(t),
+            _ => None,
+        })
+        .collect();
+    for what in [
+        "(slow_job = 5s); job order 42",
+        "stopping it; job order 42",
+        "is hung: no heartbeat for 31s; stopping it; job order 42",
+    ] {
+        assert!(lines.iter().any(|l| l.contains(what)), "{what:?} in {lines:?}");
+    }
+    let inspected: Vec<_> = s
+        .log
+        .iter()
+        .filter_map(|x| match x {
+            Action::Inspect { pid, job, .. } => Some((*pid, job.map(|l| l.to_string()))),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        inspected,
+        [(b, Some("order 42".into())), (a, Some("order 42".into()))]
+    );
 }
 
 mod properties {

@@ -62,3 +62,61 @@ fn status_json_shows_the_last_exit_the_slot_s_jobs_busy_time_and_version() {
     );
     stop(&d);
 }
+
+/// The test worker daemon with `extra` config.
+fn testworker(extra: &str) -> Daemon {
+    Daemon::with(example("testworker"), "testworker", extra)
+}
+
+#[test]
+fn a_job_s_label_shows_in_status_and_in_the_hang_forensics() {
+    // A Rust worker: `ctx.begin_job_labeled("test job N")`.
+    let d = testworker(
+        "[workers]\ncount = 1\nheartbeat_timeout = \"1500ms\"\nstop_timeout = \"2s\"\n\n\
+         [app]\njob_interval = \"10ms\"\nhang_after_jobs = 5\n",
+    );
+    let parent = d.start();
+    let w = d.wait_workers(parent, 1)[0];
+    let mut v = serde_json::Value::Null;
+    assert!(
+        wait_until(DEADLINE, || {
+            v = status_json(&d);
+            first(&v)["job"] == "test job 6"
+        }),
+        "the job it hangs in is labelled in status: {v}\n{}",
+        d.log()
+    );
+    assert!(
+        d.wait_log(&format!("worker 1 (pid {w}) is hung: no heartbeat for")),
+        "{}",
+        d.log()
+    );
+    assert!(
+        d.wait_log(&format!("worker 1 (pid {w}) blocked in wchan ")),
+        "{}",
+        d.log()
+    );
+    let log = d.log();
+    for line in log.lines().filter(|l| {
+        l.contains(&format!("(pid {w}) is hung")) || l.contains(&format!("(pid {w}) blocked in wchan"))
+    }) {
+        assert!(line.ends_with("; job test job 6"), "{line}");
+    }
+    stop(&d);
+
+    // A command: `busy LABEL` on its notify descriptor.
+    let d = rookery(
+        "[workers]\ncount = 1\ncommand = [\"sh\", \"-c\", \"echo 'busy order-7' >&3; exec sleep 300\"]\n",
+    );
+    d.start();
+    let mut v = serde_json::Value::Null;
+    assert!(
+        wait_until(DEADLINE, || {
+            v = status_json(&d);
+            first(&v)["job"] == "order-7" && first(&v)["activity"] == "busy"
+        }),
+        "{v}\n{}",
+        d.log()
+    );
+    stop(&d);
+}
