@@ -362,6 +362,12 @@ impl<W: Worker> Daemon<W> {
         reloader: crate::supervisor::Reloader,
     ) -> Result<u8, StartError> {
         let name = config.daemon.name.clone();
+        // Forking from a multi-threaded process is unsound: refused here,
+        // before anything happens, with what to do about it (the usual
+        // cause is `#[tokio::main]`).
+        if let Some(n) = crate::sys::thread_count().filter(|n| *n > 1) {
+            return Err(StartError::Threads(n));
+        }
         // Nothing the invoking shell left open (a deploy script's lock) is
         // kept for the daemon's life or handed to workers: the daemon has
         // opened nothing yet.

@@ -54,6 +54,11 @@
 //! }
 //! ```
 //!
+//! With the `tokio` feature, `AsyncWorker` is the same API with async
+//! `init`, `run` and `cleanup`, on a runtime each worker process builds
+//! for itself (see the README's "Async workers"); `main` stays a plain
+//! `fn main` (not `#[tokio::main]`: the parent must stay single-threaded).
+//!
 //! `hello --no-daemon` runs it in the foreground with 4 workers;
 //! `hello -c hello.toml start` detaches and returns once every worker's
 //! `init` has returned; `hello status`, `hello scale +2`, `hello stop`.
@@ -98,6 +103,8 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+#[cfg(feature = "tokio")]
+mod async_worker;
 pub mod cli;
 mod client;
 pub mod config;
@@ -131,6 +138,8 @@ mod watch;
 pub mod worker;
 
 pub use crate::core::{ExitStatus, WorkerExit};
+#[cfg(feature = "tokio")]
+pub use async_worker::{AsyncWorker, JobReporter, StopHandle};
 pub use cli::NoArgs;
 pub use daemon::{run, Daemon};
 pub use hooks::{Hooks, NoHooks};

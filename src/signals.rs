@@ -110,4 +110,10 @@ impl StopSignal {
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.read.as_fd()
     }
+
+    /// The flag the handlers raise, shared (async workers' stop handles).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn shared_flag(&self) -> Arc<AtomicBool> {
+        self.flag.clone()
+    }
 }

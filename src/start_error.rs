@@ -118,6 +118,15 @@ pub enum StartError {
     /// The daemon's `on_start` hook returned an error (its chain).
     #[error("on_start hook failed: {0}")]
     Hook(String),
+    /// The process already runs threads, so it cannot fork workers soundly.
+    #[error(
+        "cannot start: this process already has {0} threads, and rookery's parent must stay \
+         single-threaded to fork its workers. `#[tokio::main]` (or another runtime started \
+         before rookery) on `main` is the usual cause: call `rookery::run` or `Daemon::run` \
+         from a plain `fn main`, and use `AsyncWorker` (the `tokio` feature), whose runtime \
+         each worker builds for itself"
+    )]
+    Threads(usize),
     /// The supervisor's own resources (scoreboard, pipes, epoll) failed.
     #[error("cannot start the supervisor: {0}")]
     Supervisor(io::Error),
@@ -166,6 +175,8 @@ impl StartError {
             | StartError::ControlSocket { source, .. }
             | StartError::Metrics { source, .. } => exit::from_create_io(source),
             StartError::Hook(_) => exit::FAILURE,
+            // A program error, not the operator's.
+            StartError::Threads(_) => exit::SOFTWARE,
         }
     }
 
@@ -241,6 +252,7 @@ mod tests {
                 exit::CONFIG,
             ),
             (StartError::LogDiscarded("x".into()), exit::CONFIG),
+            (StartError::Threads(4), exit::SOFTWARE),
             (
                 StartError::Account(PrivilegeError::UnknownUser("u".into())),
                 exit::CONFIG,

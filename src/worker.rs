@@ -12,13 +12,15 @@ use std::fmt::Debug;
 use std::io::Write;
 use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use serde::de::DeserializeOwned;
-use tracing::{debug, error, info};
+use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
 use crate::exit;
@@ -31,11 +33,17 @@ use crate::titles;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// What one call of [`Worker::run`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Step {
     /// Handled a job (counted, unless the worker already reported it with
     /// [`Context::job_done`] during this call).
     Worked,
+    /// Handled a job that failed, and the worker can carry on (a payload it
+    /// cannot parse, a request the remote end refused): the error is logged
+    /// at warning, the job is counted like [`Step::Worked`], and the worker
+    /// keeps running. Return `Err` only for what the worker cannot recover
+    /// from (a lost connection): that ends the worker, which is restarted.
+    Failed(BoxError),
     /// Found nothing to do; the loop waits `workers.idle_delay` (if set)
     /// before the next call.
     Idle,
@@ -86,15 +94,101 @@ pub struct Context<W: Worker> {
     parent: Pid,
     stop: StopSignal,
     cell: &'static Cell,
-    to_parent: std::fs::File,
-    max_jobs: u64,
-    recycle_asked: bool,
+    /// Job accounting, shared with the [`JobReporter`](crate::JobReporter)s
+    /// of async workers.
+    jobs: Arc<Jobs>,
+    /// Whether [`Context::begin_job`] marked a job in hand that this
+    /// context has not reported yet.
+    ctx_job: bool,
     reported_in_call: bool,
     started: SystemTime,
     title_at: Instant,
     rss: u64,
     /// The title up to the memory figure (see [`titles::worker_title_head`]).
     title_head: String,
+    /// The async worker's runtime, built in this process by
+    /// [`AsyncWorker::runtime`](crate::AsyncWorker::runtime).
+    #[cfg(feature = "tokio")]
+    pub(crate) runtime: Option<tokio::runtime::Runtime>,
+    /// Made on first use (`Context::stop_handle`), then shared.
+    #[cfg(feature = "tokio")]
+    pub(crate) stop_handle: std::sync::OnceLock<crate::StopHandle>,
+}
+
+/// How many jobs a worker has in hand and has done: the scoreboard's
+/// busy/idle and job count, kept truthful when several jobs run at once
+/// (async workers report from their tasks through a
+/// [`JobReporter`](crate::JobReporter)). Busy while any job is in hand.
+pub(crate) struct Jobs {
+    cell: &'static Cell,
+    in_flight: AtomicUsize,
+    max_jobs: u64,
+    recycle_asked: AtomicBool,
+    to_parent: std::fs::File,
+    /// Woken when the last job in hand ends (the graceful stop waits).
+    #[cfg(feature = "tokio")]
+    pub(crate) none_in_hand: tokio::sync::Notify,
+}
+
+impl Jobs {
+    /// A job is in hand: busy (unless already stopping).
+    pub(crate) fn begin(&self) {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        if self.cell.activity() != Activity::Stopping {
+            self.cell.set(Activity::Busy);
+        }
+    }
+
+    /// A job in hand ended; counted if `counted`. Idle once none is left.
+    pub(crate) fn end(&self, counted: bool) {
+        let before = self
+            .in_flight
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| Some(n.saturating_sub(1)))
+            .unwrap_or(0);
+        if counted {
+            self.count();
+        } else {
+            self.idle_if_none();
+        }
+        if before <= 1 {
+            #[cfg(feature = "tokio")]
+            self.none_in_hand.notify_waiters();
+        }
+    }
+
+    /// Counts one job done (without a job in hand to end).
+    pub(crate) fn count(&self) {
+        let n = self.cell.add_jobs(1);
+        self.idle_if_none();
+        if self.max_jobs > 0 && n >= self.max_jobs && !self.recycle_asked.swap(true, Ordering::SeqCst) {
+            info!("max_jobs reached ({n} jobs); asking for a replacement");
+            self.tell_parent(&WorkerMsg::Recycle { jobs: n });
+        }
+    }
+
+    /// Jobs in hand.
+    pub(crate) fn in_hand(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    fn idle_if_none(&self) {
+        if self.in_hand() == 0 && self.cell.activity() == Activity::Busy {
+            self.cell.set(Activity::Idle);
+        }
+    }
+
+    /// Records a sign of life.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn beat(&self) {
+        self.cell.beat();
+    }
+
+    fn tell_parent(&self, msg: &WorkerMsg) {
+        // One write of at most PIPE_BUF bytes is atomic: lines from many
+        // workers (and many tasks of one) never mix.
+        let line = msg.encode(nix::unistd::getpid());
+        let _ = (&self.to_parent).write(line.as_bytes());
+    }
 }
 
 impl<W: Worker> Context<W> {
@@ -162,8 +256,7 @@ impl<W: Worker> Context<W> {
     /// Marks the worker busy with a job (shown by `status` and the title).
     pub fn begin_job(&mut self) {
         self.cell.set_label(None);
-        self.cell.set(Activity::Busy);
-        self.refresh_title(false);
+        self.ctx_begin();
     }
     /// [`Context::begin_job`] for a job with a label (its id, say): the
     /// parent shows it in `status` (`job`) and in the lines it logs about
@@ -173,21 +266,34 @@ impl<W: Worker> Context<W> {
     pub fn begin_job_labeled(&mut self, label: &str) {
         self.cell
             .set_label(Some(&crate::scoreboard::JobLabel::new(label)));
-        self.cell.set(Activity::Busy);
-        self.refresh_title(false);
+        self.ctx_begin();
     }
-    /// Reports one finished job: counts it, marks the worker idle, and
-    /// asks the parent for a replacement once `workers.max_jobs` is reached.
-    pub fn job_done(&mut self) {
-        self.reported_in_call = true;
-        let n = self.cell.add_jobs(1);
-        self.cell.set(Activity::Idle);
-        if self.max_jobs > 0 && n >= self.max_jobs && !self.recycle_asked {
-            self.recycle_asked = true;
-            info!("max_jobs reached ({n} jobs); asking for a replacement");
-            self.tell_parent(&WorkerMsg::Recycle { jobs: n });
+    /// The job this context marked is in hand (once per job).
+    fn ctx_begin(&mut self) {
+        if !self.ctx_job {
+            self.ctx_job = true;
+            self.jobs.begin();
         }
         self.refresh_title(false);
+    }
+    /// Reports one finished job: counts it, marks the worker idle (unless
+    /// other jobs are in hand), and asks the parent for a replacement once
+    /// `workers.max_jobs` is reached.
+    pub fn job_done(&mut self) {
+        self.reported_in_call = true;
+        if std::mem::take(&mut self.ctx_job) {
+            self.jobs.end(true);
+        } else {
+            self.jobs.count();
+        }
+        self.refresh_title(false);
+    }
+    /// Ends the job [`Context::begin_job`] marked, uncounted (the call
+    /// returned without reporting it).
+    fn drop_ctx_job(&mut self) {
+        if std::mem::take(&mut self.ctx_job) {
+            self.jobs.end(false);
+        }
     }
     /// Reports how many jobs are waiting in the queue, as this worker sees
     /// it (Beanstalkd's `current-jobs-ready`, a Redis list's `LLEN`, a
@@ -203,10 +309,38 @@ impl<W: Worker> Context<W> {
     }
 
     fn tell_parent(&self, msg: &WorkerMsg) {
-        // One write of at most PIPE_BUF bytes is atomic: lines from many
-        // workers never mix.
-        let line = msg.encode(nix::unistd::getpid());
-        let _ = (&self.to_parent).write(line.as_bytes());
+        self.jobs.tell_parent(msg);
+    }
+
+    /// The shared job accounting (for the async worker's reporter).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn jobs_shared(&self) -> &Arc<Jobs> {
+        &self.jobs
+    }
+
+    /// The stop request's flag and descriptor.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn stop_signal(&self) -> &StopSignal {
+        &self.stop
+    }
+
+    /// Whether the loop has ended normally (a stop, `Step::Exit`): the
+    /// worker is finishing the jobs in hand, not failing.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn stopping(&self) -> bool {
+        self.cell.activity() == Activity::Stopping
+    }
+
+    /// The loop's delays between calls: an async worker's runtime keeps
+    /// running its tasks meanwhile.
+    fn delay(&mut self, d: Duration) {
+        #[cfg(feature = "tokio")]
+        if let Some(rt) = self.runtime.take() {
+            crate::async_worker::delay(&rt, self, d);
+            self.runtime = Some(rt);
+            return;
+        }
+        self.sleep(d);
     }
 
     fn refresh_title(&mut self, reread: bool) {
@@ -331,14 +465,25 @@ fn child_life<W: Worker>(s: ChildSetup<'_, W>) -> i32 {
         parent: s.parent,
         stop,
         cell: s.cell,
-        to_parent: std::fs::File::from(to_parent),
-        max_jobs: s.max_jobs,
-        recycle_asked: false,
+        jobs: Arc::new(Jobs {
+            cell: s.cell,
+            in_flight: AtomicUsize::new(0),
+            max_jobs: s.max_jobs,
+            recycle_asked: AtomicBool::new(false),
+            to_parent: std::fs::File::from(to_parent),
+            #[cfg(feature = "tokio")]
+            none_in_hand: tokio::sync::Notify::new(),
+        }),
+        ctx_job: false,
         reported_in_call: false,
         started: SystemTime::now(),
         title_at: Instant::now(),
         rss: 0,
         title_head: String::new(),
+        #[cfg(feature = "tokio")]
+        runtime: None,
+        #[cfg(feature = "tokio")]
+        stop_handle: std::sync::OnceLock::new(),
     };
     ctx.refresh_title(true);
     let mut worker = match W::init(&mut ctx) {
@@ -381,18 +526,26 @@ fn child_life<W: Worker>(s: ChildSetup<'_, W>) -> i32 {
         }
         ctx.reported_in_call = false;
         ctx.cell.beat();
-        match worker.run(&mut ctx) {
+        let step = worker.run(&mut ctx);
+        if !matches!(step, Ok(Step::Worked | Step::Failed(_))) {
+            ctx.drop_ctx_job();
+        }
+        match step {
             Ok(Step::Worked) => {
                 if !ctx.reported_in_call {
                     ctx.job_done();
                 }
             }
-            Ok(Step::Idle) => {
-                if ctx.cell.activity() == Activity::Busy {
-                    ctx.cell.set(Activity::Idle);
+            Ok(Step::Failed(e)) => {
+                // The job failed; the worker is fine and carries on.
+                warn!("job failed: {}", error_chain(&*e));
+                if !ctx.reported_in_call {
+                    ctx.job_done();
                 }
+            }
+            Ok(Step::Idle) => {
                 if !idle_delay.is_zero() {
-                    ctx.sleep(idle_delay);
+                    ctx.delay(idle_delay);
                 }
                 if ctx.title_at.elapsed() >= ctx.config.workers.title_interval {
                     ctx.refresh_title(true);
@@ -416,7 +569,7 @@ fn child_life<W: Worker>(s: ChildSetup<'_, W>) -> i32 {
             }
         }
         if !iteration_delay.is_zero() {
-            ctx.sleep(iteration_delay);
+            ctx.delay(iteration_delay);
         }
     };
     ctx.cell.set(Activity::Stopping);
@@ -470,5 +623,73 @@ mod error_chain_tests {
             text.starts_with("init failed: ") && text.contains("os error 111"),
             "{text}"
         );
+    }
+}
+
+#[cfg(test)]
+mod jobs_tests {
+    use super::*;
+    use crate::scoreboard::Scoreboard;
+
+    fn jobs(max_jobs: u64) -> (Jobs, std::fs::File) {
+        let mut board = Scoreboard::new(1).expect("scoreboard");
+        let i = board.claim().expect("a cell");
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_NONBLOCK).expect("pipe");
+        let jobs = Jobs {
+            cell: board.cell(i),
+            in_flight: AtomicUsize::new(0),
+            max_jobs,
+            recycle_asked: AtomicBool::new(false),
+            to_parent: std::fs::File::from(w),
+            #[cfg(feature = "tokio")]
+            none_in_hand: tokio::sync::Notify::new(),
+        };
+        jobs.cell.set(Activity::Idle);
+        (jobs, std::fs::File::from(r))
+    }
+
+    #[test]
+    fn busy_while_any_job_is_in_hand_and_each_counted_once() {
+        let (j, _r) = jobs(0);
+        j.begin();
+        j.begin();
+        j.begin();
+        assert_eq!(j.cell.activity(), Activity::Busy);
+        j.end(true);
+        j.end(true);
+        assert_eq!(
+            (j.cell.activity(), j.cell.jobs(), j.in_hand()),
+            (Activity::Busy, 2, 1)
+        );
+        // A job counted without being begun (`Step::Worked` alone) does
+        // not end another's.
+        j.count();
+        assert_eq!(
+            (j.cell.activity(), j.cell.jobs(), j.in_hand()),
+            (Activity::Busy, 3, 1)
+        );
+        j.end(false);
+        assert_eq!(
+            (j.cell.activity(), j.cell.jobs(), j.in_hand()),
+            (Activity::Idle, 3, 0)
+        );
+        // An extra end cannot go below zero, nor count twice.
+        j.end(false);
+        assert_eq!((j.in_hand(), j.cell.jobs()), (0, 3));
+    }
+
+    #[test]
+    fn a_stopping_worker_stays_stopping_and_max_jobs_asks_once() {
+        let (j, mut r) = jobs(2);
+        j.begin();
+        j.cell.set(Activity::Stopping);
+        j.begin();
+        j.end(true);
+        j.end(true);
+        j.end(true);
+        assert_eq!(j.cell.activity(), Activity::Stopping);
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut r, &mut text);
+        assert_eq!(text.lines().count(), 1, "one recycle request: {text:?}");
     }
 }

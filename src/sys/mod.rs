@@ -6,6 +6,8 @@
 //! functions), and says so in a `// SAFETY:` comment.
 #![allow(unsafe_code)]
 
+#[cfg(feature = "tokio")]
+pub mod async_fd;
 pub mod exec;
 pub mod limits;
 pub mod proctitle;
@@ -38,7 +40,9 @@ pub fn fork() -> std::io::Result<Forked> {
     if let Some(n) = thread_count() {
         if n != 1 {
             return Err(std::io::Error::other(format!(
-                "refusing to fork: the parent has {n} threads (a hook started a thread?)"
+                "refusing to fork: the parent has {n} threads; it must stay single-threaded \
+                 (a hook that started a thread, or `main` running in an async runtime: \
+                 call `rookery::run` from a plain `fn main`, not under `#[tokio::main]`)"
             )));
         }
     }

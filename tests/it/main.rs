@@ -8,6 +8,7 @@
 use rookery_testkit as util;
 use rookery_testkit::servers;
 
+mod async_workers;
 mod beanstalk_client;
 mod config_errors;
 mod core;

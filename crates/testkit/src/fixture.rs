@@ -34,12 +34,18 @@ pub fn target_dir() -> &'static Path {
                 "--workspace",
                 "--examples",
                 "--bins",
+                // The async examples need it (`required-features`).
+                "--features",
+                "rookery-daemon/tokio",
                 "--manifest-path",
             ])
             .arg(manifest.join("Cargo.toml"))
             .status()
             .expect("run cargo build");
-        assert!(status.success(), "cargo build --examples --bins failed");
+        assert!(
+            status.success(),
+            "cargo build --examples --bins --features tokio failed"
+        );
         // tests/it binary lives in target/debug/deps.
         let exe = std::env::current_exe().expect("current_exe");
         exe.parent()
