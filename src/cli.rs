@@ -162,6 +162,11 @@ pub enum Command {
     ReopenLogs,
     /// Start every worker waiting out a back-off now (the broker is back).
     RetryNow,
+    /// Workers finish the job in hand and take no new one, but stay up
+    /// (also SIGTSTP; commands get workers.pause_signal).
+    Pause,
+    /// Workers take jobs again after `pause` (also SIGCONT).
+    Resume,
     /// Validate the config and print the effective values.
     CheckConfig,
     /// Print a commented sample config.
@@ -198,6 +203,8 @@ impl Command {
             Command::Scale { .. } => "scale",
             Command::ReopenLogs => "reopen-logs",
             Command::RetryNow => "retry-now",
+            Command::Pause => "pause",
+            Command::Resume => "resume",
             Command::CheckConfig => "check-config",
             Command::SampleConfig => "sample-config",
             Command::WriteInit(_) => "write-init",

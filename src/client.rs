@@ -674,6 +674,7 @@ mod tests {
             backing_off: Vec::new(),
             crash_loop: false,
             totals: control::Totals::default(),
+            paused_for_secs: None,
         };
         assert_eq!(degraded(&s), None);
         s.workers[1] = w(control::WorkerState::Starting);

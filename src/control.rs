@@ -32,6 +32,10 @@ pub enum Request {
     },
     /// Start every worker waiting out a back-off now.
     RetryNow,
+    /// Workers finish the job in hand and take no new one (issue 11).
+    Pause,
+    /// Workers take jobs again.
+    Resume,
 }
 
 /// The daemon's answer.
@@ -79,6 +83,9 @@ pub struct Status {
     /// Cumulative counts since the daemon started.
     #[serde(default)]
     pub totals: Totals,
+    /// Seconds the pool has been paused (`pause`); `None`: taking jobs.
+    #[serde(default)]
+    pub paused_for_secs: Option<f64>,
 }
 
 /// Cumulative counts since the daemon started (they survive worker
@@ -135,6 +142,10 @@ pub struct WorkerStatus {
     /// issue 12: the version of the program the worker runs.
     #[serde(default)]
     pub version: String,
+    /// Paused: finished its job and waiting for `resume` (a command: sent
+    /// `pause_signal`, and not saying it is busy).
+    #[serde(default)]
+    pub paused: bool,
 }
 
 /// A worker process's phase, as the parent sees it.
@@ -417,6 +428,13 @@ impl Status {
                 .as_ref()
                 .map_or("(built-in defaults)".into(), |p| p.display().to_string()),
         );
+        if let Some(secs) = self.paused_for_secs {
+            // issue 11
+            out.push_str(&format!(
+                "paused for {}: workers finish the job in hand and take no new one (`resume` to continue)\n",
+                human_secs(secs)
+            ));
+        }
         out.push_str(&format!(
             "{:>4}  {:>8}  {:<9} {:<9} {:>10}  {:>8}  {:>10}  {:>8}\n",
             "SLOT", "PID", "STATE", "ACTIVITY", "UPTIME", "RESTARTS", "RSS", "JOBS"
@@ -427,7 +445,7 @@ impl Status {
                 w.slot,
                 w.pid,
                 w.state.name(),
-                w.activity.name(),
+                if w.paused { "paused" } else { w.activity.name() },
                 human_secs(w.uptime_secs),
                 w.restarts,
                 mib(w.rss_bytes),

@@ -237,6 +237,8 @@ impl<W: Worker> Daemon<W> {
             Command::Stop { timeout } => client::stop(&config, timeout),
             Command::Reload => client::control_call(&config, &Request::Reload),
             Command::RetryNow => client::control_call(&config, &Request::RetryNow),
+            Command::Pause => client::control_call(&config, &Request::Pause), // issue 11
+            Command::Resume => client::control_call(&config, &Request::Resume),
             Command::Scale { spec } => match spec.parse::<ScaleSpec>() {
                 Ok(s) => client::control_call(&config, &Request::Scale { spec: s.to_string() }),
                 Err(e) => {

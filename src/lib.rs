@@ -117,6 +117,7 @@ pub mod exit;
 pub mod generate;
 mod guard;
 pub mod hooks;
+mod intake;
 pub mod limits;
 pub mod logging;
 mod message;

@@ -20,8 +20,8 @@
 //! * `rookery_build_info{version}` gauge, always 1;
 //! * `rookery_parent_uptime_seconds`, `rookery_parent_resident_memory_bytes` gauges;
 //! * `rookery_workers{state}` gauge, `state` one of `starting`, `idle`,
-//!   `busy`, `stopping`, `backing_off` (each worker slot process in exactly one);
-//! * `rookery_workers_ready` gauge (ready = idle + busy), `rookery_workers_target` gauge;
+//!   `busy`, `paused`, `stopping`, `backing_off` (each worker slot process in exactly one);
+//! * `rookery_workers_ready` gauge (ready = idle + busy + paused), `rookery_workers_target` gauge;
 //! * `rookery_worker_starts_total{cause}` counter, every cause of
 //!   [`crate::core::Cause::ALL`] present;
 //! * `rookery_jobs_total` counter (cumulative across worker replacements);
@@ -153,6 +153,8 @@ pub(crate) enum WorkerState {
     Idle,
     /// Ready, on a job.
     Busy,
+    /// Ready, paused (`pause`): taking no job (issue 11).
+    Paused,
     /// Asked to stop.
     Stopping,
 }
@@ -172,7 +174,7 @@ impl WorkerState {
     }
 
     fn ready(self) -> bool {
-        matches!(self, WorkerState::Idle | WorkerState::Busy)
+        matches!(self, WorkerState::Idle | WorkerState::Busy | WorkerState::Paused)
     }
 }
 
@@ -206,6 +208,8 @@ pub(crate) struct Snapshot {
     pub min_ready: Option<u32>,
     /// The pool is stopping.
     pub stopping: bool,
+    /// The pool is paused (issue 11).
+    pub paused: bool,
     /// The pool is in a crash loop.
     pub crash_loop: bool,
     /// Live worker processes.
@@ -238,6 +242,10 @@ impl Snapshot {
 pub(crate) fn readiness(s: &Snapshot) -> Result<(), String> {
     if s.stopping {
         return Err("not ready: the daemon is stopping".into());
+    }
+    if s.paused {
+        return Err("not ready: paused (workers take no new jobs until resume)".into());
+        // issue 11
     }
     if s.crash_loop {
         return Err(format!(
@@ -316,6 +324,7 @@ pub(crate) fn render(s: &Snapshot) -> String {
         ("starting", count(WorkerState::Starting)),
         ("idle", count(WorkerState::Idle)),
         ("busy", count(WorkerState::Busy)),
+        ("paused", count(WorkerState::Paused)),
         ("stopping", count(WorkerState::Stopping)),
         ("backing_off", s.backing_off as usize),
     ] {
@@ -325,7 +334,7 @@ pub(crate) fn render(s: &Snapshot) -> String {
         &mut o,
         "rookery_workers_ready",
         "gauge",
-        "Workers ready (idle or busy).",
+        "Workers ready (idle, busy or paused).",
     );
     let _ = writeln!(o, "rookery_workers_ready {}", s.ready());
     head(
@@ -790,6 +799,25 @@ mod tests {
         assert!(String::from_utf8(readyz(&s))
             .unwrap()
             .starts_with("HTTP/1.1 200 "));
+    }
+
+    #[test]
+    fn a_paused_pool_is_not_ready_and_its_paused_workers_are_counted() {
+        // issue 11
+        let mut s = sample();
+        s.min_ready = Some(1);
+        s.workers[0].state = WorkerState::Paused;
+        assert_eq!(readiness(&s), Ok(()), "paused workers are up");
+        s.paused = true;
+        let e = readiness(&s).unwrap_err();
+        assert!(e.contains("paused"), "{e}");
+        assert!(String::from_utf8(readyz(&s))
+            .unwrap()
+            .starts_with("HTTP/1.1 503 "));
+        let text = render(&s);
+        assert!(text.contains("rookery_workers{state=\"paused\"} 1\n"), "{text}");
+        assert!(text.contains("rookery_workers{state=\"idle\"} 0\n"));
+        assert!(text.contains("rookery_workers_ready 2\n"));
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub enum Activity {
     Busy,
     /// Asked to stop.
     Stopping,
+    /// Paused (`pause`): finished its job, waiting for `resume`.
+    Paused,
 }
 
 impl Activity {
@@ -35,6 +37,7 @@ impl Activity {
             1 => Activity::Idle,
             2 => Activity::Busy,
             3 => Activity::Stopping,
+            4 => Activity::Paused,
             _ => Activity::Starting,
         }
     }
@@ -45,6 +48,7 @@ impl Activity {
             Activity::Idle => "idle",
             Activity::Busy => "busy",
             Activity::Stopping => "stopping",
+            Activity::Paused => "paused",
         }
     }
 }
@@ -108,7 +112,11 @@ pub struct Cell {
     /// The queue's backlog as the worker last saw it, plus one (0: never
     /// reported).
     backlog: AtomicU64,
-    _spare: [AtomicU64; 2],
+    /// Non-zero while the pool is paused (issue 11): set by the parent,
+    /// read by the worker between two jobs ([`crate::intake`]). Not
+    /// touched by [`Cell::reset`], so the parent sets it before the fork.
+    paused: AtomicU64,
+    _spare: [AtomicU64; 1],
     /// The label's sequence number: odd while it is being written (a
     /// seqlock: the one writer, the worker or the parent for a command,
     /// never waits; a reader retries).
@@ -232,6 +240,14 @@ impl Cell {
             }
         }
         None
+    }
+    /// Raises or lowers the pause flag (the parent).
+    pub(crate) fn set_paused(&self, paused: bool) {
+        self.paused.store(u64::from(paused), Ordering::SeqCst);
+    }
+    /// Whether the pool was paused, as last told (a plain load).
+    pub(crate) fn paused(&self) -> bool {
+        self.paused.load(Ordering::SeqCst) != 0
     }
     /// The pid that holds the cell (0: free).
     pub fn pid(&self) -> i32 {

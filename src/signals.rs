@@ -16,7 +16,7 @@ use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 /// The signals the parent handles.
-pub const PARENT_SIGNALS: [Signal; 9] = [
+pub const PARENT_SIGNALS: [Signal; 11] = [
     Signal::SIGCHLD,
     Signal::SIGTERM,
     Signal::SIGINT,
@@ -26,6 +26,11 @@ pub const PARENT_SIGNALS: [Signal; 9] = [
     Signal::SIGTTIN,
     Signal::SIGTTOU,
     Signal::SIGWINCH,
+    // issue 11: pause and resume. Read from the signalfd like the others,
+    // so SIGTSTP (Ctrl-Z in a foreground run) pauses the pool and never
+    // stops the parent.
+    Signal::SIGTSTP,
+    Signal::SIGCONT,
 ];
 
 /// The parent's signal inbox.

@@ -28,6 +28,8 @@ pub(crate) struct SpawnContext<'a> {
     pub to_parent: &'a OwnedFd,
     pub close: &'a [RawFd],
     pub max_jobs: u64,
+    /// issue 11: the pause wake-up forked workers keep ([`crate::intake`]).
+    pub intake: std::os::fd::BorrowedFd<'a>,
 }
 
 /// A started worker process.
@@ -75,6 +77,7 @@ impl<W: Worker> Spawner for ForkSpawner<W> {
                 to_parent: cx.to_parent,
                 close: cx.close,
                 max_jobs: cx.max_jobs,
+                intake: cx.intake,
             }),
         }
     }

@@ -249,6 +249,21 @@ pub(crate) struct Supervisor<'h, O: Os = RealOs> {
     /// Whether systemd listens (`NOTIFY_SOCKET`): else no status is built.
     sd_listening: bool,
     startup_error: Option<String>,
+    /// issue 11: the pause flag and wake-up of forked workers.
+    intake: crate::intake::Switch,
+}
+
+/// issue 11: whether a worker is paused, as `status` and metrics show it.
+/// A Rust worker says so itself once it has finished its job in hand and
+/// waits; a command counts once it was sent `pause_signal`, unless it says
+/// it is on a job (notify `busy`).
+fn paused_worker(p: &core::ProcInfo, activity: Option<Activity>, command: bool) -> bool {
+    p.state == core::ProcState::Running
+        && match activity {
+            Some(Activity::Paused) => true,
+            Some(Activity::Busy) => false,
+            _ => command && p.paused,
+        }
 }
 
 fn notify_systemd(states: &[sd_notify::NotifyState<'_>]) {
@@ -338,6 +353,7 @@ impl<'h, O: Os> Supervisor<'h, O> {
             sd_status: String::new(),
             sd_listening: std::env::var_os("NOTIFY_SOCKET").is_some(),
             startup_error: None,
+            intake: crate::intake::Switch::new()?,
         })
     }
 
@@ -434,11 +450,14 @@ impl<'h, O: Os> Supervisor<'h, O> {
         if !self.sd_listening {
             return;
         }
-        let s = format!(
+        let mut s = format!(
             "{}, {} restarting",
             core::workers(u64::try_from(self.core.live()).unwrap_or(0)),
             self.core.waiting(self.os.now()).len()
         );
+        if self.core.intake().is_paused() {
+            s.push_str(", paused (taking no new jobs)"); // issue 11
+        }
         if s != self.sd_status {
             notify_systemd(&[sd_notify::NotifyState::Status(&s)]);
             self.sd_status = s;
@@ -538,6 +557,13 @@ impl<'h, O: Os> Supervisor<'h, O> {
             }
             Signal::SIGWINCH => {
                 self.core.handle(now, Event::RetryNow);
+            }
+            // issue 11
+            Signal::SIGTSTP => {
+                self.core.handle(now, Event::Pause("received SIGTSTP".into()));
+            }
+            Signal::SIGCONT => {
+                self.core.handle(now, Event::Resume("received SIGCONT".into()));
             }
             _ => {}
         }
@@ -857,6 +883,11 @@ impl<'h, O: Os> Supervisor<'h, O> {
                 }
             }
             Action::Exited(exit) => self.hooks.on_worker_exit(&exit),
+            Action::Intake { paused } => {
+                let board = &self.board;
+                let cells = self.workers.values().map(|h| board.cell(h.cell));
+                self.intake.set(paused, cells);
+            }
             Action::ReopenLogs => {
                 // Ours, then the generation the workers' log writers
                 // watch: Rust workers are not signalled (a signal breaks
@@ -896,7 +927,10 @@ impl<'h, O: Os> Supervisor<'h, O> {
             to_parent: &self.msg_write,
             close: &close,
             max_jobs: order.max_jobs,
+            intake: self.intake.fd(),
         };
+        // issue 11: a worker forked while the pool is paused starts paused.
+        self.intake.prepare(self.board.cell(cell));
         match self.spawner.spawn(&cx) {
             Ok(sp) => {
                 self.board.cell(cell).reset(sp.pid.as_raw());
@@ -994,6 +1028,21 @@ impl<'h, O: Os> Supervisor<'h, O> {
                     Ok(Request::RetryNow) => {
                         let now = self.os.now();
                         match self.core.handle(now, Event::RetryNow) {
+                            Some(Ok(message)) => Response::Ok { message },
+                            Some(Err(message)) => Response::Error { message },
+                            None => Response::Error {
+                                message: "no answer".into(),
+                            },
+                        }
+                    }
+                    Ok(req @ (Request::Pause | Request::Resume)) => {
+                        // issue 11
+                        let now = self.os.now();
+                        let event = match req {
+                            Request::Pause => Event::Pause("pause requested".into()),
+                            _ => Event::Resume("resume requested".into()),
+                        };
+                        match self.core.handle(now, event) {
                             Some(Ok(message)) => Response::Ok { message },
                             Some(Err(message)) => Response::Error { message },
                             None => Response::Error {
@@ -1125,10 +1174,18 @@ impl<'h, O: Os> Supervisor<'h, O> {
                 let cell = self.workers.get(&p.pid).map(|h| self.board.cell(h.cell));
                 crate::metrics::WorkerSample {
                     slot: p.slot,
-                    state: crate::metrics::WorkerState::of(
-                        p.state,
-                        cell.map_or(Activity::Starting, |c| c.activity()),
-                    ),
+                    state: if paused_worker(
+                        &p,
+                        cell.map(|c| c.activity()),
+                        self.config.workers.command.is_some(),
+                    ) {
+                        crate::metrics::WorkerState::Paused // issue 11
+                    } else {
+                        crate::metrics::WorkerState::of(
+                            p.state,
+                            cell.map_or(Activity::Starting, |c| c.activity()),
+                        )
+                    },
                     rss: if rss {
                         crate::procfs::rss_bytes(p.pid).unwrap_or(0)
                     } else {
@@ -1148,6 +1205,7 @@ impl<'h, O: Os> Supervisor<'h, O> {
             size: self.core.size(),
             min_ready: self.config.metrics.min_ready,
             stopping: self.core.is_stopping(),
+            paused: self.core.intake().is_paused(), // issue 11
             crash_loop: self.core.in_crash_loop(),
             workers,
             backing_off: u32::try_from(self.core.waiting(now).len()).unwrap_or(u32::MAX),
@@ -1180,6 +1238,11 @@ impl<'h, O: Os> Supervisor<'h, O> {
             .map(|p| {
                 let cell = self.workers.get(&p.pid).map(|h| self.board.cell(h.cell));
                 let busy = cell.filter(|c| c.activity() == Activity::Busy);
+                let paused = paused_worker(
+                    &p,
+                    cell.map(|c| c.activity()),
+                    self.config.workers.command.is_some(),
+                );
                 WorkerStatus {
                     slot: p.slot,
                     pid: p.pid.as_raw(),
@@ -1198,6 +1261,7 @@ impl<'h, O: Os> Supervisor<'h, O> {
                     job: busy.and_then(|c| c.label()).map(|l| l.to_string()),
                     last_exit: p.last_exit,
                     version: env!("CARGO_PKG_VERSION").to_string(),
+                    paused,
                 }
             })
             .collect();
@@ -1224,6 +1288,7 @@ impl<'h, O: Os> Supervisor<'h, O> {
             backing_off,
             crash_loop: self.core.in_crash_loop(),
             totals: self.totals(),
+            paused_for_secs: self.core.intake().paused_for(now).map(|d| d.as_secs_f64()),
         }
     }
 

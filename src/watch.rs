@@ -95,6 +95,10 @@ pub(crate) fn frame(
     if let Some(why) = degraded {
         let _ = writeln!(out, "degraded: {why}");
     }
+    if let Some(secs) = cur.paused_for_secs {
+        let _ = writeln!(out, "paused for {}", crate::control::human_secs(secs));
+        // issue 11
+    }
     let row = |out: &mut String, c: [&str; 9]| {
         let _ = writeln!(
             out,
@@ -116,7 +120,7 @@ pub(crate) fn frame(
                 &w.slot.to_string(),
                 &w.pid.to_string(),
                 w.state.name(),
-                w.activity.name(),
+                if w.paused { "paused" } else { w.activity.name() },
                 &crate::control::human_secs(w.uptime_secs),
                 &w.restarts.to_string(),
                 &crate::control::mib(w.rss_bytes),
@@ -194,6 +198,7 @@ mod tests {
                 jobs,
                 ..Totals::default()
             },
+            paused_for_secs: None,
         }
     }
 

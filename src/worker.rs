@@ -113,6 +113,8 @@ pub struct Context<W: Worker> {
     /// Made on first use (`Context::stop_handle`), then shared.
     #[cfg(feature = "tokio")]
     pub(crate) stop_handle: std::sync::OnceLock<crate::StopHandle>,
+    /// issue 11: whether the pool is paused, and the wake-up for resume.
+    gate: crate::intake::Gate,
 }
 
 /// How many jobs a worker has in hand and has done: the scoreboard's
@@ -225,6 +227,21 @@ impl<W: Worker> Context<W> {
     pub fn stop_fd(&self) -> BorrowedFd<'_> {
         self.stop.fd()
     }
+    /// Whether the pool is paused (`pause`, SIGTSTP): take no new job.
+    /// The framework already stops calling [`Worker::run`] while it is
+    /// paused; this is for code that takes jobs on its own (an async
+    /// runtime's tasks, a long batch) and for waits inside `run`. A memory
+    /// load, cheap enough for every job.
+    pub fn paused(&self) -> bool {
+        self.gate.paused()
+    }
+    /// A descriptor that is readable while the pool is open and not while
+    /// it is paused: a paused worker waits for it (with [`Context::stop_fd`])
+    /// in `poll`/`epoll` or an async runtime. Check [`Context::paused`]
+    /// again after it wakes (a pause may have followed the resume).
+    pub fn resume_fd(&self) -> BorrowedFd<'_> {
+        self.gate.fd()
+    }
     /// Sleeps up to `d`, waking early on a stop request. Returns `false` if
     /// woken by a stop request.
     pub fn sleep(&self, d: Duration) -> bool {
@@ -308,6 +325,26 @@ impl<W: Worker> Context<W> {
         self.cell.jobs()
     }
 
+    /// issue 11: while the pool is paused, takes no job: waits for resume
+    /// or stop without spinning, beating so it is never taken for hung.
+    fn hold(&mut self) {
+        self.cell.set(Activity::Paused);
+        debug!("paused: taking no new job until resumed");
+        let h = self.config.workers.heartbeat_timeout;
+        // Often enough for the heartbeat check; at least once a second
+        // (the parent's death also wakes it, through the stop descriptor).
+        let period = if h.is_zero() {
+            Duration::from_secs(1)
+        } else {
+            (h / 4).clamp(Duration::from_millis(20), Duration::from_secs(1))
+        };
+        let cell = self.cell;
+        if self.gate.wait(&self.stop, period, || cell.beat()) {
+            debug!("resumed");
+            self.cell.set(Activity::Idle);
+        }
+    }
+
     fn tell_parent(&self, msg: &WorkerMsg) {
         self.jobs.tell_parent(msg);
     }
@@ -373,6 +410,7 @@ pub(crate) struct ChildSetup<'a, W: Worker> {
     pub to_parent: &'a OwnedFd,
     pub close: &'a [RawFd],
     pub max_jobs: u64,
+    pub intake: BorrowedFd<'a>,
 }
 
 /// The worker process's life. Never returns.
@@ -437,7 +475,9 @@ fn child_life<W: Worker>(s: ChildSetup<'_, W>) -> i32 {
     // rather than killing the worker.
     let _ = signal_hook::flag::register(Signal::SIGUSR1 as i32, crate::logging::reopen_flag());
     let _ = signal_hook::flag::register(Signal::SIGHUP as i32, std::sync::Arc::new(Default::default()));
-    for s in [Signal::SIGTTIN, Signal::SIGTTOU] {
+    // issue 11: Ctrl-Z in a foreground run reaches the workers too; the
+    // parent turns it into a pause, which workers see between two jobs.
+    for s in [Signal::SIGTTIN, Signal::SIGTTOU, Signal::SIGTSTP] {
         let _ = signal_hook::flag::register(s as i32, std::sync::Arc::new(Default::default()));
     }
     // Die with the parent. Set after the credential change above (which
@@ -450,6 +490,9 @@ fn child_life<W: Worker>(s: ChildSetup<'_, W>) -> i32 {
         return exit::WORKER_SETUP_FAILED;
     }
     let Ok(to_parent) = s.to_parent.try_clone() else {
+        return exit::WORKER_SETUP_FAILED;
+    };
+    let Ok(intake) = s.intake.try_clone_to_owned() else {
         return exit::WORKER_SETUP_FAILED;
     };
     s.cell.reset(std::process::id() as i32);
@@ -484,6 +527,7 @@ fn child_life<W: Worker>(s: ChildSetup<'_, W>) -> i32 {
         runtime: None,
         #[cfg(feature = "tokio")]
         stop_handle: std::sync::OnceLock::new(),
+        gate: crate::intake::Gate::new(s.cell, intake),
     };
     ctx.refresh_title(true);
     let mut worker = match W::init(&mut ctx) {
@@ -523,6 +567,10 @@ fn child_life<W: Worker>(s: ChildSetup<'_, W>) -> i32 {
             if nix::unistd::getppid() != ctx.parent {
                 break 0;
             }
+        }
+        if ctx.gate.paused() {
+            ctx.hold();
+            continue;
         }
         ctx.reported_in_call = false;
         ctx.cell.beat();

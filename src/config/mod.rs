@@ -195,6 +195,11 @@ pub struct WorkersConfig {
     /// External commands: the signal sent to each on `reopen-logs`
     /// (`None`: none; their output is captured by the parent anyway).
     pub reopen_signal: Option<Signal>,
+    /// External commands: the signal sent to each on `pause` (`None`:
+    /// commands are not signalled; the pool is only marked paused).
+    pub pause_signal: Option<Signal>,
+    /// External commands: the signal sent to each paused one on `resume`.
+    pub resume_signal: Option<Signal>,
     /// Nice value set in each worker (`None`: the parent's).
     pub nice: Option<i32>,
     /// `RLIMIT_NOFILE` of each worker (`None`: the parent's).
@@ -350,6 +355,8 @@ impl Config {
                 ready_timeout: Duration::from_secs(30),
                 init_timeout: Duration::from_secs(60),
                 reopen_signal: None,
+                pause_signal: None,
+                resume_signal: None,
                 nice: None,
                 rlimit_nofile: None,
                 rlimit_core: None,
@@ -692,6 +699,12 @@ impl Config {
             "reopen_signal = {}\n",
             q(w.reopen_signal.map_or("none", |s| s.as_str()))
         ));
+        for (k, v) in [
+            ("pause_signal", w.pause_signal),
+            ("resume_signal", w.resume_signal),
+        ] {
+            out.push_str(&format!("{k} = {}\n", q(v.map_or("none", |s| s.as_str()))));
+        }
         // Limits: only those set (unset ones are the parent's).
         for (k, v) in [("nice", w.nice), ("oom_score_adj", w.oom_score_adj)] {
             if let Some(v) = v {
@@ -1117,6 +1130,52 @@ mod tests {
         }
         let e = one("[workers]\nstop_signal = \"INT\"\nreopen_signal = \"INT\"\n");
         assert!(e.contains("workers.reopen_signal: is the stop signal"), "{e}");
+    }
+
+    #[test]
+    fn pause_and_resume_signals_are_checked_and_located() {
+        // issue 11
+        let one = |text: &str| -> String {
+            let e = parse(text).unwrap_err();
+            assert_eq!(e.problems.len(), 1, "{e}");
+            e.to_string()
+        };
+        let c = parse("[workers]\npause_signal = \"TSTP\"\nresume_signal = \"SIGCONT\"\n").unwrap();
+        assert_eq!(c.workers.pause_signal, Some(Signal::SIGTSTP));
+        assert_eq!(c.workers.resume_signal, Some(Signal::SIGCONT));
+        let c = parse("[workers]\npause_signal = \"none\"\nresume_signal = \"none\"\n").unwrap();
+        assert_eq!((c.workers.pause_signal, c.workers.resume_signal), (None, None));
+        assert_eq!(
+            Config::defaults("t").workers.pause_signal,
+            None,
+            "not signalled by default"
+        );
+        let e = one("[workers]\npause_signal = \"TSTP\"\n");
+        assert!(
+            e.contains(":2:") && e.contains("workers.pause_signal: is set but workers.resume_signal is not"),
+            "{e}"
+        );
+        let e = one("[workers]\nresume_signal = \"CONT\"\n");
+        assert!(
+            e.contains("workers.resume_signal: is set but workers.pause_signal is not"),
+            "{e}"
+        );
+        let e = one("[workers]\npause_signal = \"USR2\"\nresume_signal = \"USR2\"\n");
+        assert!(e.contains("workers.resume_signal: is the pause signal"), "{e}");
+        let e = one("[workers]\npause_signal = \"TERM\"\nresume_signal = \"CONT\"\n");
+        assert!(e.contains("workers.pause_signal: is the stop signal"), "{e}");
+        let e = one("[workers]\npause_signal = \"NAP\"\nresume_signal = \"CONT\"\n");
+        assert!(
+            e.contains("workers.pause_signal") && e.contains("unknown signal \"NAP\""),
+            "{e}"
+        );
+        let e = one("[workers]\npause_signal = \"KILL\"\nresume_signal = \"CONT\"\n");
+        assert!(e.contains("cannot be caught"), "{e}");
+        let e = one("[workers]\nstop_signal = \"TSTP\"\n");
+        assert!(
+            e.contains("TSTP cannot be the stop signal: it pauses the pool"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -34,7 +34,7 @@ const TABLES: [&str; 4] = ["daemon", "workers", "metrics", "app"];
 
 /// Signals rookery keeps for itself, and what each does: none may be a
 /// worker's stop signal.
-pub const RESERVED_SIGNALS: [(Signal, &str); 8] = [
+pub const RESERVED_SIGNALS: [(Signal, &str); 10] = [
     (Signal::SIGUSR1, "it makes the daemon reopen its log files"),
     (
         Signal::SIGWINCH,
@@ -49,6 +49,9 @@ pub const RESERVED_SIGNALS: [(Signal, &str); 8] = [
         "it ends a worker still running stop_timeout after a stop",
     ),
     (Signal::SIGUSR2, "it is reserved for the zero-downtime upgrade"),
+    // issue 11: the parent's pause / resume signals.
+    (Signal::SIGTSTP, "it pauses the pool (workers take no new job)"),
+    (Signal::SIGCONT, "it resumes a paused pool"),
 ];
 
 /// The longest a Unix socket path may be: `sun_path` is 108 bytes,
@@ -176,7 +179,7 @@ impl<'a, 'i> Validator<'a, 'i> {
             Some(Signal::SIGKILL | Signal::SIGSTOP) => {
                 self.problem(
                     key,
-                    format!("{s:?} cannot be caught, so it cannot ask a process to stop or reopen anything"),
+                    format!("{s:?} cannot be caught, so it cannot ask a process to stop, pause or reopen anything"),
                 );
                 None
             }
@@ -551,6 +554,28 @@ pub(super) fn build(v: &mut Validator<'_, '_>, name: &str, base: &Path) -> Confi
         }
         None => {}
     }
+    // issue 11: the signals `pause` and `resume` send to commands.
+    // Whether each was set at all (a wrong name is its own problem).
+    let mut set = [false; 2];
+    for (i, (key, field)) in [
+        ("workers.pause_signal", &mut x.pause_signal),
+        ("workers.resume_signal", &mut x.resume_signal),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let value = v.get::<String>(key);
+        set[i] = value.as_deref().is_some_and(|s| !s.eq_ignore_ascii_case("none"));
+        match value {
+            Some(s) if s.eq_ignore_ascii_case("none") => *field = None,
+            Some(s) => {
+                if let Some(sig) = v.signal_named(key, &s) {
+                    *field = Some(sig);
+                }
+            }
+            None => {}
+        }
+    }
     // issue 13: set in each worker before any worker code runs.
     x.nice = v.ranged("workers.nice", NICE_RANGE);
     x.oom_score_adj = v.ranged("workers.oom_score_adj", OOM_SCORE_ADJ_RANGE);
@@ -609,6 +634,32 @@ pub(super) fn build(v: &mut Validator<'_, '_>, name: &str, base: &Path) -> Confi
     }
     if x.backoff_initial > x.backoff_max {
         v.problem("workers.backoff_initial", "is greater than workers.backoff_max");
+    }
+    match (x.pause_signal, x.resume_signal) {
+        (Some(_), None) if !set[1] => v.problem(
+            "workers.pause_signal",
+            "is set but workers.resume_signal is not: paused commands would never be told to resume",
+        ),
+        (None, Some(_)) if !set[0] => v.problem(
+            "workers.resume_signal",
+            "is set but workers.pause_signal is not: set both, or neither",
+        ),
+        (Some(p), Some(r)) if p == r => v.problem(
+            "workers.resume_signal",
+            format!(
+                "is the pause signal ({}): a command could not tell them apart",
+                p.as_str()
+            ),
+        ),
+        _ => {}
+    }
+    for (key, sig) in [
+        ("workers.pause_signal", x.pause_signal),
+        ("workers.resume_signal", x.resume_signal),
+    ] {
+        if sig == Some(x.stop_signal) {
+            v.problem(key, "is the stop signal: pausing would stop every command");
+        }
     }
     if x.reopen_signal.is_some() && x.reopen_signal == Some(x.stop_signal) {
         v.problem(

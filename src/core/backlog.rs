@@ -42,6 +42,14 @@ pub(crate) struct State {
     pub(crate) last_seen: Option<u64>,
 }
 
+impl State {
+    /// issue 11: forgets since when the backlog was low (a pause and a
+    /// resume start the cool-down afresh: paused time is no evidence).
+    pub(crate) fn restart_cooldown(&mut self) {
+        self.below_since = None;
+    }
+}
+
 /// Decides from the pool's `size` and the latest `backlog` at `now`.
 pub(crate) fn decide(
     w: &WorkersConfig,

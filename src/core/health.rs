@@ -77,20 +77,26 @@ pub(crate) enum Verdict {
 
 /// Judges one ready worker that has been up for `age`. `watch_heartbeat`
 /// is false for a command that never used the notify protocol (it cannot
-/// be expected to beat); `lifetime` is its jittered `max_lifetime`.
+/// be expected to beat); `paused` is true for a worker paused with no job
+/// in hand ([`super::intake::paused_idle`]): waiting for `resume` is
+/// neither a hang nor a job, so only the recycling checks apply to it;
+/// `lifetime` is its jittered `max_lifetime`.
 pub(crate) fn judge(
     cfg: &WorkersConfig,
     watch_heartbeat: bool,
+    paused: bool,
     age: Duration,
     lifetime: Duration,
     s: &Sample,
 ) -> Option<Verdict> {
-    if watch_heartbeat && !cfg.heartbeat_timeout.is_zero() && s.silent_for > cfg.heartbeat_timeout {
-        return Some(Verdict::Hung(s.silent_for));
-    }
-    if let Some((ran, _)) = s.busy {
-        if !cfg.job_timeout.is_zero() && ran > cfg.job_timeout {
-            return Some(Verdict::JobTimeout(ran));
+    if !paused {
+        if watch_heartbeat && !cfg.heartbeat_timeout.is_zero() && s.silent_for > cfg.heartbeat_timeout {
+            return Some(Verdict::Hung(s.silent_for));
+        }
+        if let Some((ran, _)) = s.busy {
+            if !cfg.job_timeout.is_zero() && ran > cfg.job_timeout {
+                return Some(Verdict::JobTimeout(ran));
+            }
         }
     }
     if !lifetime.is_zero() && age >= lifetime {
@@ -157,39 +163,47 @@ mod tests {
         let age = Duration::from_secs(100);
         let z = Duration::ZERO;
         assert_eq!(
-            judge(&c, true, age, z, &s(1000, Some(1 << 40))),
+            judge(&c, true, false, age, z, &s(1000, Some(1 << 40))),
             None,
             "all checks off"
         );
         c.heartbeat_timeout = Duration::from_secs(30);
         assert_eq!(
-            judge(&c, true, age, z, &s(31, None)),
+            judge(&c, true, false, age, z, &s(31, None)),
             Some(Verdict::Hung(Duration::from_secs(31)))
         );
-        assert_eq!(judge(&c, true, age, z, &s(30, None)), None, "not past the limit");
-        assert_eq!(judge(&c, false, age, z, &s(31, None)), None, "not watched");
+        assert_eq!(
+            judge(&c, true, false, age, z, &s(30, None)),
+            None,
+            "not past the limit"
+        );
+        assert_eq!(judge(&c, false, false, age, z, &s(31, None)), None, "not watched");
         c.max_memory = 1000;
         assert_eq!(
-            judge(&c, true, age, z, &s(0, Some(1001))),
+            judge(&c, true, false, age, z, &s(0, Some(1001))),
             Some(Verdict::Recycle(Recycle::MaxMemory {
                 rss: 1001,
                 limit: 1000
             }))
         );
-        assert_eq!(judge(&c, true, age, z, &s(0, None)), None, "unreadable memory");
+        assert_eq!(
+            judge(&c, true, false, age, z, &s(0, None)),
+            None,
+            "unreadable memory"
+        );
         c.max_lifetime = Duration::from_secs(90);
         assert_eq!(
-            judge(&c, true, age, Duration::from_secs(95), &s(0, Some(1001))),
+            judge(&c, true, false, age, Duration::from_secs(95), &s(0, Some(1001))),
             Some(Verdict::Recycle(Recycle::MaxLifetime(c.max_lifetime))),
             "lifetime before memory"
         );
         assert_eq!(
-            judge(&c, true, age, Duration::from_secs(101), &s(0, None)),
+            judge(&c, true, false, age, Duration::from_secs(101), &s(0, None)),
             None,
             "jittered lifetime not reached yet"
         );
         assert_eq!(
-            judge(&c, true, age, Duration::from_secs(95), &s(31, None)),
+            judge(&c, true, false, age, Duration::from_secs(95), &s(31, None)),
             Some(Verdict::Hung(Duration::from_secs(31))),
             "a hang wins"
         );
@@ -198,11 +212,34 @@ mod tests {
             busy: Some((Duration::from_secs(ran), 7)),
             ..Sample::default()
         };
-        assert_eq!(judge(&c, false, age, z, &busy(60)), None, "not past the limit");
         assert_eq!(
-            judge(&c, false, age, z, &busy(61)),
+            judge(&c, false, false, age, z, &busy(60)),
+            None,
+            "not past the limit"
+        );
+        assert_eq!(
+            judge(&c, false, false, age, z, &busy(61)),
             Some(Verdict::JobTimeout(Duration::from_secs(61))),
             "heartbeats cannot extend a job past job_timeout"
+        );
+        // Paused with no job in hand: silence is waiting, not a hang.
+        assert_eq!(
+            judge(&c, true, true, age, z, &s(31, None)),
+            None,
+            "paused, silent"
+        );
+        assert_eq!(
+            judge(&c, false, true, age, z, &busy(61)),
+            None,
+            "a paused command's job"
+        );
+        assert_eq!(
+            judge(&c, true, true, age, z, &s(0, Some(1001))),
+            Some(Verdict::Recycle(Recycle::MaxMemory {
+                rss: 1001,
+                limit: 1000
+            })),
+            "recycling still applies while paused"
         );
     }
 

@@ -23,6 +23,7 @@ mod backoff;
 mod crash;
 pub(crate) mod dynamic;
 pub(crate) mod health;
+pub(crate) mod intake;
 pub(crate) mod reload;
 mod rng;
 #[cfg(test)]
@@ -41,6 +42,7 @@ use crate::config::{Mode, OnCrashLoop, ReadyMode, Restart, WorkersConfig};
 use crate::message::{NotifyLine, WorkerMsg};
 
 pub(crate) use health::{Recycle, Sample};
+pub(crate) use intake::Intake;
 use rng::Rng;
 
 /// How a worker process ended.
@@ -240,6 +242,14 @@ pub(crate) enum Action {
     /// Reopen the parent's log file and tell the workers' log writers to
     /// reopen theirs.
     ReopenLogs,
+    /// Forked workers: raise (`paused`) or lower the pause flag every live
+    /// worker reads between two jobs, and wake the waiting ones; every
+    /// worker spawned afterwards gets the flag as last set, before it is
+    /// forked (see [`intake`]).
+    Intake {
+        /// Whether the pool is now paused.
+        paused: bool,
+    },
 }
 
 /// A state change systemd is told about.
@@ -306,6 +316,11 @@ pub(crate) enum Event {
     /// `reload`: the new, validated settings and what changed, or why the
     /// new configuration was refused.
     Reload(Result<(Box<WorkersConfig>, reload::Plan), String>),
+    /// `pause` (SIGTSTP): workers finish the job in hand and take no new
+    /// one; `why` is for the log.
+    Pause(String),
+    /// `resume` (SIGCONT): workers take jobs again; `why` is for the log.
+    Resume(String),
 }
 
 /// The answer to an operator's request.
@@ -339,6 +354,9 @@ pub(crate) struct ProcInfo {
     pub last_exit: Option<String>,
     /// issue 12: jobs done by the slot's processes that have exited.
     pub slot_jobs: u64,
+    /// Told to pause (the pool is paused, and the worker was told: a Rust
+    /// worker always, a command through `pause_signal`).
+    pub paused: bool,
 }
 
 /// A slot waiting out its back-off, for `status`.
@@ -425,6 +443,8 @@ struct Proc {
     init_error: Option<String>,
     /// issue 12: why it was asked to stop (the first reason wins).
     stopped_for: Option<&'static str>,
+    /// Told to pause (see [`ProcInfo::paused`]).
+    paused: bool,
 }
 
 /// The replacement of a slot's current worker.
@@ -512,6 +532,8 @@ pub(crate) struct Core {
     probe_at: Option<Instant>,
     counters: Counters,
     backlog: backlog::State,
+    /// Whether the pool takes new jobs (`pause` / `resume`).
+    intake: Intake,
 }
 
 /// `now + d`, or far in the future when that does not fit an `Instant`.
@@ -530,6 +552,11 @@ fn round_ms(d: Duration) -> humantime::FormattedDuration {
 /// issue 12: `; job LABEL` for a log line about a job that has a label.
 pub(crate) fn job_suffix(job: Option<&crate::scoreboard::JobLabel>) -> String {
     job.map_or_else(String::new, |l| format!("; job {l}"))
+}
+
+/// `d` to the second, for messages.
+fn round_secs(d: Duration) -> humantime::FormattedDuration {
+    humantime::format_duration(Duration::from_secs(d.as_secs()))
 }
 
 /// "1 worker", "2 workers".
@@ -559,6 +586,7 @@ impl Core {
             probe_at: None,
             counters: Counters::default(),
             backlog: backlog::State::default(),
+            intake: Intake::Open,
         }
     }
 
@@ -617,6 +645,8 @@ impl Core {
             Event::RetryNow => return Some(self.retry_now()),
             Event::Scale(spec) => return Some(self.scale(spec, now)),
             Event::Reload(r) => return Some(self.reload(r, now)),
+            Event::Pause(why) => return Some(self.pause(&why, now)),
+            Event::Resume(why) => return Some(self.resume(&why, now)),
         }
         None
     }
@@ -652,6 +682,9 @@ impl Core {
             slow_logged: None,
             init_error: None,
             stopped_for: None,
+            // A Rust worker reads the flag the executor set in its cell
+            // before the fork; a command is told once it is ready.
+            paused: self.kind == Kind::Forked && self.intake.is_paused(),
         };
         if let Some((at, _)) = timer {
             self.timers.insert((at, Timer::Start(pid)));
@@ -765,6 +798,7 @@ impl Core {
             }
         }
         self.startup_progress(slot);
+        self.pause_command(pid);
         if let Some(jobs) = over {
             self.recycle(pid, Recycle::MaxJobs(jobs));
         }
@@ -1146,6 +1180,8 @@ impl Core {
                     let slot = p.slot;
                     let lifetime = p.lifetime;
                     let slow_logged = p.slow_logged;
+                    let excused =
+                        intake::paused_idle(p.paused, self.kind == Kind::Command, sample.busy.is_some());
                     if let Some((ran, since)) = sample.busy {
                         let slow = self.cfg.slow_job;
                         if !slow.is_zero() && ran > slow && slow_logged != Some(since) {
@@ -1163,7 +1199,7 @@ impl Core {
                             }
                         }
                     }
-                    match health::judge(&self.cfg, watch, age, lifetime, sample) {
+                    match health::judge(&self.cfg, watch, excused, age, lifetime, sample) {
                         Some(health::Verdict::Hung(silent)) => self.hung(*pid, silent, sample.job, now),
                         Some(health::Verdict::JobTimeout(ran)) => {
                             self.log(
@@ -1193,7 +1229,9 @@ impl Core {
                 _ => {}
             }
         }
-        if self.cfg.mode == Mode::Backlog && matches!(self.phase, PoolPhase::Running) {
+        // Paused idleness is no reason to grow or shrink.
+        let open = !self.intake.is_paused();
+        if self.cfg.mode == Mode::Backlog && open && matches!(self.phase, PoolPhase::Running) {
             // The workers see the same queue: the highest figure reported
             // by a live worker is the freshest upper bound.
             let seen = samples
@@ -1227,7 +1265,7 @@ impl Core {
                 }
             }
         }
-        if self.cfg.mode == Mode::Dynamic && matches!(self.phase, PoolPhase::Running) {
+        if self.cfg.mode == Mode::Dynamic && open && matches!(self.phase, PoolPhase::Running) {
             let starting = self
                 .procs
                 .values()
@@ -1454,6 +1492,108 @@ impl Core {
                 });
             }
         }
+    }
+
+    // -- pause and resume -------------------------------------------------------
+
+    fn pause(&mut self, why: &str, now: Instant) -> Result<String, String> {
+        if self.is_stopping() {
+            return Err("the daemon is stopping".into());
+        }
+        if let Some(d) = self.intake.paused_for(now) {
+            return Ok(format!("already paused (for {})", round_secs(d)));
+        }
+        self.intake = Intake::Paused { since: now };
+        // Idleness seen so far says nothing about the queue after resume.
+        self.backlog.restart_cooldown();
+        let n = self.size();
+        let msg = match (self.kind, self.cfg.pause_signal) {
+            (Kind::Forked, _) => {
+                self.out.push(Action::Intake { paused: true });
+                for p in self.procs.values_mut() {
+                    p.paused = true;
+                }
+                format!(
+                    "paused: {} finish the job in hand and take no new one",
+                    workers(n)
+                )
+            }
+            (Kind::Command, Some(signal)) => {
+                let mut pids: Vec<Pid> = self.procs.keys().copied().collect();
+                pids.sort();
+                for pid in pids {
+                    self.pause_command(pid);
+                }
+                format!("paused: {} sent {}", workers(n), signal.as_str())
+            }
+            (Kind::Command, None) => format!(
+                "paused: {} not signalled (no workers.pause_signal); they keep taking jobs",
+                workers(n)
+            ),
+        };
+        self.log(Level::INFO, format!("{why}: {msg}"));
+        Ok(msg)
+    }
+
+    /// Tells a ready command of a paused pool to pause, once: with
+    /// `pause_signal`, to its process group.
+    fn pause_command(&mut self, pid: Pid) {
+        let (Kind::Command, Some(signal), true) = (self.kind, self.cfg.pause_signal, self.intake.is_paused())
+        else {
+            return;
+        };
+        let Some(p) = self.procs.get_mut(&pid) else { return };
+        if p.paused || p.phase != Phase::Ready {
+            return;
+        }
+        p.paused = true;
+        self.out.push(Action::Signal {
+            pid,
+            group: true,
+            signal,
+        });
+    }
+
+    fn resume(&mut self, why: &str, now: Instant) -> Result<String, String> {
+        if self.is_stopping() {
+            return Err("the daemon is stopping".into());
+        }
+        let Some(d) = self.intake.paused_for(now) else {
+            return Ok("not paused".into());
+        };
+        self.intake = Intake::Open;
+        self.backlog.restart_cooldown();
+        if self.kind == Kind::Forked {
+            self.out.push(Action::Intake { paused: false });
+        }
+        let mut told: Vec<Pid> = self
+            .procs
+            .iter_mut()
+            .filter(|(_, p)| p.paused)
+            .map(|(pid, p)| {
+                p.paused = false;
+                *pid
+            })
+            .collect();
+        told.sort();
+        if let (Kind::Command, Some(signal)) = (self.kind, self.cfg.resume_signal) {
+            for pid in told {
+                // A stopping command got SIGCONT with its stop signal.
+                if !matches!(
+                    self.procs.get(&pid).map(|p| p.phase),
+                    Some(Phase::Stopping { .. })
+                ) {
+                    self.out.push(Action::Signal {
+                        pid,
+                        group: true,
+                        signal,
+                    });
+                }
+            }
+        }
+        let msg = format!("resumed after {} paused", round_secs(d));
+        self.log(Level::INFO, format!("{why}: {msg}"));
+        Ok(msg)
     }
 
     // -- scaling and reloading ------------------------------------------------
@@ -1787,6 +1927,11 @@ impl Core {
         })
     }
 
+    /// Whether the pool takes new jobs.
+    pub(crate) fn intake(&self) -> Intake {
+        self.intake
+    }
+
     /// Whether the pool is in a crash loop.
     pub(crate) fn in_crash_loop(&self) -> bool {
         self.crash.in_loop()
@@ -1840,6 +1985,7 @@ impl Core {
                 restarts: self.slots.get(&p.slot).map_or(0, |s| s.restarts),
                 last_exit: self.slots.get(&p.slot).and_then(|s| s.last_exit.clone()),
                 slot_jobs: self.slots.get(&p.slot).map_or(0, |s| s.jobs),
+                paused: p.paused,
             })
             .collect();
         v.sort_by_key(|p| (p.slot, p.started, p.pid));

@@ -63,6 +63,8 @@ pub(crate) fn plan(old: &Config, new: &Config) -> Plan {
         ready_timeout,
         init_timeout,
         reopen_signal,
+        pause_signal,
+        resume_signal,
         nice,
         rlimit_nofile,
         rlimit_core,
@@ -129,6 +131,9 @@ pub(crate) fn plan(old: &Config, new: &Config) -> Plan {
         ready_timeout,
         init_timeout,
         reopen_signal,
+        // issue 11: sent by the parent on the next pause / resume.
+        pause_signal,
+        resume_signal,
         job_timeout,
         slow_job,
         jobs_per_worker,

@@ -931,6 +931,269 @@ fn a_job_s_label_is_in_the_slow_timeout_and_hang_lines() {
     );
 }
 
+// -- pause and resume (issue 11) ---------------------------------------------
+
+fn intakes(s: &Sim) -> Vec<bool> {
+    s.log
+        .iter()
+        .filter_map(|a| match a {
+            Action::Intake { paused } => Some(*paused),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn pausing_rust_workers_raises_the_flag_and_new_workers_start_paused() {
+    let mut s = Sim::new(cfg(2));
+    s.ready_all();
+    s.log.clear();
+    let r = s.ev(Event::Pause("pause requested".into()));
+    s.run();
+    assert!(
+        matches!(&r, Some(Ok(m)) if m.starts_with("paused: 2 workers")),
+        "{r:?}"
+    );
+    assert_eq!(intakes(&s), [true]);
+    assert!(s.signals().is_empty(), "Rust workers read a flag, no signal");
+    assert!(s.core.intake().is_paused());
+    assert!(s.core.processes().iter().all(|p| p.paused));
+    // Idempotent: a second pause (a retried preStop hook) changes nothing.
+    s.now += Duration::from_secs(7);
+    s.log.clear();
+    let r = s.ev(Event::Pause("pause requested".into()));
+    s.run();
+    assert_eq!(r, Some(Ok("already paused (for 7s)".into())));
+    assert!(intakes(&s).is_empty());
+    // A crashed worker's successor and a scaled-up one start paused.
+    let a = s.pid_of(1);
+    s.now += Duration::from_secs(5);
+    s.exit(a, ExitStatus::Code(1));
+    s.ev(Event::Scale(ScaleSpec::Up(1)));
+    s.run();
+    assert_eq!(s.core.processes().len(), 3);
+    assert!(
+        s.core.processes().iter().all(|p| p.paused),
+        "{:?}",
+        s.core.processes()
+    );
+    // Resume.
+    s.log.clear();
+    s.now += Duration::from_secs(3);
+    let r = s.ev(Event::Resume("resume requested".into()));
+    s.run();
+    assert_eq!(r, Some(Ok("resumed after 15s paused".into())));
+    assert_eq!(intakes(&s), [false]);
+    assert!(s.core.processes().iter().all(|p| !p.paused));
+    assert_eq!(s.ev(Event::Resume("again".into())), Some(Ok("not paused".into())));
+    // A worker started now is not paused.
+    s.ev(Event::Scale(ScaleSpec::Up(1)));
+    s.run();
+    assert!(s.core.processes().iter().all(|p| !p.paused));
+}
+
+#[test]
+fn a_paused_pool_stops_at_once_and_refuses_pause_while_stopping() {
+    let mut s = Sim::new(cfg(2));
+    s.ready_all();
+    s.ev(Event::Pause("t".into()));
+    s.run();
+    s.log.clear();
+    s.ev(Event::Stop("received SIGTERM".into()));
+    s.run();
+    let sent = s.signals();
+    assert_eq!(sent.len(), 4, "stop signal and SIGCONT to each: {sent:?}");
+    assert!(s.core.is_stopping());
+    assert!(matches!(s.ev(Event::Pause("t".into())), Some(Err(_))));
+    assert!(matches!(s.ev(Event::Resume("t".into())), Some(Err(_))));
+}
+
+#[test]
+fn commands_get_pause_signal_once_ready_and_resume_signal_if_paused() {
+    let mut c = cfg(2);
+    c.pause_signal = Some(Signal::SIGTSTP);
+    c.resume_signal = Some(Signal::SIGCONT);
+    c.min_uptime = Duration::from_secs(1);
+    let mut s = Sim::with_kind(c, Kind::Command);
+    s.advance(Duration::from_secs(1));
+    let (a, b) = (s.pid_of(1), s.pid_of(2));
+    s.log.clear();
+    s.ev(Event::Pause("received SIGTSTP".into()));
+    s.run();
+    assert_eq!(s.signals(), [(a, Signal::SIGTSTP), (b, Signal::SIGTSTP)]);
+    // A command that dies while paused: its successor is told once it is
+    // up (ready = "spawn": after min_uptime), not at exec.
+    s.now += Duration::from_secs(5);
+    s.exit(a, ExitStatus::Signaled(Signal::SIGKILL));
+    let a2 = s.pid_of(1);
+    assert!(s.signals().is_empty(), "not while it starts: {:?}", s.signals());
+    s.log.clear();
+    s.advance(Duration::from_secs(1));
+    assert_eq!(s.signals(), [(a2, Signal::SIGTSTP)]);
+    s.log.clear();
+    s.ev(Event::Resume("received SIGCONT".into()));
+    s.run();
+    let mut sent = s.signals();
+    sent.sort();
+    assert_eq!(sent, [(b, Signal::SIGCONT), (a2, Signal::SIGCONT)]);
+    assert!(
+        s.log
+            .iter()
+            .all(|a| matches!(a, Action::Signal { group: true, .. } | Action::Log(..))),
+        "to the process group, no flag: {:?}",
+        s.log
+    );
+}
+
+#[test]
+fn commands_without_pause_signal_are_not_signalled() {
+    let mut c = cfg(1);
+    c.min_uptime = Duration::ZERO;
+    let mut s = Sim::with_kind(c, Kind::Command);
+    s.log.clear();
+    let r = s.ev(Event::Pause("t".into()));
+    s.run();
+    assert!(
+        matches!(&r, Some(Ok(m)) if m.contains("no workers.pause_signal")),
+        "{r:?}"
+    );
+    assert!(s.signals().is_empty() && intakes(&s).is_empty());
+    assert!(
+        s.core.intake().is_paused(),
+        "the pool is marked paused all the same"
+    );
+    assert!(s.core.processes().iter().all(|p| !p.paused));
+}
+
+#[test]
+fn a_paused_worker_is_never_declared_hung() {
+    let mut c = cfg(1);
+    c.heartbeat_timeout = Duration::from_secs(1);
+    c.job_timeout = Duration::from_secs(10);
+    let mut s = Sim::new(c.clone());
+    s.ready_all();
+    let pid = s.pid_of(1);
+    s.ev(Event::Pause("t".into()));
+    s.run();
+    s.log.clear();
+    let silent = Sample {
+        silent_for: Duration::from_secs(60),
+        ..Sample::default()
+    };
+    s.ev(Event::Samples(vec![(pid, silent)]));
+    s.run();
+    assert!(s.signals().is_empty(), "waiting for resume is not a hang");
+    // Still on its job in hand: judged as usual.
+    let busy = Sample {
+        silent_for: Duration::from_secs(60),
+        busy: Some((Duration::from_secs(60), 5)),
+        ..Sample::default()
+    };
+    s.ev(Event::Samples(vec![(pid, busy)]));
+    s.run();
+    assert_eq!(
+        s.signals()[0],
+        (pid, Signal::SIGTERM),
+        "a hung job in hand is still hung"
+    );
+
+    // A command stopped by its pause signal is silent, busy or not.
+    c.pause_signal = Some(Signal::SIGTSTP);
+    c.resume_signal = Some(Signal::SIGCONT);
+    c.min_uptime = Duration::ZERO;
+    let mut s = Sim::with_kind(c, Kind::Command);
+    let pid = s.pid_of(1);
+    s.ev(Event::Notify {
+        pid,
+        line: NotifyLine::Busy,
+        jobs: 0,
+    });
+    s.ev(Event::Pause("t".into()));
+    s.run();
+    s.log.clear();
+    s.ev(Event::Samples(vec![(pid, busy)]));
+    s.run();
+    assert_eq!(s.signals(), [], "a paused command is not hung");
+    s.ev(Event::Resume("t".into()));
+    s.run();
+    s.log.clear();
+    s.ev(Event::Samples(vec![(pid, busy)]));
+    s.run();
+    assert_eq!(s.signals()[0], (pid, Signal::SIGTERM), "resumed: judged again");
+}
+
+#[test]
+fn paused_idleness_neither_shrinks_nor_grows_the_dynamic_pool() {
+    let mut c = cfg(2);
+    c.mode = Mode::Dynamic;
+    c.min = 1;
+    c.max = 4;
+    c.min_idle = 1;
+    c.max_idle = 1;
+    c.idle_timeout = Duration::from_secs(5);
+    let mut s = Sim::new(c);
+    s.ready_all();
+    let (a, b) = (s.pid_of(1), s.pid_of(2));
+    s.ev(Event::Pause("t".into()));
+    s.run();
+    let idle = Sample {
+        idle_for: Some(Duration::from_secs(600)),
+        ..Sample::default()
+    };
+    s.log.clear();
+    s.ev(Event::Samples(vec![(a, idle), (b, idle)]));
+    assert!(s.run().is_empty());
+    assert_eq!(s.core.size(), 2, "not shrunk");
+    s.ev(Event::Samples(vec![
+        (a, Sample::default()),
+        (b, Sample::default()),
+    ]));
+    assert!(s.run().is_empty(), "none idle, yet not grown");
+    assert_eq!(s.core.size(), 2);
+    s.ev(Event::Resume("t".into()));
+    s.run();
+    s.ev(Event::Samples(vec![(a, idle), (b, idle)]));
+    s.run();
+    assert_eq!(s.core.size(), 1, "open again: the policy applies");
+}
+
+#[test]
+fn paused_pools_neither_grow_nor_shrink_on_the_backlog() {
+    let mut c = cfg(2);
+    c.mode = Mode::Backlog;
+    c.min = 1;
+    c.max = 8;
+    c.jobs_per_worker = 10;
+    c.scale_down_cooldown = Duration::from_secs(30);
+    let mut s = Sim::new(c);
+    s.ready_all();
+    let (a, b) = (s.pid_of(1), s.pid_of(2));
+    let seen = |n| Sample {
+        backlog: Some(n),
+        ..Sample::default()
+    };
+    s.ev(Event::Samples(vec![(a, seen(0)), (b, seen(0))]));
+    s.ev(Event::Pause("t".into()));
+    s.run();
+    s.now += Duration::from_secs(60);
+    s.ev(Event::Samples(vec![(a, seen(0)), (b, seen(0))]));
+    s.ev(Event::Samples(vec![(a, seen(1000)), (b, seen(1000))]));
+    assert!(s.run().is_empty());
+    assert_eq!(s.core.size(), 2);
+    s.ev(Event::Resume("t".into()));
+    s.run();
+    s.ev(Event::Samples(vec![(a, seen(0)), (b, seen(0))]));
+    s.run();
+    assert_eq!(
+        s.core.size(),
+        2,
+        "the paused time does not count towards the cool-down"
+    );
+    s.ev(Event::Samples(vec![(a, seen(1000)), (b, seen(1000))]));
+    s.run();
+    assert!(s.core.size() > 2, "open again: it grows");
+}
+
 mod properties {
     //! Random event sequences against the core's invariants.
 
@@ -947,6 +1210,8 @@ mod properties {
         Recycle(usize),
         Hang(usize),
         Stop,
+        Pause,
+        Resume,
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -959,6 +1224,8 @@ mod properties {
             1 => (0usize..16).prop_map(Op::Recycle),
             1 => (0usize..16).prop_map(Op::Hang),
             1 => Just(Op::Stop),
+            1 => Just(Op::Pause),
+            1 => Just(Op::Resume),
         ]
     }
 
@@ -996,6 +1263,21 @@ mod properties {
                     prop_assert!(s.live.contains(pid) || killed.contains(pid), "unknown pid {pid}");
                 }
                 _ => {}
+            }
+        }
+        // issue 11: while paused (and not stopping), every live Rust
+        // worker was told; while open, none is held.
+        if !s.core.is_stopping() {
+            let paused = s.core.intake().is_paused();
+            for p in &procs {
+                prop_assert_eq!(
+                    p.paused,
+                    paused,
+                    "pid {} paused {} in a pool paused {}",
+                    p.pid,
+                    p.paused,
+                    paused
+                );
             }
         }
         // Back-off stays within its bounds.
@@ -1062,6 +1344,8 @@ mod properties {
                         if stop_at.is_none() { stop_at = Some(s.now); }
                         s.ev(Event::Stop("test".into()));
                     }
+                    Op::Pause => { s.ev(Event::Pause("test".into())); }
+                    Op::Resume => { s.ev(Event::Resume("test".into())); }
                 }
                 let acts = s.core.take_actions();
                 for a in &acts {
