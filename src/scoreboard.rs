@@ -279,6 +279,8 @@ impl Scoreboard {
     /// Returns a cell to the free list.
     pub fn release(&mut self, i: u32) {
         self.cells[i as usize].pid.store(0, Ordering::Relaxed);
+        // Nothing carries over to the next worker: it is set up afresh.
+        self.cells[i as usize].set_paused(false);
         self.free.push(i);
     }
     /// The cell at `i`.

@@ -5,7 +5,8 @@
 //!   the config the image carries and the Dockerfile: probe paths are the
 //!   endpoints the daemon serves, every port is the one `[metrics] listen`
 //!   binds, the grace period outlasts `stop_timeout` and the preStop hook,
-//!   the container runs the config file the image copies, and KEDA scales
+//!   the preStop hook runs `pause` with the container's binary and config
+//!   (which know the command), the container runs the config file the image copies, and KEDA scales
 //!   this Deployment on the tube the workers read. The shipped config must
 //!   pass `check-config`.
 //! - `rookery` runs as PID 1 of a new PID namespace (`unshare --pid --fork
@@ -159,11 +160,31 @@ fn kubernetes_manifests_match_what_the_daemon_serves() {
         "the metrics port is declared"
     );
 
+    // issue 11: preStop pauses the pool, with the container's binary and
+    // config; `pause` answers at once (5 s allowed for it).
     let pre_stop = strings(&c["lifecycle"]["preStop"]["exec"]["command"], "preStop");
-    let pre_stop_secs: u64 = match pre_stop.as_slice() {
-        [sleep, secs] if sleep == "sleep" => secs.parse().expect("sleep seconds"),
-        other => panic!("preStop: expected a sleep (until `pause` exists), got {other:?}"),
-    };
+    assert_eq!(
+        pre_stop,
+        [binary, "-c", copied.as_str(), "pause"],
+        "preStop runs `pause` with the binary and config of the container"
+    );
+    let pre_stop_secs = 5;
+    // The shipped binary knows the command and reads the shipped config:
+    // with no daemon running it says so (3), not a usage error (64).
+    let out = run_with_timeout(
+        std::process::Command::new(example("beanstalk_worker"))
+            .arg("-c")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/kubernetes/worker.toml"))
+            .arg("pause")
+            .env("XDG_RUNTIME_DIR", std::env::temp_dir()),
+        Duration::from_secs(30),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "`pause` with the shipped config: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let grace = int(
         &pod["terminationGracePeriodSeconds"],
         "terminationGracePeriodSeconds",

@@ -24,6 +24,7 @@ mod metrics;
 mod never_stalls;
 mod observe;
 mod operations;
+mod pause;
 mod privileges;
 mod queues;
 mod spawn;
