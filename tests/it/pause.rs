@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use rookery::beanstalk::Client;
+use rookery_queues::beanstalk::Client;
 use serde_json::Value;
 
 use crate::servers::Beanstalkd;
