@@ -113,6 +113,7 @@ pub mod control;
 mod core;
 mod daemon;
 pub mod daemonize;
+mod events;
 pub mod exit;
 pub mod generate;
 mod guard;

@@ -203,6 +203,8 @@ enum Source {
     Client,
     /// issue 12: a metrics/health connection.
     Scrape,
+    /// issue 12: an output pipe of an `on_event` / `on_hang` command.
+    Helper,
 }
 
 /// Where the supervisor gets a fresh, validated config on reload.
@@ -239,6 +241,8 @@ pub(crate) struct Supervisor<'h, O: Os = RealOs> {
     epoll: Epoll,
     /// Processes workers left behind, being stopped.
     strays: Strays,
+    /// issue 12: `on_event` and `on_hang` commands running.
+    helpers: crate::events::Helpers,
     /// Once the daemon is stopping: when its stop timeout runs out.
     stop_deadline: Option<Instant>,
     started: Instant,
@@ -347,6 +351,7 @@ impl<'h, O: Os> Supervisor<'h, O> {
             pending: std::collections::VecDeque::new(),
             epoll,
             strays: Strays::default(),
+            helpers: crate::events::Helpers::default(),
             stop_deadline: None,
             guard: None, // issue 9
             watchdog,
@@ -402,7 +407,9 @@ impl<'h, O: Os> Supervisor<'h, O> {
         self.execute();
         self.spawn_some();
         loop {
-            if self.core.is_finished() && self.strays.is_empty() {
+            // issue 12: an `on_event` about the stop runs to its end (or
+            // its timeout) before the daemon exits.
+            if self.core.is_finished() && self.strays.is_empty() && self.helpers.is_empty() {
                 break;
             }
             self.update_sd_status();
@@ -410,6 +417,7 @@ impl<'h, O: Os> Supervisor<'h, O> {
             let now = self.os.now();
             self.core.handle(now, Event::Tick);
             self.strays.tick(now);
+            self.helpers.expire(now); // issue 12
             self.unmute(now);
             if let Some(c) = self.control.as_mut() {
                 for token in c.expire(now) {
@@ -471,6 +479,7 @@ impl<'h, O: Os> Supervisor<'h, O> {
         let due = [
             self.core.next_deadline(),
             self.strays.next_deadline(),
+            self.helpers.next_deadline(),
             self.control.as_ref().and_then(control::Server::next_deadline),
             self.metrics
                 .as_ref()
@@ -521,6 +530,7 @@ impl<'h, O: Os> Supervisor<'h, O> {
                         }
                     }
                     Some(Source::Scrape) => self.scrape_ready(token),
+                    Some(Source::Helper) => self.helpers.readable(token, &self.epoll),
                     None => {}
                 },
             }
@@ -591,6 +601,18 @@ impl<'h, O: Os> Supervisor<'h, O> {
             if self.guard.as_mut().is_some_and(|g| g.reaped(pid, &status)) {
                 continue; // issue 9: the guard, not a worker or a stray
             }
+            if let Some(r) = self.helpers.reaped(pid, status) {
+                // issue 12: an `on_event` or `on_hang` command.
+                for t in r.tokens {
+                    self.sources.remove(&t);
+                }
+                if let Some(worker) = r.on_hang_of {
+                    let now = self.os.now();
+                    self.core.handle(now, Event::OnHangDone { pid: worker });
+                    self.execute();
+                }
+                continue;
+            }
             let Some(h) = self.workers.remove(&pid) else {
                 self.strays.reaped(pid);
                 continue;
@@ -610,7 +632,7 @@ impl<'h, O: Os> Supervisor<'h, O> {
             self.execute();
         }
         if reaped {
-            let (workers, guard) = (&self.workers, &self.guard);
+            let (workers, guard, helpers) = (&self.workers, &self.guard, &self.helpers);
             let w = &self.config.workers;
             // While stopping, at the stop's own deadline: `stop` takes no
             // longer for them.
@@ -618,7 +640,11 @@ impl<'h, O: Os> Supervisor<'h, O> {
                 .stop_deadline
                 .unwrap_or_else(|| self.os.now() + w.stop_timeout);
             self.strays.scan(
-                |p| workers.contains_key(&p) || guard.as_ref().is_some_and(|g| g.is_guard(p)), // issue 9
+                |p| {
+                    workers.contains_key(&p)
+                        || guard.as_ref().is_some_and(|g| g.is_guard(p)) // issue 9
+                        || helpers.is_helper(p) // issue 12
+                },
                 w.stop_signal,
                 kill_at,
             );
@@ -888,6 +914,34 @@ impl<'h, O: Os> Supervisor<'h, O> {
                 let cells = self.workers.values().map(|h| board.cell(h.cell));
                 self.intake.set(paused, cells);
             }
+            Action::Alert(a) => {
+                // issue 12: `on_event`, without waiting.
+                let now = self.os.now();
+                let tokens = self
+                    .helpers
+                    .on_event(&self.config, &a, now, &self.epoll, &mut self.next_token);
+                for t in tokens {
+                    self.sources.insert(t, Source::Helper);
+                }
+            }
+            Action::RunOnHang { pid, slot } => {
+                // issue 12: the core stops the worker once it is over.
+                let now = self.os.now();
+                let started =
+                    self.helpers
+                        .on_hang(&self.config, pid, slot, now, &self.epoll, &mut self.next_token);
+                match started {
+                    Some(tokens) => {
+                        for t in tokens {
+                            self.sources.insert(t, Source::Helper);
+                        }
+                    }
+                    None => {
+                        self.core.handle(now, Event::OnHangDone { pid });
+                    }
+                }
+            }
+            Action::EndOnHang { pid } => self.helpers.end_on_hang(pid),
             Action::ReopenLogs => {
                 // Ours, then the generation the workers' log writers
                 // watch: Rust workers are not signalled (a signal breaks

@@ -127,6 +127,14 @@ pub struct DaemonConfig {
     pub control_socket: PathBuf,
     /// systemd watchdog interval written to generated unit files.
     pub watchdog: Option<Duration>,
+    /// issue 12: a command run (without waiting, bounded in number and
+    /// time) on each event an operator may want to be alerted to; see
+    /// the README's "Events for alerting". `{event}`, `{slot}`, `{pid}`, `{reason}` in its
+    /// words are replaced.
+    pub on_event: Option<Vec<String>>,
+    /// issue 12: an `on_event` command still running after this long is
+    /// killed.
+    pub on_event_timeout: Duration,
     /// The parent's own descriptor limit (see [`crate::limits`]).
     pub rlimit_nofile: ParentNofile,
 }
@@ -223,6 +231,13 @@ pub struct WorkersConfig {
     /// A job running longer than this is logged once, at warning (zero:
     /// off).
     pub slow_job: Duration,
+    /// issue 12: a command run when a worker is declared hung, before it is
+    /// stopped (`{pid}` and `{slot}` in its words are replaced), e.g.
+    /// `["eu-stack", "-p", "{pid}"]`; its output is logged.
+    pub on_hang: Option<Vec<String>>,
+    /// issue 12: how long `on_hang` may run; then it is killed and the
+    /// worker stopped anyway.
+    pub on_hang_timeout: Duration,
     /// Backlog mode: the waiting jobs one worker is sized for.
     pub jobs_per_worker: u32,
     /// Backlog mode: the most workers added in one step.
@@ -323,6 +338,8 @@ impl Config {
                 umask: 0o022,
                 workdir: PathBuf::from("/"),
                 watchdog: None,
+                on_event: None,
+                on_event_timeout: Duration::from_secs(30),
                 rlimit_nofile: ParentNofile::Hard,
             },
             workers: WorkersConfig {
@@ -367,6 +384,8 @@ impl Config {
                 env_file: None,
                 job_timeout: Duration::ZERO,
                 slow_job: Duration::ZERO,
+                on_hang: None,
+                on_hang_timeout: Duration::from_secs(10),
                 jobs_per_worker: 10,
                 scale_up_step: 4,
                 scale_down_cooldown: Duration::from_secs(30),
@@ -631,6 +650,11 @@ impl Config {
         if let Some(wd) = d.watchdog {
             out.push_str(&format!("watchdog = {}\n", dur(wd)));
         }
+        if let Some(c) = &d.on_event {
+            let items: Vec<String> = c.iter().map(|s| q(s)).collect();
+            out.push_str(&format!("on_event = [{}]\n", items.join(", ")));
+        }
+        out.push_str(&format!("on_event_timeout = {}\n", dur(d.on_event_timeout)));
         out.push_str(&format!("rlimit_nofile = {}\n", d.rlimit_nofile.toml()));
         out.push_str("\n[workers]\n");
         out.push_str(&format!("count = {}\n", w.count));
@@ -676,6 +700,11 @@ impl Config {
         out.push_str(&format!("mode = {}\n", q(mode)));
         out.push_str(&format!("job_timeout = {}\n", dur(w.job_timeout)));
         out.push_str(&format!("slow_job = {}\n", dur(w.slow_job)));
+        if let Some(c) = &w.on_hang {
+            let items: Vec<String> = c.iter().map(|s| q(s)).collect();
+            out.push_str(&format!("on_hang = [{}]\n", items.join(", ")));
+        }
+        out.push_str(&format!("on_hang_timeout = {}\n", dur(w.on_hang_timeout)));
         out.push_str(&format!("jobs_per_worker = {}\n", w.jobs_per_worker));
         out.push_str(&format!("scale_up_step = {}\n", w.scale_up_step));
         out.push_str(&format!("scale_down_cooldown = {}\n", dur(w.scale_down_cooldown)));
@@ -891,6 +920,34 @@ mod tests {
         e.problems.iter().map(|p| format!("{p}")).collect()
     }
 
+    /// issue 12: helper commands name a program; their time limits are
+    /// more than zero.
+    #[test]
+    fn on_hang_and_on_event_are_checked_and_located() {
+        let e = parse("[daemon]\non_event = []\n[workers]\non_hang_timeout = \"0s\"\non_hang = [\"\"]\n")
+            .unwrap_err();
+        let l = lines(&e);
+        assert_eq!(l.len(), 3, "{l:?}");
+        assert!(
+            l.iter()
+                .any(|x| x.starts_with("/etc/demo.toml:2:1: daemon.on_event: must name a program")),
+            "{l:?}"
+        );
+        assert!(
+            l.iter()
+                .any(|x| x.starts_with("/etc/demo.toml:5:1: workers.on_hang: must name a program")),
+            "{l:?}"
+        );
+        assert!(
+            l.iter()
+                .any(|x| x.contains("workers.on_hang_timeout: must be more than 0")),
+            "{l:?}"
+        );
+        let c = parse("[daemon]\non_event = [\"notify\", \"{event}\"]\n[workers]\non_hang = [\"eu-stack\", \"-p\", \"{pid}\"]\n").unwrap();
+        assert_eq!(c.daemon.on_event.unwrap(), ["notify", "{event}"]);
+        assert_eq!(c.workers.on_hang_timeout, Duration::from_secs(10));
+    }
+
     #[test]
     fn errors_name_line_column_and_key() {
         let e = parse("[workers]\ncount = \"many\"\n").unwrap_err();
@@ -1025,8 +1082,8 @@ mod tests {
         let env_file = std::env::temp_dir().join(format!("rookery-to-toml-{}.env", std::process::id()));
         std::fs::write(&env_file, "A=1\n").unwrap();
         let c = parse(&format!(
-            "[daemon]\nuser = \"root\"\ngroup = \"root\"\nwatchdog = \"30s\"\n\
-             [workers]\ncommand = [\"sleep\", \"1\"]\nreopen_signal = \"USR1\"\nnice = 3\n\
+            "[daemon]\nuser = \"root\"\ngroup = \"root\"\nwatchdog = \"30s\"\non_event = [\"notify\", \"{{event}}\"]\n\
+             [workers]\ncommand = [\"sleep\", \"1\"]\nreopen_signal = \"USR1\"\nnice = 3\non_hang = [\"eu-stack\", \"-p\", \"{{pid}}\"]\n\
              oom_score_adj = 100\nrlimit_nofile = 4096\nrlimit_core = \"unlimited\"\n\
              rlimit_as = \"1GiB\"\nrlimit_nproc = \"100:200\"\nenv_file = \"{}\"\n\
              [metrics]\nlisten = \"127.0.0.1:9187\"\nmin_ready = 2\n[app]\nx = 1\n",

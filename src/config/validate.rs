@@ -414,6 +414,8 @@ pub(super) fn build(v: &mut Validator<'_, '_>, name: &str, base: &Path) -> Confi
     if let Some(w) = v.get::<String>("daemon.workdir") {
         c.daemon.workdir = base.join(w);
     }
+    c.daemon.on_event = helper_command(v, "daemon.on_event", "[\"/usr/local/bin/notify\", \"{event}\"]");
+    c.daemon.on_event_timeout = v.duration("daemon.on_event_timeout", c.daemon.on_event_timeout);
     let wd = v.duration("daemon.watchdog", Duration::ZERO);
     c.daemon.watchdog = (!wd.is_zero()).then_some(wd);
     match v.value("daemon.rlimit_nofile") {
@@ -587,6 +589,16 @@ pub(super) fn build(v: &mut Validator<'_, '_>, name: &str, base: &Path) -> Confi
 
     x.job_timeout = v.duration("workers.job_timeout", d.job_timeout);
     x.slow_job = v.duration("workers.slow_job", d.slow_job);
+    x.on_hang = helper_command(v, "workers.on_hang", "[\"eu-stack\", \"-p\", \"{pid}\"]");
+    x.on_hang_timeout = v.duration("workers.on_hang_timeout", d.on_hang_timeout);
+    for (key, t) in [
+        ("daemon.on_event_timeout", c.daemon.on_event_timeout),
+        ("workers.on_hang_timeout", x.on_hang_timeout),
+    ] {
+        if t.is_zero() {
+            v.problem(key, "must be more than 0 (the command is killed after it)");
+        }
+    }
     match v.get::<i64>("workers.jobs_per_worker") {
         Some(n) if (1..=1_000_000_000).contains(&n) => x.jobs_per_worker = n as u32,
         Some(n) => v.problem(
@@ -687,6 +699,17 @@ pub(super) fn build(v: &mut Validator<'_, '_>, name: &str, base: &Path) -> Confi
 
 /// `workers.env` and `workers.env_file` (read here, relative to `base`):
 /// each variable a portable name, none of rookery's own, no NUL.
+/// issue 12: a helper command (`on_hang`, `on_event`): a non-empty list of
+/// words whose first names a program; `example` shows one in the error.
+fn helper_command(v: &mut Validator<'_, '_>, key: &'static str, example: &str) -> Option<Vec<String>> {
+    let cmd = v.get::<Vec<String>>(key)?;
+    if cmd.first().is_none_or(|p| p.trim().is_empty()) {
+        v.problem(key, format!("must name a program, e.g. {example}"));
+        return None;
+    }
+    Some(cmd)
+}
+
 fn worker_env(v: &mut Validator<'_, '_>, x: &mut super::WorkersConfig, base: &Path) {
     match v.value("workers.env") {
         None => {}

@@ -18,6 +18,7 @@
 //! is ready, the old one is told to stop. A process of a slot that was
 //! removed (scaled down) or replaced is *retiring*: it is only waited for.
 
+mod alert;
 mod backlog;
 mod backoff;
 mod crash;
@@ -41,6 +42,7 @@ use crate::cli::ScaleSpec;
 use crate::config::{Mode, OnCrashLoop, ReadyMode, Restart, WorkersConfig};
 use crate::message::{NotifyLine, WorkerMsg};
 
+pub(crate) use alert::{Alert, AlertKind};
 pub(crate) use health::{Recycle, Sample};
 pub(crate) use intake::Intake;
 use rng::Rng;
@@ -250,6 +252,22 @@ pub(crate) enum Action {
         /// Whether the pool is now paused.
         paused: bool,
     },
+    /// issue 12: run `on_event` for this event (without waiting).
+    Alert(Alert),
+    /// issue 12: run `on_hang` for the hung worker `pid`; answer with
+    /// [`Event::OnHangDone`] when it has exited. The worker is stopped
+    /// after that (or after `on_hang_timeout`).
+    RunOnHang {
+        /// The hung worker.
+        pid: Pid,
+        /// Its slot.
+        slot: u32,
+    },
+    /// issue 12: `on_hang` for `pid` ran out of time: kill it.
+    EndOnHang {
+        /// The hung worker it is about.
+        pid: Pid,
+    },
 }
 
 /// A state change systemd is told about.
@@ -321,6 +339,12 @@ pub(crate) enum Event {
     Pause(String),
     /// `resume` (SIGCONT): workers take jobs again; `why` is for the log.
     Resume(String),
+    /// issue 12: the `on_hang` command run for the hung worker `pid` has
+    /// exited (or could not be started).
+    OnHangDone {
+        /// The hung worker.
+        pid: Pid,
+    },
 }
 
 /// The answer to an operator's request.
@@ -418,6 +442,10 @@ enum Phase {
         timer: Option<(Instant, StartTimer)>,
     },
     Ready,
+    /// issue 12: hung; `on_hang` runs until `deadline`, then it is stopped.
+    OnHang {
+        deadline: Instant,
+    },
     Stopping {
         deadline: Instant,
         killed: bool,
@@ -490,6 +518,8 @@ enum Timer {
     Kill(Pid),
     Start(Pid),
     Probe,
+    /// issue 12: `on_hang` for this worker is out of time.
+    OnHang(Pid),
 }
 
 /// How the pool's life is going.
@@ -647,6 +677,7 @@ impl Core {
             Event::Reload(r) => return Some(self.reload(r, now)),
             Event::Pause(why) => return Some(self.pause(&why, now)),
             Event::Resume(why) => return Some(self.resume(&why, now)),
+            Event::OnHangDone { pid } => self.on_hang_over(pid, false, now),
         }
         None
     }
@@ -840,7 +871,18 @@ impl Core {
     // -- exits --------------------------------------------------------------
 
     fn exited(&mut self, pid: Pid, status: ExitStatus, now: Instant) {
-        let Some(p) = self.procs.remove(&pid) else { return };
+        let Some(mut p) = self.procs.remove(&pid) else {
+            return;
+        };
+        if let Phase::OnHang { deadline } = p.phase {
+            // Hung and gone before its stop: replaced as a stopped hung one.
+            self.timers.remove(&(deadline, Timer::OnHang(pid)));
+            p.phase = Phase::Stopping {
+                deadline,
+                killed: false,
+                then: AfterStop::Replace { failed: false },
+            };
+        }
         match p.phase {
             Phase::Starting { timer: Some((at, _)) } => {
                 self.timers.remove(&(at, Timer::Start(pid)));
@@ -1041,6 +1083,7 @@ impl Core {
     // -- timers ---------------------------------------------------------------
 
     fn tick(&mut self, now: Instant) {
+        let mut killed_at_stop = 0u64;
         while let Some(&(at, timer)) = self.timers.first() {
             if at > now {
                 break;
@@ -1048,7 +1091,12 @@ impl Core {
             self.timers.pop_first();
             match timer {
                 Timer::Restart(slot) => self.restart_due(slot),
-                Timer::Kill(pid) => self.kill_due(pid),
+                Timer::Kill(pid) => {
+                    if self.kill_due(pid) && self.is_stopping() {
+                        killed_at_stop += 1;
+                    }
+                }
+                Timer::OnHang(pid) => self.on_hang_over(pid, true, now),
                 Timer::Start(pid) => self.start_due(pid, now),
                 Timer::Probe => {
                     self.probe_at = None;
@@ -1058,6 +1106,16 @@ impl Core {
                     self.schedule_probe(now);
                 }
             }
+        }
+        if killed_at_stop > 0 {
+            self.alert(Alert::pool(
+                AlertKind::StopKilledJobs,
+                format!(
+                    "{} did not stop within {} while the daemon stopped and were killed",
+                    workers(killed_at_stop),
+                    humantime::format_duration(self.cfg.stop_timeout)
+                ),
+            ));
         }
     }
 
@@ -1085,9 +1143,12 @@ impl Core {
         }
     }
 
-    fn kill_due(&mut self, pid: Pid) {
+    /// SIGKILLs `pid` if it is still stopping; whether it did.
+    fn kill_due(&mut self, pid: Pid) -> bool {
         let group = self.kind == Kind::Command;
-        let Some(p) = self.procs.get_mut(&pid) else { return };
+        let Some(p) = self.procs.get_mut(&pid) else {
+            return false;
+        };
         if let Phase::Stopping { killed, .. } = &mut p.phase {
             *killed = true;
             let slot = p.slot;
@@ -1099,7 +1160,9 @@ impl Core {
                 ),
             );
             self.out.push(Action::Kill { pid, group });
+            return true;
         }
+        false
     }
 
     fn start_due(&mut self, pid: Pid, now: Instant) {
@@ -1211,12 +1274,8 @@ impl Core {
                                     job_suffix(sample.job.as_ref())
                                 ),
                             );
-                            self.out.push(Action::Inspect {
-                                pid: *pid,
-                                slot,
-                                job: sample.job,
-                            });
-                            self.stop_for(*pid, "job_timeout", now, AfterStop::Replace { failed: false });
+                            let reason = format!("a job ran for {}, over job_timeout", round_ms(ran));
+                            self.stuck(*pid, "job_timeout", reason, sample.job, now);
                         }
                         Some(health::Verdict::Recycle(why)) => self.recycle(*pid, why),
                         None => {
@@ -1313,8 +1372,90 @@ impl Core {
                 job_suffix(job.as_ref())
             ),
         );
+        let reason = format!("no heartbeat for {}", round_ms(silent));
+        self.stuck(pid, "hung", reason, job, now);
+    }
+
+    /// issue 12: `pid` is stuck (`why`: `hung`, or `job_timeout`): where it
+    /// is blocked is logged, `on_event` told, and it is stopped and
+    /// replaced; with `on_hang` set, only once that command has run (or run
+    /// out of time).
+    fn stuck(
+        &mut self,
+        pid: Pid,
+        why: &'static str,
+        reason: String,
+        job: Option<crate::scoreboard::JobLabel>,
+        now: Instant,
+    ) {
+        let Some(p) = self.procs.get_mut(&pid) else { return };
+        let slot = p.slot;
+        p.stopped_for.get_or_insert(why);
         self.out.push(Action::Inspect { pid, slot, job });
-        self.stop_for(pid, "hung", now, AfterStop::Replace { failed: false });
+        self.alert(Alert::worker(
+            AlertKind::HungKilled,
+            slot,
+            pid,
+            format!("{reason}{}", job_suffix(job.as_ref())),
+        ));
+        if self.cfg.on_hang.is_none() || self.is_stopping() {
+            self.order_stop(pid, now, AfterStop::Replace { failed: false });
+            return;
+        }
+        let deadline = after(now, self.cfg.on_hang_timeout);
+        let Some(p) = self.procs.get_mut(&pid) else { return };
+        let start = match p.phase {
+            Phase::Starting { timer: Some((at, _)) } => Some(at),
+            _ => None,
+        };
+        p.phase = Phase::OnHang { deadline };
+        if let Some(at) = start {
+            self.timers.remove(&(at, Timer::Start(pid)));
+        }
+        self.timers.insert((deadline, Timer::OnHang(pid)));
+        self.log(
+            Level::INFO,
+            format!(
+                "worker {slot} (pid {pid}): running on_hang before stopping it (at most {})",
+                humantime::format_duration(self.cfg.on_hang_timeout)
+            ),
+        );
+        self.out.push(Action::RunOnHang { pid, slot });
+    }
+
+    /// issue 12: `on_hang` for `pid` has exited, or (`timed_out`) ran out
+    /// of time: the hung worker is stopped now.
+    fn on_hang_over(&mut self, pid: Pid, timed_out: bool, now: Instant) {
+        let Some(p) = self.procs.get(&pid) else { return };
+        let Phase::OnHang { deadline } = p.phase else {
+            return;
+        };
+        let slot = p.slot;
+        if timed_out {
+            self.log(
+                Level::WARN,
+                format!(
+                    "worker {slot} (pid {pid}): on_hang still running after {} (on_hang_timeout); killing it and stopping the worker",
+                    humantime::format_duration(self.cfg.on_hang_timeout)
+                ),
+            );
+            self.out.push(Action::EndOnHang { pid });
+        } else {
+            self.timers.remove(&(deadline, Timer::OnHang(pid)));
+            self.log(
+                Level::INFO,
+                format!("worker {slot} (pid {pid}): on_hang done; stopping it"),
+            );
+        }
+        self.order_stop(pid, now, AfterStop::Replace { failed: false });
+    }
+
+    /// issue 12: tells the operator's `on_event` command about `a` (the
+    /// executor runs it without waiting, bounded in number and time). For
+    /// every decision that is an event an operator should hear of; the
+    /// upgrade's failure goes through here too (`AlertKind::UpgradeFailed`).
+    pub(crate) fn alert(&mut self, a: Alert) {
+        self.out.push(Action::Alert(a));
     }
 
     /// Replaces `pid` gracefully: a new worker is started in its slot, and
@@ -1344,6 +1485,14 @@ impl Core {
             _ => return,
         }
         self.log(Level::INFO, format!("worker {slot} (pid {pid}) recycled: {why}"));
+        if let Recycle::MaxMemory { .. } = why {
+            self.alert(Alert::worker(
+                AlertKind::MemoryRecycled,
+                slot,
+                pid,
+                why.to_string(),
+            ));
+        }
         self.order_spawn(slot, Cause::of(&why));
     }
 
@@ -1370,6 +1519,9 @@ impl Core {
         }
         if let Phase::Starting { timer: Some((at, _)) } = p.phase {
             self.timers.remove(&(at, Timer::Start(pid)));
+        }
+        if let Phase::OnHang { deadline } = p.phase {
+            self.timers.remove(&(deadline, Timer::OnHang(pid)));
         }
         let deadline = after(now, self.cfg.stop_timeout);
         p.phase = Phase::Stopping {
@@ -1701,6 +1853,7 @@ impl Core {
         let result = match r {
             Err(e) => {
                 self.counters.reloads_failed += 1;
+                self.alert(Alert::pool(AlertKind::ReloadFailed, e.clone()));
                 self.log(
                     Level::ERROR,
                     format!("reload failed, keeping the running configuration: {e}"),
@@ -1811,6 +1964,10 @@ impl Core {
             crash::Change::None => {}
             crash::Change::Began(n) => {
                 self.counters.crash_loops += 1;
+                self.alert(Alert::pool(
+                    AlertKind::CrashLoopStarted,
+                    format!("{n} worker failures within {w}"),
+                ));
                 match self.cfg.on_crash_loop {
                     OnCrashLoop::Backoff => self.log(
                         Level::WARN,
@@ -1829,6 +1986,10 @@ impl Core {
                 }
             }
             crash::Change::Ended(n) => {
+                self.alert(Alert::pool(
+                    AlertKind::CrashLoopEnded,
+                    format!("{n} failures within the last {w}"),
+                ));
                 self.log(
                     Level::INFO,
                     format!("crash loop over: {n} failures within the last {w}"),
@@ -1979,7 +2140,7 @@ impl Core {
                 state: match p.phase {
                     Phase::Starting { .. } => ProcState::Starting,
                     Phase::Ready => ProcState::Running,
-                    Phase::Stopping { .. } => ProcState::Stopping,
+                    Phase::OnHang { .. } | Phase::Stopping { .. } => ProcState::Stopping,
                 },
                 started: p.started,
                 restarts: self.slots.get(&p.slot).map_or(0, |s| s.restarts),

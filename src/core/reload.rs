@@ -75,6 +75,8 @@ pub(crate) fn plan(old: &Config, new: &Config) -> Plan {
         env_file,
         job_timeout,
         slow_job,
+        on_hang,
+        on_hang_timeout,
         jobs_per_worker,
         scale_up_step,
         scale_down_cooldown,
@@ -136,6 +138,8 @@ pub(crate) fn plan(old: &Config, new: &Config) -> Plan {
         resume_signal,
         job_timeout,
         slow_job,
+        on_hang,
+        on_hang_timeout,
         jobs_per_worker,
         scale_up_step,
         scale_down_cooldown
@@ -160,6 +164,8 @@ pub(crate) fn plan(old: &Config, new: &Config) -> Plan {
         workdir,
         control_socket,
         watchdog,
+        on_event,
+        on_event_timeout,
         rlimit_nofile: parent_nofile,
     } = &old.daemon;
     let d = &new.daemon;
@@ -172,6 +178,8 @@ pub(crate) fn plan(old: &Config, new: &Config) -> Plan {
     }
     // A worker's log level is set when it starts.
     dcmp!(replace, loglevel);
+    // issue 12: read by the parent each time it runs one.
+    dcmp!(live, on_event, on_event_timeout);
     dcmp!(
         restart,
         name,

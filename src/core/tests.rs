@@ -1194,6 +1194,160 @@ fn paused_pools_neither_grow_nor_shrink_on_the_backlog() {
     assert!(s.core.size() > 2, "open again: it grows");
 }
 
+/// issue 12: a hung worker with `on_hang`: the command runs first, the
+/// worker is stopped once it has exited, or once `on_hang_timeout` ran out
+/// (then the command is killed).
+#[test]
+fn on_hang_runs_before_the_hung_worker_is_stopped() {
+    let mut c = cfg(2);
+    c.heartbeat_timeout = Duration::from_secs(10);
+    c.on_hang = Some(vec!["eu-stack".into(), "-p".into(), "{pid}".into()]);
+    c.on_hang_timeout = Duration::from_secs(5);
+    let mut s = Sim::new(c);
+    s.ready_all();
+    let (a, b) = (s.pid_of(1), s.pid_of(2));
+    let hung = Sample {
+        silent_for: Duration::from_secs(11),
+        ..Sample::default()
+    };
+    s.log.clear();
+    s.ev(Event::Samples(vec![(a, hung), (b, hung)]));
+    s.run();
+    let pos = |s: &Sim, f: &dyn Fn(&Action) -> bool| s.log.iter().position(f);
+    let inspect = pos(&s, &|x| matches!(x, Action::Inspect { pid, .. } if *pid == a));
+    let run = pos(
+        &s,
+        &|x| matches!(x, Action::RunOnHang { pid, slot: 1 } if *pid == a),
+    );
+    assert!(inspect.is_some() && inspect < run, "{:?}", s.log);
+    assert!(
+        s.signals().is_empty(),
+        "nobody stopped while on_hang runs: {:?}",
+        s.log
+    );
+    assert!(s
+        .log
+        .iter()
+        .any(|x| matches!(x, Action::Alert(al) if al.kind == AlertKind::HungKilled && al.pid == Some(a))));
+    // a: its on_hang exits: stopped now, and replaced once gone.
+    s.log.clear();
+    s.ev(Event::OnHangDone { pid: a });
+    s.run();
+    assert_eq!(s.signals(), [(a, Signal::SIGTERM), (a, Signal::SIGCONT)]);
+    s.ev(Event::OnHangDone { pid: a });
+    s.run();
+    assert_eq!(s.signals().len(), 2, "a late second answer changes nothing");
+    let e = s.exit(a, ExitStatus::Signaled(Signal::SIGTERM)).unwrap();
+    assert_eq!(e.restart_in, Some(Duration::ZERO));
+    // b: its on_hang never ends: killed at the timeout, and b stopped.
+    s.log.clear();
+    s.advance(Duration::from_secs(4));
+    assert!(s.signals().is_empty());
+    s.advance(Duration::from_secs(2));
+    assert!(s.log.contains(&Action::EndOnHang { pid: b }), "{:?}", s.log);
+    assert_eq!(s.signals()[0], (b, Signal::SIGTERM));
+    assert!(s
+        .log
+        .iter()
+        .any(|x| matches!(x, Action::Log(_, t) if t.contains("on_hang still running after 5s"))));
+}
+
+#[test]
+fn a_stop_while_on_hang_runs_stops_the_hung_worker_at_once() {
+    let mut c = cfg(1);
+    c.heartbeat_timeout = Duration::from_secs(10);
+    c.on_hang = Some(vec!["true".into()]);
+    let mut s = Sim::new(c);
+    s.ready_all();
+    let a = s.pid_of(1);
+    let hung = Sample {
+        silent_for: Duration::from_secs(11),
+        ..Sample::default()
+    };
+    s.ev(Event::Samples(vec![(a, hung)]));
+    s.run();
+    s.log.clear();
+    s.ev(Event::Stop("test".into()));
+    s.run();
+    assert_eq!(s.signals()[0], (a, Signal::SIGTERM));
+    s.exit(a, ExitStatus::Code(0));
+    assert!(s.core.is_finished());
+    assert_eq!(s.core.next_deadline(), None, "no on_hang timer left");
+}
+
+/// issue 12: each event `on_event` hears of is decided here.
+#[test]
+fn alerts_are_fired_on_each_event() {
+    let kinds = |s: &Sim| -> Vec<AlertKind> {
+        s.log
+            .iter()
+            .filter_map(|x| match x {
+                Action::Alert(a) => Some(a.kind),
+                _ => None,
+            })
+            .collect()
+    };
+    // Crash loop: begins, then ends.
+    let mut c = cfg(1);
+    c.crash_limit = 3;
+    c.crash_window = Duration::from_secs(10);
+    c.min_uptime = Duration::ZERO;
+    c.backoff_initial = Duration::from_millis(10);
+    c.backoff_max = Duration::from_millis(10);
+    let mut s = Sim::new(c);
+    s.ready_all();
+    s.log.clear();
+    for _ in 0..3 {
+        let p = s.pid_of(1);
+        s.exit(p, ExitStatus::Code(1));
+        s.advance(Duration::from_millis(20));
+        s.ready_all();
+    }
+    assert!(kinds(&s).contains(&AlertKind::CrashLoopStarted), "{:?}", s.log);
+    // The next failure, long after: the loop is over (Sim::exit keeps
+    // only that exit's actions).
+    s.advance(Duration::from_secs(11));
+    s.ready_all();
+    let p = s.pid_of(1);
+    s.exit(p, ExitStatus::Code(1));
+    assert_eq!(kinds(&s), [AlertKind::CrashLoopEnded], "{:?}", s.log);
+
+    // Memory recycle, failed reload, workers killed at the stop.
+    let mut c = cfg(1);
+    c.max_memory = 1000;
+    let mut s = Sim::new(c);
+    s.ready_all();
+    let p = s.pid_of(1);
+    s.log.clear();
+    let fat = Sample {
+        rss: Some(2000),
+        ..Sample::default()
+    };
+    s.ev(Event::Samples(vec![(p, fat)]));
+    s.run();
+    s.ev(Event::Reload(Err("bad config".into())));
+    s.run();
+    s.ev(Event::Stop("test".into()));
+    s.run();
+    let stop = s.core.cfg.stop_timeout;
+    s.advance(stop + Duration::from_millis(1));
+    assert_eq!(
+        kinds(&s),
+        [
+            AlertKind::MemoryRecycled,
+            AlertKind::ReloadFailed,
+            AlertKind::StopKilledJobs
+        ],
+        "{:?}",
+        s.log
+    );
+    let killed = s.log.iter().find_map(|x| match x {
+        Action::Alert(a) if a.kind == AlertKind::StopKilledJobs => Some(a.reason.clone()),
+        _ => None,
+    });
+    assert!(killed.unwrap().starts_with("2 workers did not stop within 10s"));
+}
+
 mod properties {
     //! Random event sequences against the core's invariants.
 
@@ -1209,6 +1363,7 @@ mod properties {
         Reload,
         Recycle(usize),
         Hang(usize),
+        OnHangDone(usize),
         Stop,
         Pause,
         Resume,
@@ -1223,6 +1378,7 @@ mod properties {
             1 => Just(Op::Reload),
             1 => (0usize..16).prop_map(Op::Recycle),
             1 => (0usize..16).prop_map(Op::Hang),
+            1 => (0usize..16).prop_map(Op::OnHangDone),
             1 => Just(Op::Stop),
             1 => Just(Op::Pause),
             1 => Just(Op::Resume),
@@ -1300,8 +1456,13 @@ mod properties {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(300))]
         #[test]
-        fn invariants_hold_for_any_event_sequence(ops in proptest::collection::vec(op(), 1..80)) {
+        fn invariants_hold_for_any_event_sequence(ops in proptest::collection::vec(op(), 1..80), on_hang in any::<bool>()) {
             let mut c = cfg(3);
+            // issue 12: hung workers wait for on_hang (or its timeout).
+            if on_hang {
+                c.on_hang = Some(vec!["true".into()]);
+                c.on_hang_timeout = Duration::from_millis(700);
+            }
             c.backoff_initial = Duration::from_millis(50);
             c.backoff_max = Duration::from_millis(800);
             c.stop_timeout = Duration::from_secs(2);
@@ -1339,6 +1500,9 @@ mod properties {
                     Op::Hang(i) => if let Some(p) = pick(i) {
                         s.core.cfg.heartbeat_timeout = Duration::from_secs(1);
                         s.ev(Event::Samples(vec![(p, Sample { silent_for: Duration::from_secs(2), ..Sample::default() })]));
+                    },
+                    Op::OnHangDone(i) => if let Some(p) = pick(i) {
+                        s.ev(Event::OnHangDone { pid: p });
                     },
                     Op::Stop => {
                         if stop_at.is_none() { stop_at = Some(s.now); }

@@ -3,7 +3,9 @@
 //! the slot's jobs across replacements, the job's label, the version), the
 //! backlog gauges of `/metrics`, `on_hang` and `on_event`.
 
-use crate::health::{status_json, status_workers, stop};
+use std::time::Duration;
+
+use crate::health::{pos, status_json, status_workers, stop};
 use crate::util::*;
 
 /// A `rookery run` daemon with `extra` appended after `[daemon]`'s keys
@@ -119,4 +121,232 @@ fn a_job_s_label_shows_in_status_and_in_the_hang_forensics() {
         d.log()
     );
     stop(&d);
+}
+
+/// The lines of `path` (empty if it does not exist yet).
+fn lines_of(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// An `on_event` script in `d`'s directory that appends one line per event
+/// to `events.log`; its path and the log's.
+fn event_script(d: &Daemon) -> (std::path::PathBuf, std::path::PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let script = d.dir.path().join("notify.sh");
+    let log = d.dir.path().join("events.log");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho \"$1 event=$ROOKERY_EVENT slot=$ROOKERY_SLOT pid=$ROOKERY_PID daemon=$ROOKERY_DAEMON reason=$ROOKERY_REASON\" >> '{}'\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (script, log)
+}
+
+/// `on_hang` runs before the hung worker is stopped, and its output is
+/// logged; one that runs too long is killed and the worker stopped anyway.
+#[test]
+fn on_hang_runs_before_the_kill_and_its_output_is_logged() {
+    let d = testworker(
+        "[workers]\ncount = 1\nheartbeat_timeout = \"1s\"\nstop_timeout = \"2s\"\n\
+         on_hang = [\"sh\", \"-c\", \"echo slot {slot}; grep State: /proc/{pid}/status\"]\n\n\
+         [app]\njob_interval = \"10ms\"\nhang_after_jobs = 5\n",
+    );
+    let parent = d.start();
+    let w = d.wait_workers(parent, 1)[0];
+    let out = format!("on_hang for worker 1 (pid {w}): State:");
+    assert!(d.wait_log(&out), "{}", d.log());
+    assert!(d.wait_log(&format!("worker 1 (pid {w}) stopped")), "{}", d.log());
+    let log = d.log();
+    let hung = pos(&log, &format!("worker 1 (pid {w}) is hung"));
+    let stopped = pos(&log, &format!("worker 1 (pid {w}) stopped"));
+    // The worker was alive and asleep (not yet signalled) when it ran.
+    let state = log[pos(&log, &out)..].lines().next().unwrap().to_string();
+    assert!(state.contains("S (sleeping)"), "{state}");
+    assert!(
+        log.contains(&format!("on_hang for worker 1 (pid {w}): slot 1")),
+        "{log}"
+    );
+    assert!(hung < pos(&log, &out) && pos(&log, &out) < stopped, "{log}");
+    assert!(
+        pos(&log, &format!("on_hang for worker 1 (pid {w}) exited")) < stopped,
+        "{log}"
+    );
+    stop(&d);
+
+    // An on_hang that never ends: killed after on_hang_timeout.
+    let d = testworker(
+        "[workers]\ncount = 1\nheartbeat_timeout = \"1s\"\nstop_timeout = \"2s\"\n\
+         on_hang = [\"sleep\", \"300\"]\non_hang_timeout = \"1s\"\n\n\
+         [app]\njob_interval = \"10ms\"\nhang_after_jobs = 5\n",
+    );
+    let parent = d.start();
+    let w = d.wait_workers(parent, 1)[0];
+    assert!(
+        d.wait_log(&format!(
+            "worker 1 (pid {w}): on_hang still running after 1s (on_hang_timeout)"
+        )),
+        "{}",
+        d.log()
+    );
+    assert!(d.wait_log(&format!("worker 1 (pid {w}) stopped")), "{}", d.log());
+    assert!(
+        d.wait_log(&format!("on_hang for worker 1 (pid {w}) killed")),
+        "{}",
+        d.log()
+    );
+    assert!(
+        wait_until(DEADLINE, || !all_children_of(parent)
+            .iter()
+            .any(|p| comm(*p) == "sleep")),
+        "the on_hang command is gone"
+    );
+    stop(&d);
+}
+
+/// `on_event` hears of a hung worker killed and a memory recycle, with
+/// the event's fields in its environment.
+#[test]
+fn on_event_is_told_of_a_hung_worker_and_a_memory_recycle() {
+    let d = testworker("");
+    let (script, events) = event_script(&d);
+    d.rewrite_config(&format!(
+        "on_event = [\"{}\", \"{{event}}\"]\n\n\
+         [workers]\ncount = 2\nheartbeat_timeout = \"1s\"\nstop_timeout = \"2s\"\n\n\
+         [app]\njob_interval = \"10ms\"\nhang_after_jobs = 10\n",
+        script.display()
+    ));
+    let parent = d.start();
+    let workers = d.wait_workers(parent, 2);
+    let mut seen = Vec::new();
+    assert!(
+        wait_until(DEADLINE, || {
+            seen = lines_of(&events);
+            seen.iter().any(|l| l.starts_with("worker_hung "))
+        }),
+        "{seen:?}\n{}",
+        d.log()
+    );
+    let hung = seen.iter().find(|l| l.starts_with("worker_hung ")).unwrap();
+    assert!(hung.contains("event=worker_hung slot="), "{hung}");
+    assert!(
+        hung.contains("daemon=testworker reason=no heartbeat for"),
+        "{hung}"
+    );
+    assert!(hung.ends_with("; job test job 11"), "{hung}");
+    let pid: i32 = hung
+        .split("pid=")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(workers.contains(&pid), "{hung} {workers:?}");
+    stop(&d);
+
+    // Workers leaking 1 MiB a job are recycled past 40 MiB.
+    let d = testworker("");
+    let (script, events) = event_script(&d);
+    d.rewrite_config(&format!(
+        "on_event = [\"{}\", \"{{event}}\"]\n\n\
+         [workers]\ncount = 1\nmax_memory = \"40MiB\"\ncheck_interval = \"200ms\"\n\n\
+         [app]\njob_interval = \"10ms\"\nleak_per_job = 1048576\n",
+        script.display()
+    ));
+    d.start();
+    assert!(
+        wait_until(DEADLINE, || {
+            seen = lines_of(&events);
+            seen.iter().any(|l| l.starts_with("memory_recycled "))
+        }),
+        "{seen:?}\n{}",
+        d.log()
+    );
+    let mem = seen.iter().find(|l| l.starts_with("memory_recycled ")).unwrap();
+    assert!(mem.contains("event=memory_recycled slot=1 pid="), "{mem}");
+    assert!(mem.contains("over max_memory 40.0 MiB"), "{mem}");
+    stop(&d);
+}
+
+/// `on_event` hears of a crash loop beginning and ending, a failed reload,
+/// and workers killed while the daemon stopped (the daemon waits for that
+/// last command before it exits).
+#[test]
+fn on_event_is_told_of_crash_loops_failed_reloads_and_jobs_killed_at_stop() {
+    let d = rookery("");
+    let (script, events) = event_script(&d);
+    let fail = d.dir.path().join("fail");
+    let config = |extra: &str| {
+        format!(
+            "on_event = [\"{}\", \"{{event}}\"]\n\n\
+             [workers]\ncount = 2\nmin_uptime = \"200ms\"\nbackoff_initial = \"50ms\"\nbackoff_max = \"100ms\"\n\
+             crash_limit = 4\ncrash_window = \"3s\"\nstop_timeout = \"1s\"\n\
+             command = [\"sh\", \"-c\", \"trap '' TERM; sleep 0.5; while [ -e '{}' ]; do exit 1; done; while :; do sleep 1; done\"]\n{extra}",
+            script.display(),
+            fail.display()
+        )
+    };
+    d.rewrite_config(&config(""));
+    let parent = d.start();
+    assert!(wait_until(DEADLINE, || d.workers(parent).len() == 2));
+    let has = |name: &str| {
+        lines_of(&events)
+            .iter()
+            .any(|l| l.starts_with(&format!("{name} ")))
+    };
+    std::fs::write(&fail, "").unwrap();
+    assert!(
+        wait_until(DEADLINE, || has("crash_loop_started")),
+        "{:?}\n{}",
+        lines_of(&events),
+        d.log()
+    );
+    std::fs::remove_file(&fail).unwrap();
+    // The loop ends with the first failure once the window holds fewer.
+    std::thread::sleep(Duration::from_secs(4)); // let the window empty: no assertion waits on it
+    let mut w = Vec::new();
+    assert!(wait_until(DEADLINE, || {
+        w = d.workers(parent);
+        w.len() == 2
+    }));
+    kill(w[0], 9);
+    assert!(
+        wait_until(DEADLINE, || has("crash_loop_ended")),
+        "{:?}\n{}",
+        lines_of(&events),
+        d.log()
+    );
+    // A reload of a broken config fails.
+    d.rewrite_config(&config("stop_signal = \"USR1\"\n"));
+    assert!(!d.run(&["reload"]).status.success());
+    assert!(
+        wait_until(DEADLINE, || has("reload_failed")),
+        "{:?}",
+        lines_of(&events)
+    );
+    let reload = lines_of(&events)
+        .into_iter()
+        .find(|l| l.starts_with("reload_failed "))
+        .unwrap();
+    assert!(reload.contains("workers.stop_signal"), "{reload}");
+    // The workers ignore SIGTERM: killed after stop_timeout.
+    d.rewrite_config(&config(""));
+    assert!(d.run(&["stop"]).status.success(), "{}", d.log());
+    let killed = lines_of(&events)
+        .into_iter()
+        .find(|l| l.starts_with("stop_killed_jobs "));
+    let killed = killed.unwrap_or_else(|| panic!("{:?}\n{}", lines_of(&events), d.log()));
+    assert!(
+        killed.contains("reason=2 workers did not stop within 1s"),
+        "{killed}"
+    );
 }
