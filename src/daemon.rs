@@ -479,6 +479,7 @@ impl<W: Worker> Daemon<W> {
             })?),
             None => None,
         };
+        logging::set_format(config.daemon.log_format); // issue 10
         logging::init(
             config.daemon.loglevel,
             config.daemon.logfile.as_deref(),

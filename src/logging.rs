@@ -20,7 +20,19 @@
 //! - **A full disk** never leaves half a line: a write cut short is rolled
 //!   back, and the number of lines lost is logged when writing works again.
 //!
-//! Every line reads `2026-11-23T21:19:34.123Z  INFO [4242] worker 3: message`.
+//! - **Streams** (stderr, `/dev/stdout`) are written by the parent alone:
+//!   workers relay their lines through a pipe each (see `logging/stream.rs`), so long
+//!   lines of many workers are never spliced together.
+//! - **Formats** ([`LogFormat`]): text, or one JSON object per line.
+//!
+//! Every text line reads `2026-11-23T21:19:34.123Z  INFO [4242] worker 3: message`.
+
+mod format;
+mod layer;
+mod stream;
+
+pub use format::LogFormat;
+use format::{Entry, Value, Who};
 
 use std::fmt;
 use std::fs::File;
@@ -30,13 +42,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use tracing::{Event, Subscriber};
-
-use crate::text;
-use tracing_subscriber::fmt::format::Writer;
-use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
 use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::Layer;
 
 /// A syslog severity, 0 (emerg) to 7 (debug).
@@ -132,13 +138,18 @@ impl std::str::FromStr for Level {
 }
 
 static LEVEL: AtomicU8 = AtomicU8::new(Level::Info as u8);
+/// 0: text, 1: JSON.
+static FORMAT: AtomicU8 = AtomicU8::new(0);
 static SINK: Mutex<Sink> = Mutex::new(Sink {
     path: None,
     file: None,
     console: true,
-    console_out: None,
+    stream: None,
+    relay: None,
     role: String::new(),
     pid: 0,
+    slot: None,
+    worker_id: None,
     generation: 0,
     lost: 0,
     lost_error: None,
@@ -155,10 +166,16 @@ struct Sink {
     file: Option<Out>,
     /// Whether lines are copied to stderr (`-n`).
     console: bool,
-    /// Where they are copied: stderr, opened so as never to block.
-    console_out: Option<Out>,
+    /// The stream lines go to (stderr for `-n` or without a file, or the
+    /// `/dev/stdout` log): written by the parent only.
+    stream: Option<stream::Console>,
+    /// In a worker, instead of `stream`: its pipe to the parent.
+    relay: Option<stream::Relay>,
     role: String,
     pid: u32,
+    /// A worker's slot and id (`None` in the parent).
+    slot: Option<u32>,
+    worker_id: Option<u64>,
     /// The reopen generation this process's file belongs to.
     generation: u64,
     /// Lines that could not be written since the last one that could.
@@ -411,33 +428,250 @@ fn generation() -> &'static AtomicU64 {
 /// Installs the global subscriber. `file` is the already opened log file
 /// (from [`open_log`]). Call before the first worker is forked: this maps
 /// the reopen generation shared with workers (see [`reopen_everywhere`]).
+///
+/// Also bridges the `log` crate's records into tracing and installs the
+/// panic hook (one line per panic). When the program installed its own
+/// global subscriber (or `log` logger) first, rookery's cannot be
+/// installed: that is said on stderr and in the log file, once.
 pub fn init(level: Level, path: Option<&Path>, file: Option<File>, console: bool) {
     set_level(level);
     let generation = generation().load(Ordering::Relaxed);
     {
         let mut s = lock();
-        let stream = path.is_some_and(|p| LogStream::of(p).is_some());
-        s.path = path.filter(|_| !stream).map(Path::to_path_buf);
-        s.file = file.map(Out::new);
-        // A stream is the console already: copying would double each line.
-        s.console = (console && !stream) || s.file.is_none();
-        s.console_out = None;
-        open_console(&mut s);
+        let stream = path.and_then(LogStream::of);
+        s.path = path.filter(|_| stream.is_none()).map(Path::to_path_buf);
+        s.stream = None;
+        s.relay = None;
+        match (stream, file) {
+            // The stream is the console already: copying would double each line.
+            (Some(LogStream::Stdout | LogStream::Stderr), Some(f)) => {
+                s.file = None;
+                s.console = false;
+                s.stream = Some(stream::Console::new(f));
+            }
+            (_, f) => {
+                s.file = f.map(Out::new);
+                s.console = console || s.file.is_none();
+                open_console(&mut s);
+            }
+        }
         s.pid = std::process::id();
         s.generation = generation;
         if s.role.is_empty() {
             s.role = "parent".into();
         }
     }
-    let layer = tracing_subscriber::fmt::layer()
-        .event_format(LineFormat)
-        .with_writer(MakeLine)
-        .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
-            current_level().admits(meta.level())
-        }));
+    let layer = layer::LineLayer.with_filter(tracing_subscriber::filter::filter_fn(|meta| {
+        current_level().admits(meta.level())
+    }));
     let subscriber = tracing_subscriber::registry().with(layer);
-    // A second init (tests, a daemon that calls run twice) keeps the first.
-    let _ = tracing::subscriber::set_global_default(subscriber);
+    let ours = tracing::subscriber::set_global_default(subscriber).is_ok();
+    let bridged = layer::bridge_log();
+    if !ours && !OURS.load(Ordering::Relaxed) {
+        // A second init (a daemon that calls run twice) finds its own.
+        foreign_subscriber();
+    } else {
+        OURS.store(true, Ordering::Relaxed);
+        if !bridged {
+            warn_direct(
+                "records of the `log` crate are not in this log: another `log` logger was installed \
+                 before rookery's bridge (remove it: rookery forwards `log` records to tracing)",
+            );
+        }
+    }
+    layer::install_panic_hook();
+}
+
+/// Whether rookery's subscriber is the global one.
+static OURS: AtomicBool = AtomicBool::new(false);
+
+/// Says, where the operator will see it, that the program's own global
+/// subscriber keeps rookery's from being installed.
+fn foreign_subscriber() {
+    let msg = "a global tracing subscriber was installed before rookery's (by the program, before \
+               rookery::run): rookery's log file, level, format, reopening and worker relay do not \
+               apply to its events; remove that subscriber (rookery writes the log itself)";
+    let _ = writeln!(io::stderr(), "{msg}");
+    warn_direct(msg);
+}
+
+/// A warning written to the log file directly, bypassing tracing.
+fn warn_direct(msg: &str) {
+    emit(&Entry {
+        level: tracing::Level::WARN,
+        message: msg,
+        fields: &[],
+        spans: &[],
+    });
+}
+
+/// The line format in force.
+pub fn current_format() -> LogFormat {
+    match FORMAT.load(Ordering::Relaxed) {
+        1 => LogFormat::Json,
+        _ => LogFormat::Text,
+    }
+}
+
+/// Sets the line format (at start, and on reload).
+pub fn set_format(format: LogFormat) {
+    FORMAT.store(
+        match format {
+            LogFormat::Text => 0,
+            LogFormat::Json => 1,
+        },
+        Ordering::Relaxed,
+    );
+}
+
+/// Writes one record as a line of this process's.
+fn emit(e: &Entry<'_>) {
+    let (pid, role, slot, worker_id) = {
+        let s = lock();
+        (s.pid, s.role.clone(), s.slot, s.worker_id)
+    };
+    let who = Who {
+        pid,
+        role: &role,
+        slot,
+        worker_id,
+    };
+    let line = format::render(current_format(), &who, e);
+    write_line(format::priority(e.level), &line);
+}
+
+/// A line of a worker's captured stdout (`stderr` false, logged at info)
+/// or stderr (at warning), written by the parent. Text: `worker 3: LINE`
+/// (`worker 3 stderr: LINE`) as the parent's; JSON: the worker's (`role`
+/// worker, its pid, slot and id) with the field `stream`.
+pub(crate) fn output(slot: u32, worker_id: u64, pid: u32, stderr: bool, line: &str) {
+    let level = if stderr {
+        tracing::Level::WARN
+    } else {
+        tracing::Level::INFO
+    };
+    if !current_level().admits(&level) {
+        return;
+    }
+    let name = if stderr { "stderr" } else { "stdout" };
+    let bytes = match current_format() {
+        LogFormat::Text => {
+            let message = if stderr {
+                format!("worker {slot} stderr: {line}")
+            } else {
+                format!("worker {slot}: {line}")
+            };
+            let (ppid, role) = {
+                let s = lock();
+                (s.pid, s.role.clone())
+            };
+            let who = Who {
+                pid: ppid,
+                role: &role,
+                slot: None,
+                worker_id: None,
+            };
+            format::render(
+                LogFormat::Text,
+                &who,
+                &Entry {
+                    level,
+                    message: &message,
+                    fields: &[],
+                    spans: &[],
+                },
+            )
+        }
+        LogFormat::Json => {
+            let role = format!("worker {slot}");
+            let who = Who {
+                pid,
+                role: &role,
+                slot: Some(slot),
+                worker_id: Some(worker_id),
+            };
+            format::render(
+                LogFormat::Json,
+                &who,
+                &Entry {
+                    level,
+                    message: line,
+                    fields: &[("stream", Value::Str(name.into()))],
+                    spans: &[],
+                },
+            )
+        }
+    };
+    write_line(format::priority(level), &bytes);
+}
+
+/// Whether workers need a relay pipe: this (parent) process writes lines
+/// to a stream.
+pub(crate) fn wants_relay() -> bool {
+    lock().stream.is_some()
+}
+
+/// A line a worker relayed (`<prio>` and the formatted line, without its
+/// newline): to the parent's stream only (the worker wrote the file).
+pub(crate) fn relay(line: &str) {
+    let (prio, line) = stream::parse_relayed(line);
+    let mut s = lock();
+    let (pid, role) = (s.pid, s.role.clone());
+    if let Some(st) = s.stream.as_mut() {
+        let mut bytes = Vec::with_capacity(line.len() + 1);
+        bytes.extend_from_slice(line.as_bytes());
+        bytes.push(b'\n');
+        st.put(prio, &bytes, &|n| {
+            lost_notice(pid, &role, n, "the stream could not take them")
+        });
+    }
+}
+
+/// Writes what the stream could not take yet (called by the parent's
+/// loop while [`stream_retry_in`] says so).
+pub(crate) fn flush_stream() {
+    if let Some(st) = lock().stream.as_mut() {
+        st.flush();
+    }
+}
+
+/// When the parent's loop should call [`flush_stream`] again.
+pub(crate) fn stream_retry_in() -> Option<std::time::Duration> {
+    lock().stream.as_ref().and_then(stream::Console::retry_in)
+}
+
+/// Called in a worker right after `fork`: every following line is this
+/// worker's, and lines meant for a stream go to `relay` (the parent writes
+/// them) rather than to the stream itself.
+pub(crate) fn enter_worker(slot: u32, worker_id: u64, relay: Option<std::os::fd::OwnedFd>) {
+    let mut s = lock();
+    s.role = format!("worker {slot}");
+    s.pid = std::process::id();
+    s.slot = Some(slot);
+    s.worker_id = Some(worker_id);
+    s.stream = None;
+    s.relay = relay.map(|fd| stream::Relay(File::from(fd)));
+}
+
+/// The notice for `n` lost lines, in the format in force.
+fn lost_notice(pid: u32, role: &str, n: u64, why: &str) -> Vec<u8> {
+    let s = if n == 1 { "" } else { "s" };
+    let who = Who {
+        pid,
+        role,
+        slot: None,
+        worker_id: None,
+    };
+    format::render(
+        current_format(),
+        &who,
+        &Entry {
+            level: tracing::Level::WARN,
+            message: &format!("{n} log line{s} lost: {why}"),
+            fields: &[],
+            spans: &[],
+        },
+    )
 }
 
 /// Changes the level at run time (on reload).
@@ -456,6 +690,9 @@ pub fn set_role(role: &str) {
     let mut s = lock();
     s.role = role.to_string();
     s.pid = std::process::id();
+    if let Some(st) = s.stream.as_mut() {
+        st.forget();
+    }
 }
 
 /// Turns copying lines to stderr on or off (it stays on without a file).
@@ -466,8 +703,8 @@ pub fn set_console(on: bool) {
 }
 
 fn open_console(s: &mut Sink) {
-    if s.console && s.console_out.is_none() {
-        s.console_out = open_stream(2).ok().map(Out::new);
+    if s.console && s.stream.is_none() {
+        s.stream = open_stream(2).ok().map(stream::Console::new);
     }
 }
 
@@ -526,8 +763,9 @@ fn lock() -> std::sync::MutexGuard<'static, Sink> {
     SINK.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Writes one finished line to the file (and stderr) in one `write` each.
-fn write_line(line: &[u8]) {
+/// Writes one finished line (priority `prio`) to the file in one `write`,
+/// and to the stream (the parent's) or the relay (a worker's).
+fn write_line(prio: u8, line: &[u8]) {
     let mut s = lock();
     let mut reopen = reopen_flag().load(Ordering::SeqCst);
     if let Some(g) = GENERATION.get() {
@@ -546,21 +784,42 @@ fn write_line(line: &[u8]) {
                 .as_deref()
                 .map(|p| p.display().to_string())
                 .unwrap_or_default();
-            let msg = format!(
-                "{}cannot reopen log file {path}: {}\n",
-                prefix(" WARN", s.pid, &s.role),
-                text::escape_controls(&e.to_string())
-            );
-            s.append(msg.as_bytes());
+            let msg = format!("cannot reopen log file {path}: {e}");
+            let msg = notice_line(&s, &msg);
+            s.append(&msg);
         }
     }
     s.append(line);
-    if s.console {
-        // A copy: when stderr cannot take it now, it is dropped.
-        if let Some(out) = &s.console_out {
-            let _ = out.write(line);
+    if let Some(r) = s.relay.as_mut() {
+        r.put(prio, line);
+    } else if s.console || s.file.is_none() {
+        let (pid, role) = (s.pid, s.role.clone());
+        if let Some(st) = s.stream.as_mut() {
+            st.put(prio, line, &|n| {
+                lost_notice(pid, &role, n, "the stream could not take them")
+            });
         }
     }
+}
+
+/// A warning line of this process's, in the format in force.
+fn notice_line(s: &Sink, msg: &str) -> Vec<u8> {
+    let who = Who {
+        pid: s.pid,
+        role: &s.role,
+        slot: s.slot,
+        worker_id: s.worker_id,
+    };
+    format::render(
+        current_format(),
+        &who,
+        &Entry {
+            level: tracing::Level::WARN,
+            message: msg,
+            fields: &[],
+            spans: &[],
+        },
+    )
 }
 
 /// How a single `write` of a line went wrong.
@@ -627,11 +886,7 @@ impl Sink {
             let n = self.lost;
             let why = self.lost_error.as_deref().unwrap_or("unknown error");
             let s = if n == 1 { "" } else { "s" };
-            let mut b = format!(
-                "{}{n} log line{s} lost: {why}\n",
-                prefix(" WARN", self.pid, &self.role)
-            )
-            .into_bytes();
+            let mut b = notice_line(self, &format!("{n} log line{s} lost: {why}"));
             b.extend_from_slice(line);
             with_notice = b;
             &with_notice[..]
@@ -695,88 +950,6 @@ impl Sink {
     }
 }
 
-/// `2026-11-23T21:19:34.123Z  INFO [4242] worker 3: `.
-fn prefix(level: &str, pid: u32, role: &str) -> String {
-    format!(
-        "{} {level} [{pid}] {role}: ",
-        humantime::format_rfc3339_millis(std::time::SystemTime::now())
-    )
-}
-
-struct LineFormat;
-
-impl<S, N> FormatEvent<S, N> for LineFormat
-where
-    S: Subscriber + for<'a> LookupSpan<'a>,
-    N: for<'a> FormatFields<'a> + 'static,
-{
-    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut w: Writer<'_>, event: &Event<'_>) -> fmt::Result {
-        let (pid, role) = {
-            let s = lock();
-            (s.pid, s.role.clone())
-        };
-        let level = match *event.metadata().level() {
-            tracing::Level::ERROR => "ERROR",
-            tracing::Level::WARN => " WARN",
-            tracing::Level::INFO => " INFO",
-            tracing::Level::DEBUG => "DEBUG",
-            tracing::Level::TRACE => "TRACE",
-        };
-        let mut message = String::with_capacity(120);
-        ctx.field_format()
-            .format_fields(Writer::new(&mut message), event)?;
-        w.write_str(&prefix(level, pid, &role))?;
-        w.write_str(&one_line(&message))?;
-        writeln!(w)
-    }
-}
-
-/// The longest message a log line carries, in bytes: room for a captured
-/// output line ([`text::MAX_LINE`]) with its prefix and marks.
-const MAX_MESSAGE: usize = 4 * text::MAX_LINE;
-
-/// A log message as one line: control characters (a newline in an error
-/// text, a CR or an escape sequence from user data) shown escaped, so no
-/// text can start a forged line or repaint a terminal, and cut at a
-/// character boundary to [`MAX_MESSAGE`].
-fn one_line(message: &str) -> std::borrow::Cow<'_, str> {
-    let escaped = text::escape_controls(message);
-    if escaped.len() <= MAX_MESSAGE {
-        return escaped;
-    }
-    text::escape_line_max(message.as_bytes(), MAX_MESSAGE).into()
-}
-
-struct MakeLine;
-
-impl<'a> MakeWriter<'a> for MakeLine {
-    type Writer = LineBuf;
-    fn make_writer(&'a self) -> LineBuf {
-        LineBuf(Vec::with_capacity(160))
-    }
-}
-
-/// Collects one formatted event and writes it whole when dropped.
-struct LineBuf(Vec<u8>);
-
-impl Write for LineBuf {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Drop for LineBuf {
-    fn drop(&mut self) {
-        if !self.0.is_empty() {
-            write_line(&self.0);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -812,10 +985,13 @@ mod tests {
         Sink {
             path: None,
             file: Some(Out::new(file)),
-            console_out: None,
+            stream: None,
+            relay: None,
             console: false,
             role: "test".into(),
             pid: 1,
+            slot: None,
+            worker_id: None,
             generation: 0,
             lost: 0,
             lost_error: None,
@@ -972,23 +1148,5 @@ mod tests {
         assert_eq!(refused, Some(io::ErrorKind::WouldBlock));
         let flags = nix::fcntl::fcntl(&a, nix::fcntl::FcntlArg::F_GETFL).unwrap();
         assert_eq!(flags & libc::O_NONBLOCK, 0);
-    }
-
-    #[test]
-    fn messages_become_one_escaped_line() {
-        assert_eq!(one_line("plain"), "plain");
-        assert_eq!(
-            one_line("user said: ok\n2026-01-01T00:00:00.000Z ERROR [1] parent: forged\r\x1b[2J"),
-            "user said: ok\\n2026-01-01T00:00:00.000Z ERROR [1] parent: forged\\r\\x1b[2J"
-        );
-        let long = "é".repeat(MAX_MESSAGE);
-        let out = one_line(&long);
-        assert!(out.len() <= MAX_MESSAGE && out.ends_with(text::CUT_MARK));
-        let captured = format!("worker 1: {} [line continues]", "x".repeat(text::MAX_LINE));
-        assert_eq!(
-            one_line(&captured),
-            captured,
-            "a captured piece is never cut again"
-        );
     }
 }

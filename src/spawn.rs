@@ -39,6 +39,9 @@ pub(crate) struct Spawned {
     pub output: Vec<(OwnedFd, bool)>,
     /// The read end of its notify pipe (external commands).
     pub notify: Option<OwnedFd>,
+    /// The read end of its log relay (forked workers, when the parent
+    /// writes a stream: see [`crate::logging`]).
+    pub relay: Option<OwnedFd>,
     /// Ready as soon as it runs (no `init` handshake).
     pub ready_at_spawn: bool,
 }
@@ -59,26 +62,59 @@ pub(crate) struct ForkSpawner<W: Worker> {
 
 impl<W: Worker> Spawner for ForkSpawner<W> {
     fn spawn(&mut self, cx: &SpawnContext<'_>) -> io::Result<Spawned> {
+        // issue 10: what a worker (or a library in it) writes to its stdout
+        // and stderr is captured line by line into the log, as a command's
+        // is; and when the parent writes a stream, the worker's own log
+        // lines reach it through the relay rather than by the worker
+        // writing the shared stream (where long lines would be spliced).
+        let (out_r, out_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+        let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+        let relay = if crate::logging::wants_relay() {
+            Some(nix::unistd::pipe2(OFlag::O_CLOEXEC)?)
+        } else {
+            None
+        };
         match sys::fork()? {
-            Forked::Parent(pid) => Ok(Spawned {
-                pid,
-                output: Vec::new(),
-                notify: None,
-                ready_at_spawn: false,
-            }),
-            Forked::Child => worker::child_main::<W>(ChildSetup {
-                slot: cx.slot,
-                id: cx.id,
-                config: cx.config,
-                settings: &self.settings,
-                args: &self.args,
-                parent: cx.parent,
-                cell: cx.cell,
-                to_parent: cx.to_parent,
-                close: cx.close,
-                max_jobs: cx.max_jobs,
-                intake: cx.intake,
-            }),
+            Forked::Parent(pid) => {
+                let output = vec![(out_r, false), (err_r, true)];
+                for (fd, _) in &output {
+                    nonblocking(fd)?;
+                }
+                let relay = relay.map(|(r, _)| r);
+                if let Some(r) = &relay {
+                    nonblocking(r)?;
+                }
+                Ok(Spawned {
+                    pid,
+                    output,
+                    notify: None,
+                    relay,
+                    ready_at_spawn: false,
+                })
+            }
+            Forked::Child => {
+                let _ = nix::unistd::dup2_stdout(&out_w);
+                let _ = nix::unistd::dup2_stderr(&err_w);
+                drop((out_r, out_w, err_r, err_w));
+                let relay = relay.map(|(r, w)| {
+                    drop(r);
+                    w
+                });
+                crate::logging::enter_worker(cx.slot, cx.id, relay);
+                worker::child_main::<W>(ChildSetup {
+                    slot: cx.slot,
+                    id: cx.id,
+                    config: cx.config,
+                    settings: &self.settings,
+                    args: &self.args,
+                    parent: cx.parent,
+                    cell: cx.cell,
+                    to_parent: cx.to_parent,
+                    close: cx.close,
+                    max_jobs: cx.max_jobs,
+                    intake: cx.intake,
+                })
+            }
         }
     }
 
@@ -235,6 +271,7 @@ impl CommandSpawner {
             pid,
             output,
             notify: Some(notify_r),
+            relay: None,
             ready_at_spawn: true,
         }))
     }
@@ -295,6 +332,7 @@ impl Spawner for CommandSpawner {
             pid: Pid::from_raw(child.id() as i32),
             output,
             notify: Some(notify_r),
+            relay: None,
             ready_at_spawn: true,
         })
     }

@@ -113,6 +113,8 @@ enum Stream {
     Stdout,
     Stderr,
     Notify,
+    /// issue 10: a forked worker's own log lines, for the parent's stream.
+    Relay,
 }
 
 /// One captured pipe of an external worker, split into lines.
@@ -164,27 +166,40 @@ impl Pipe {
     /// The partial line, if any, as a line of its own.
     fn flush(&mut self, lines: &mut Vec<String>) {
         if !self.buf.is_empty() {
-            lines.push(crate::text::escape_line(&self.buf));
+            lines.push(crate::text::escape_line_max(&self.buf, self.max_line()));
             self.buf.clear();
         }
     }
 
+    /// Relayed log lines are formatted already, and may be longer than
+    /// captured output (a message and its fields).
+    fn max_line(&self) -> usize {
+        match self.stream {
+            Stream::Relay => 8 * MAX_LINE,
+            _ => MAX_LINE,
+        }
+    }
+
     fn split(&mut self, lines: &mut Vec<String>) {
+        let max = self.max_line();
         let mut start = 0;
         while let Some(i) = self.buf[start..].iter().position(|b| *b == b'\n') {
             let mut line = &self.buf[start..start + i];
             if line.last() == Some(&b'\r') {
                 line = &line[..line.len() - 1];
             }
-            lines.push(crate::text::escape_line(line));
+            lines.push(crate::text::escape_line_max(line, max));
             start += i + 1;
         }
         self.buf.drain(..start);
         // A line with no end in sight is cut, so memory stays bounded.
-        while self.buf.len() >= MAX_LINE {
-            let n = crate::text::utf8_cut_point(&self.buf, MAX_LINE); // issue 9
+        while self.buf.len() >= max {
+            let n = crate::text::utf8_cut_point(&self.buf, max); // issue 9
             let part: Vec<u8> = self.buf.drain(..n).collect();
-            lines.push(format!("{} [line continues]", crate::text::escape_line(&part)));
+            lines.push(format!(
+                "{} [line continues]",
+                crate::text::escape_line_max(&part, max)
+            ));
         }
     }
 }
@@ -192,6 +207,8 @@ impl Pipe {
 /// A live worker process as the executor tracks it.
 struct Handle {
     slot: u32,
+    /// issue 10: its worker id (for JSON log lines of its output).
+    id: u64,
     cell: u32,
     pipes: Vec<Pipe>,
 }
@@ -414,6 +431,7 @@ impl<'h, O: Os> Supervisor<'h, O> {
             }
             self.update_sd_status();
             self.wait_and_dispatch();
+            crate::logging::flush_stream(); // issue 10
             let now = self.os.now();
             self.core.handle(now, Event::Tick);
             self.strays.tick(now);
@@ -486,6 +504,8 @@ impl<'h, O: Os> Supervisor<'h, O> {
                 .and_then(crate::metrics::Server::next_deadline),
             self.muted.first().map(|(t, _)| *t),
             self.watchdog.map(|w| w.1),
+            // issue 10: a stream that took only part of a line.
+            crate::logging::stream_retry_in().map(|d| self.os.now() + d),
         ]
         .into_iter()
         .flatten()
@@ -730,6 +750,7 @@ impl<'h, O: Os> Supervisor<'h, O> {
                         Stream::Stdout => "output",
                         Stream::Stderr => "error output",
                         Stream::Notify => "notify lines",
+                        Stream::Relay => "log lines",
                     },
                     FLOW_WINDOW.as_millis()
                 );
@@ -762,14 +783,16 @@ impl<'h, O: Os> Supervisor<'h, O> {
                     self.core.handle(now, Event::Notify { pid, line, jobs });
                 }
             }
-            Stream::Stderr => {
+            // issue 10: as the worker's own (JSON: its role, pid and id).
+            Stream::Stderr | Stream::Stdout => {
+                let (id, stderr) = (h.id, stream == Stream::Stderr);
                 for l in &lines {
-                    warn!("worker {slot} stderr: {l}");
+                    crate::logging::output(slot, id, pid.as_raw() as u32, stderr, l);
                 }
             }
-            Stream::Stdout => {
+            Stream::Relay => {
                 for l in &lines {
-                    info!("worker {slot}: {l}");
+                    crate::logging::relay(l);
                 }
             }
         }
@@ -829,7 +852,13 @@ impl<'h, O: Os> Supervisor<'h, O> {
             Action::Signal { pid, group, signal } => {
                 if let Some(h) = self.workers.get(&pid) {
                     if signal == self.config.workers.stop_signal {
-                        self.board.cell(h.cell).set(Activity::Stopping);
+                        let cell = self.board.cell(h.cell);
+                        // issue 10: a job in hand stays visible (busy,
+                        // and since when) for the core, which says so if
+                        // the worker must be killed at stop_timeout.
+                        if cell.activity() != Activity::Busy {
+                            cell.set(Activity::Stopping);
+                        }
                     }
                     self.os.signal(pid, group, signal);
                 }
@@ -972,6 +1001,10 @@ impl<'h, O: Os> Supervisor<'h, O> {
         if let Some(m) = &self.metrics {
             close.extend(m.client_fds()); // issue 12
         }
+        // (Other workers' output pipes are not closed in a forked worker:
+        // read ends only, so they keep no pipe from reaching EOF, and
+        // closing thousands of them in every new worker would cost more
+        // than it guards against.)
         let cx = SpawnContext {
             slot: order.slot,
             id: order.id,
@@ -993,7 +1026,8 @@ impl<'h, O: Os> Supervisor<'h, O> {
                     .output
                     .into_iter()
                     .map(|(fd, stderr)| (fd, if stderr { Stream::Stderr } else { Stream::Stdout }))
-                    .chain(sp.notify.map(|fd| (fd, Stream::Notify)));
+                    .chain(sp.notify.map(|fd| (fd, Stream::Notify)))
+                    .chain(sp.relay.map(|fd| (fd, Stream::Relay)));
                 for (fd, stream) in streams {
                     let token = self.next_token;
                     self.next_token += 1;
@@ -1016,6 +1050,7 @@ impl<'h, O: Os> Supervisor<'h, O> {
                     sp.pid,
                     Handle {
                         slot: order.slot,
+                        id: order.id,
                         cell,
                         pipes,
                     },
@@ -1383,6 +1418,7 @@ impl<'h, O: Os> Supervisor<'h, O> {
         let input = loaded.map(|new| {
             let plan = core::reload::plan(&self.config, &new);
             crate::logging::set_level(new.daemon.loglevel);
+            crate::logging::set_format(new.daemon.log_format); // issue 10
             let workers = Box::new(new.workers.clone());
             self.config = new;
             (workers, plan)
@@ -1440,6 +1476,7 @@ mod tests {
                 pid: Pid::from_raw(self.1),
                 output: Vec::new(),
                 notify: None,
+                relay: None,
                 ready_at_spawn: true,
             })
         }

@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use toml::de::{DeTable, ValueDeserializer};
 
 use crate::limits::{ParentNofile, Rlimit};
-use crate::logging::Level;
+use crate::logging::{Level, LogFormat};
 pub use dotenv::EnvFile;
 use origin::Origin;
 pub use problem::{ConfigError, ConfigErrorKind, Problem};
@@ -115,6 +115,8 @@ pub struct DaemonConfig {
     pub logfile: Option<PathBuf>,
     /// The most verbose level written.
     pub loglevel: Level,
+    /// How each line is written: text or JSON (issue 10).
+    pub log_format: LogFormat,
     /// Account to switch to after the privileged setup.
     pub user: Option<String>,
     /// Group to switch to (defaults to the user's primary group).
@@ -333,6 +335,7 @@ impl Config {
                 pidfile,
                 logfile: Some(logfile),
                 loglevel: Level::Info,
+                log_format: LogFormat::Text,
                 user: None,
                 group: None,
                 umask: 0o022,
@@ -635,6 +638,7 @@ impl Config {
             None => out.push_str("logfile = \"-\"\n"),
         }
         out.push_str(&format!("loglevel = {}\n", q(d.loglevel.name())));
+        out.push_str(&format!("log_format = {}\n", q(d.log_format.name())));
         if let Some(u) = &d.user {
             out.push_str(&format!("user = {}\n", q(u)));
         }
@@ -969,6 +973,24 @@ mod tests {
                 "/etc/demo.toml:2:1: workers.count: 0 is out of range (expected 1 to 4096)",
                 "/etc/demo.toml:3:1: workers.stop_signal: unknown signal \"NOPE\" (expected a name like \"TERM\" or \"SIGINT\")",
             ]
+        );
+    }
+
+    #[test]
+    fn log_format_is_text_or_json_and_a_wrong_one_is_located() {
+        assert_eq!(parse("").unwrap().daemon.log_format, LogFormat::Text);
+        let c = parse("[daemon]\nlog_format = \"json\"\n").unwrap();
+        assert_eq!(c.daemon.log_format, LogFormat::Json);
+        let e = parse("[daemon]\nloglevel = \"info\"\nlog_format = \"xml\"\n").unwrap_err();
+        let p = &e.problems[0];
+        assert_eq!(
+            (p.line, p.key.as_deref()),
+            (Some(3), Some("daemon.log_format")),
+            "{e}"
+        );
+        assert!(
+            p.to_string().contains("text") && p.to_string().contains("json"),
+            "{e}"
         );
     }
 

@@ -393,6 +393,9 @@ pub(super) fn build(v: &mut Validator<'_, '_>, name: &str, base: &Path) -> Confi
             ),
         }
     }
+    if let Some(f) = v.get("daemon.log_format") {
+        c.daemon.log_format = f;
+    }
     if let Some(u) = v.get::<String>("daemon.user") {
         match nix::unistd::User::from_name(&u) {
             Ok(Some(_)) => c.daemon.user = Some(u),

@@ -468,6 +468,9 @@ struct Proc {
     jobs: u64,
     /// The job (its start, monotonic ms) already logged as slow.
     slow_logged: Option<u64>,
+    /// issue 10: the sample taken as it was killed at `stop_timeout` has
+    /// been looked at (for a job in hand).
+    kill_sampled: bool,
     init_error: Option<String>,
     /// issue 12: why it was asked to stop (the first reason wins).
     stopped_for: Option<&'static str>,
@@ -711,6 +714,7 @@ impl Core {
             speaks_notify: false,
             jobs: 0,
             slow_logged: None,
+            kill_sampled: false,
             init_error: None,
             stopped_for: None,
             // A Rust worker reads the flag the executor set in its cell
@@ -1159,6 +1163,9 @@ impl Core {
                     humantime::format_duration(self.cfg.stop_timeout)
                 ),
             );
+            // issue 10: a fresh sample before the kill, so that a job in
+            // hand is said (see `killed_with_a_job`).
+            self.out.push(Action::Probe { rss: false });
             self.out.push(Action::Kill { pid, group });
             return true;
         }
@@ -1221,7 +1228,34 @@ impl Core {
 
     // -- health -------------------------------------------------------------
 
+    /// issue 10: a worker killed at `stop_timeout` while busy lost the job
+    /// in hand: said at warning, with how long it had run (from the sample
+    /// [`Core::kill_due`] asked for just before the kill).
+    fn killed_with_a_job(&mut self, samples: &[(Pid, Sample)]) {
+        for (pid, sample) in samples {
+            let Some(p) = self.procs.get_mut(pid) else {
+                continue;
+            };
+            if !matches!(p.phase, Phase::Stopping { killed: true, .. }) || p.kill_sampled {
+                continue;
+            }
+            p.kill_sampled = true;
+            if let Some((ran, _)) = sample.busy {
+                let slot = p.slot;
+                self.log(
+                    Level::WARN,
+                    format!(
+                        "worker {slot} (pid {pid}) killed at stop_timeout ({}) with a job in hand: the job had run for {}",
+                        humantime::format_duration(self.cfg.stop_timeout),
+                        round_ms(ran)
+                    ),
+                );
+            }
+        }
+    }
+
     fn judge(&mut self, samples: &[(Pid, Sample)], now: Instant) {
+        self.killed_with_a_job(samples);
         if self.is_stopping() {
             return;
         }

@@ -158,6 +158,7 @@ pub(crate) fn plan(old: &Config, new: &Config) -> Plan {
         pidfile,
         logfile,
         loglevel,
+        log_format,
         user,
         group,
         umask,
@@ -180,6 +181,9 @@ pub(crate) fn plan(old: &Config, new: &Config) -> Plan {
     dcmp!(replace, loglevel);
     // issue 12: read by the parent each time it runs one.
     dcmp!(live, on_event, on_event_timeout);
+    // issue 10: the parent's lines change at once; a worker's format is
+    // set when it starts.
+    dcmp!(replace, log_format);
     dcmp!(
         restart,
         name,

@@ -388,6 +388,53 @@ fn stop_signals_everyone_then_kills_at_the_deadline() {
 }
 
 #[test]
+fn a_worker_killed_at_stop_timeout_with_a_job_in_hand_is_a_warning_with_the_job_s_age() {
+    let mut c = cfg(2);
+    c.stop_timeout = Duration::from_secs(10);
+    let mut s = Sim::new(c);
+    s.ready_all();
+    let pids: Vec<Pid> = s.core.processes().iter().map(|p| p.pid).collect();
+    s.ev(Event::Stop("received SIGTERM".into()));
+    s.core.take_actions();
+    s.now += Duration::from_secs(10);
+    s.ev(Event::Tick);
+    let acts = s.core.take_actions();
+    // The sample comes first, so the job is judged while the worker lives.
+    let probe = acts.iter().position(|a| matches!(a, Action::Probe { .. }));
+    let kill = acts.iter().position(|a| matches!(a, Action::Kill { .. }));
+    assert!(probe.is_some() && probe < kill, "{acts:?}");
+    let busy = Sample {
+        busy: Some((Duration::from_millis(12_300), 1000)),
+        ..Sample::default()
+    };
+    s.ev(Event::Samples(vec![
+        (pids[0], busy),
+        (pids[1], Sample::default()),
+    ]));
+    let warned: Vec<String> = s
+        .core
+        .take_actions()
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Log(Level::WARN, t) if t.contains("job in hand") => Some(t),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(warned.len(), 1, "only the busy one: {warned:?}");
+    assert!(
+        warned[0].starts_with(&format!("worker 1 (pid {}) killed at stop_timeout (10s) with a job in hand: the job had run for 12s 300ms", pids[0])),
+        "{warned:?}"
+    );
+    // Said once, whatever samples follow.
+    s.ev(Event::Samples(vec![(pids[0], busy)]));
+    assert!(!s
+        .core
+        .take_actions()
+        .iter()
+        .any(|a| matches!(a, Action::Log(_, t) if t.contains("job in hand"))));
+}
+
+#[test]
 fn recycling_starts_the_replacement_before_stopping_the_old_worker() {
     let mut s = Sim::new(cfg(1));
     s.ready_all();

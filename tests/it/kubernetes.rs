@@ -113,7 +113,13 @@ fn kubernetes_manifests_match_what_the_daemon_serves() {
         Some("backlog"),
         "KEDA sizes the pods: the pool's own backlog mode must stay off"
     );
-    assert_eq!(cfg["daemon"]["logfile"].as_str(), Some("-"), "logs to stderr");
+    // issue 10: JSON lines on the container's stdout.
+    assert_eq!(
+        cfg["daemon"]["logfile"].as_str(),
+        Some("/dev/stdout"),
+        "logs to stdout"
+    );
+    assert_eq!(cfg["daemon"]["log_format"].as_str(), Some("json"), "logs JSON");
 
     // The image: the config it copies, the command it runs.
     let dockerfile = read("Dockerfile");
@@ -337,7 +343,7 @@ fn kubernetes_pid1_in_a_pid_namespace_reaps_everything_and_stops_on_sigterm() {
     fs::write(
         &cfg,
         format!(
-            "[daemon]\nname = \"rookery\"\npidfile = \"{}\"\nlogfile = \"-\"\nloglevel = \"debug\"\n\n\
+            "[daemon]\nname = \"rookery\"\npidfile = \"{}\"\nlogfile = \"-\"\nloglevel = \"debug\"\nlog_format = \"json\"\n\n\
              [workers]\ncount = 2\nmin_uptime = \"300ms\"\nstop_timeout = \"10s\"\n\
              command = [\"sh\", \"-c\", '''{script}''']\n\n\
              [metrics]\nlisten = \"127.0.0.1:{port}\"\n",
@@ -455,4 +461,14 @@ fn kubernetes_pid1_in_a_pid_namespace_reaps_everything_and_stops_on_sigterm() {
     let left: Vec<i32> = seen.into_iter().filter(|p| alive(*p)).collect();
     assert!(left.is_empty(), "processes of the namespace left: {left:?}");
     ns.init = None;
+    // issue 10: what the container runtime collects is JSON, line by line.
+    let text = log_text();
+    let mut roles = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line:?}"));
+        assert!(v["timestamp"].is_string() && v["level"].is_string() && v["message"].is_string());
+        roles.insert(v["role"].as_str().unwrap_or_default().to_string());
+    }
+    assert!(roles.contains("parent"), "{text}");
 }

@@ -20,6 +20,7 @@ mod health;
 mod kubernetes;
 mod lifecycle;
 mod limits;
+mod logging;
 mod metrics;
 mod never_stalls;
 mod observe;
