@@ -22,7 +22,7 @@ use super::Out;
 
 /// Bytes kept for a stream that cannot take them now (a stalled reader);
 /// past that, lines are dropped and counted.
-pub(crate) const PENDING_MAX: usize = 4 << 20;
+pub(crate) const PENDING_MAX: usize = 1 << 20;
 
 /// The parent's stream.
 pub(crate) struct Console {
