@@ -329,6 +329,7 @@ impl<W: Worker> Context<W> {
     /// or stop without spinning, beating so it is never taken for hung.
     fn hold(&mut self) {
         self.cell.set(Activity::Paused);
+        self.refresh_title(false);
         debug!("paused: taking no new job until resumed");
         let h = self.config.workers.heartbeat_timeout;
         // Often enough for the heartbeat check; at least once a second
@@ -342,6 +343,7 @@ impl<W: Worker> Context<W> {
         if self.gate.wait(&self.stop, period, || cell.beat()) {
             debug!("resumed");
             self.cell.set(Activity::Idle);
+            self.refresh_title(false);
         }
     }
 
@@ -390,11 +392,14 @@ impl<W: Worker> Context<W> {
             self.title_head = titles::worker_title_head(&self.name, self.slot, self.started, self.rss);
         }
         let busy = self.cell.activity() == Activity::Busy;
-        titles::set(&titles::worker_title_from_head(
-            &self.title_head,
-            self.cell.jobs(),
-            busy,
-        ));
+        let title = titles::worker_title_from_head(&self.title_head, self.cell.jobs(), busy);
+        if self.cell.activity() == Activity::Paused {
+            // issue 11: `ps` shows it waiting for `resume`.
+            let head = title.strip_suffix(" idle").unwrap_or(&title);
+            titles::set(&format!("{head} paused"));
+        } else {
+            titles::set(&title);
+        }
     }
 }
 

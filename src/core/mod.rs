@@ -567,6 +567,10 @@ pub(crate) struct Core {
     backlog: backlog::State,
     /// Whether the pool takes new jobs (`pause` / `resume`).
     intake: Intake,
+    /// When the pool was last resumed: idleness counts from there at most
+    /// (a command that said `idle` before the pause is not idle for as
+    /// long as the pause lasted).
+    resumed: Option<Instant>,
 }
 
 /// `now + d`, or far in the future when that does not fit an `Instant`.
@@ -620,6 +624,7 @@ impl Core {
             counters: Counters::default(),
             backlog: backlog::State::default(),
             intake: Intake::Open,
+            resumed: None,
         }
     }
 
@@ -1314,7 +1319,8 @@ impl Core {
                         Some(health::Verdict::Recycle(why)) => self.recycle(*pid, why),
                         None => {
                             if let Some(d) = sample.idle_for {
-                                idle.push((slot, d));
+                                let since_resume = self.resumed.map(|t| now.saturating_duration_since(t));
+                                idle.push((slot, since_resume.map_or(d, |r| d.min(r))));
                             }
                         }
                     }
@@ -1748,6 +1754,7 @@ impl Core {
             return Ok("not paused".into());
         };
         self.intake = Intake::Open;
+        self.resumed = Some(now);
         self.backlog.restart_cooldown();
         if self.kind == Kind::Forked {
             self.out.push(Action::Intake { paused: false });

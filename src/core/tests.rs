@@ -1201,6 +1201,14 @@ fn paused_idleness_neither_shrinks_nor_grows_the_dynamic_pool() {
     s.run();
     s.ev(Event::Samples(vec![(a, idle), (b, idle)]));
     s.run();
+    assert_eq!(
+        s.core.size(),
+        2,
+        "idleness counts from the resume (a command's `idle` came before the pause)"
+    );
+    s.now += Duration::from_secs(5);
+    s.ev(Event::Samples(vec![(a, idle), (b, idle)]));
+    s.run();
     assert_eq!(s.core.size(), 1, "open again: the policy applies");
 }
 

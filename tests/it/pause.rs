@@ -292,6 +292,10 @@ fn a_paused_pool_stops_at_once() {
     let workers = d.wait_workers(parent, 3);
     ok(&d, &["pause"]);
     wait_all_paused(&d, 3);
+    for w in &workers {
+        let title = cmdline(*w);
+        assert!(title.ends_with(" paused"), "ps shows it paused: {title:?}");
+    }
     let t = Instant::now();
     ok(&d, &["stop"]);
     let took = t.elapsed();
