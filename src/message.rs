@@ -81,6 +81,9 @@ pub(crate) enum NotifyLine {
     Done,
     /// The queue's backlog as the command sees it (`backlog N`).
     Backlog(u64),
+    /// issue 11: paused (after `pause_signal`, once the job in hand is
+    /// done), until it says `idle` or `busy` again.
+    Paused,
 }
 
 impl NotifyLine {
@@ -92,6 +95,7 @@ impl NotifyLine {
             "busy" => NotifyLine::Busy,
             "idle" => NotifyLine::Idle,
             "done" => NotifyLine::Done,
+            "paused" => NotifyLine::Paused,
             other if busy_label(other).is_some() => NotifyLine::Busy,
             other => NotifyLine::Backlog(other.strip_prefix("backlog ")?.trim().parse().ok()?),
         })
@@ -107,6 +111,7 @@ impl NotifyLine {
             NotifyLine::Idle => "idle",
             NotifyLine::Done => "done",
             NotifyLine::Backlog(_) => "backlog",
+            NotifyLine::Paused => "paused",
         }
     }
 }
@@ -164,6 +169,7 @@ mod tests {
             NotifyLine::Busy,
             NotifyLine::Idle,
             NotifyLine::Done,
+            NotifyLine::Paused,
         ] {
             assert_eq!(NotifyLine::parse(&format!(" {} \r", l.word())), Some(l));
         }

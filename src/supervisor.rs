@@ -778,6 +778,7 @@ impl<'h, O: Os> Supervisor<'h, O> {
                             cell.set(Activity::Idle);
                         }
                         NotifyLine::Backlog(n) => cell.report_backlog(n),
+                        NotifyLine::Paused => cell.set(Activity::Paused), // issue 11
                     }
                     let jobs = cell.jobs();
                     self.core.handle(now, Event::Notify { pid, line, jobs });
@@ -942,6 +943,16 @@ impl<'h, O: Os> Supervisor<'h, O> {
                 let board = &self.board;
                 let cells = self.workers.values().map(|h| board.cell(h.cell));
                 self.intake.set(paused, cells);
+                if !paused {
+                    // A command that said `paused` waits for the resume
+                    // like any other: idle until it says otherwise.
+                    for h in self.workers.values() {
+                        let c = self.board.cell(h.cell);
+                        if c.activity() == Activity::Paused {
+                            c.set(Activity::Idle);
+                        }
+                    }
+                }
             }
             Action::Alert(a) => {
                 // issue 12: `on_event`, without waiting.

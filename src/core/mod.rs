@@ -247,7 +247,8 @@ pub(crate) enum Action {
     /// Forked workers: raise (`paused`) or lower the pause flag every live
     /// worker reads between two jobs, and wake the waiting ones; every
     /// worker spawned afterwards gets the flag as last set, before it is
-    /// forked (see [`intake`]).
+    /// forked (see [`intake`]). On resume, a command that said `paused`
+    /// counts as idle again.
     Intake {
         /// Whether the pool is now paused.
         paused: bool,
@@ -1711,6 +1712,7 @@ impl Core {
                 )
             }
             (Kind::Command, Some(signal)) => {
+                self.out.push(Action::Intake { paused: true });
                 let mut pids: Vec<Pid> = self.procs.keys().copied().collect();
                 pids.sort();
                 for pid in pids {
@@ -1756,9 +1758,7 @@ impl Core {
         self.intake = Intake::Open;
         self.resumed = Some(now);
         self.backlog.restart_cooldown();
-        if self.kind == Kind::Forked {
-            self.out.push(Action::Intake { paused: false });
-        }
+        self.out.push(Action::Intake { paused: false });
         let mut told: Vec<Pid> = self
             .procs
             .iter_mut()

@@ -1084,10 +1084,11 @@ fn commands_get_pause_signal_once_ready_and_resume_signal_if_paused() {
     sent.sort();
     assert_eq!(sent, [(b, Signal::SIGCONT), (a2, Signal::SIGCONT)]);
     assert!(
-        s.log
-            .iter()
-            .all(|a| matches!(a, Action::Signal { group: true, .. } | Action::Log(..))),
-        "to the process group, no flag: {:?}",
+        s.log.iter().all(|a| matches!(
+            a,
+            Action::Signal { group: true, .. } | Action::Log(..) | Action::Intake { paused: false }
+        )),
+        "to the process group: {:?}",
         s.log
     );
 }
@@ -1104,7 +1105,7 @@ fn commands_without_pause_signal_are_not_signalled() {
         matches!(&r, Some(Ok(m)) if m.contains("no workers.pause_signal")),
         "{r:?}"
     );
-    assert!(s.signals().is_empty() && intakes(&s).is_empty());
+    assert!(s.signals().is_empty() && intakes(&s).is_empty(), "{:?}", s.log);
     assert!(
         s.core.intake().is_paused(),
         "the pool is marked paused all the same"

@@ -346,7 +346,7 @@ fn commands_get_pause_signal_and_resume_signal() {
     let script = d.dir.path().join("w.sh");
     std::fs::write(
         &script,
-        "trap 'echo \"paused $$\" >> \"$SIGNALS\"' TSTP\n\
+        "trap 'echo \"paused $$\" >> \"$SIGNALS\"; echo paused >&3' TSTP\n\
          trap 'echo \"resumed $$\" >> \"$SIGNALS\"' CONT\n\
          echo ready >&3\n\
          while :; do sleep 0.2 & wait $!; done\n",
@@ -373,6 +373,22 @@ fn commands_get_pause_signal_and_resume_signal() {
     );
     let s = wait_all_paused(&d, 2);
     assert!(s["paused_for_secs"].is_number());
+    // They said `paused` on their notify descriptor.
+    let activities = |s: &Value| -> Vec<String> {
+        s["workers"]
+            .as_array()
+            .map(|w| {
+                w.iter()
+                    .map(|w| w["activity"].as_str().unwrap_or("").to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert!(
+        wait_until(DEADLINE, || activities(&status(&d)) == ["paused", "paused"]),
+        "{:?}",
+        activities(&status(&d))
+    );
     // Killed while paused: the new command is told once it is ready.
     let _ = std::process::Command::new("kill")
         .args(["-9", "--", &format!("-{}", workers[0])])
@@ -389,6 +405,11 @@ fn commands_get_pause_signal_and_resume_signal() {
     assert!(!lines().contains("resumed"), "{}", lines());
     let said = ok(&d, &["resume"]);
     assert!(said.contains("resumed after"), "{said}");
+    let s = status(&d);
+    assert!(
+        !activities(&s).iter().any(|a| a == "paused") && paused_workers(&s).is_empty(),
+        "resumed commands are no longer shown paused: {s}"
+    );
     for w in [workers[1], fresh] {
         assert!(
             wait_until(DEADLINE, || lines().contains(&format!("resumed {w}\n"))),
