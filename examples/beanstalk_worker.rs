@@ -37,7 +37,6 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
 use rookery::{BoxError, Context, Step, Worker};
 use rookery_queues::beanstalk::{self, Client, Job};
 use serde::Deserialize;
@@ -58,15 +57,15 @@ struct Settings {
     tube: String,
     /// How long one `reserve` waits for a job (whole seconds): the longest
     /// an idle worker takes to notice a stop request.
-    #[serde(with = "queue_job::duration")]
+    #[serde(with = "rookery::humantime")]
     reserve_timeout: Duration,
     /// How long a job released after a transient error waits before it is
     /// ready again.
-    #[serde(with = "queue_job::duration")]
+    #[serde(with = "rookery::humantime")]
     release_delay: Duration,
     /// Extra time each job takes after hashing (simulated slow work; keep
     /// it well under the jobs' TTR).
-    #[serde(with = "queue_job::duration")]
+    #[serde(with = "rookery::humantime")]
     job_time: Duration,
     /// Where each worker process appends its results (`<pid>.tsv`).
     results_dir: PathBuf,
@@ -293,10 +292,8 @@ fn bare(config: Option<&Path>, run_for: Duration) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    if let Ok(cli) = rookery::cli::Cli::<Args>::try_parse() {
-        if let Some(run_for) = cli.app.bare {
-            return bare(cli.config.as_deref(), run_for);
-        }
+    if let Some((config, run_for)) = queue_job::bare_args() {
+        return bare(config.as_deref(), run_for);
     }
     rookery::Daemon::<BeanstalkWorker>::new("beanstalk_worker")
         .version(env!("CARGO_PKG_VERSION"))

@@ -25,11 +25,11 @@ struct Settings {
     /// Name of the simulated queue the jobs come from.
     queue: String,
     /// How often a job arrives for each worker.
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "rookery::humantime")]
     job_interval: Duration,
     /// How long one job takes (the worker is busy, and finishes it even
     /// when asked to stop).
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "rookery::humantime")]
     job_time: Duration,
     /// Make `init` fail (to see how a failed start is reported).
     fail_init: bool,
@@ -43,17 +43,6 @@ impl Default for Settings {
             job_time: Duration::from_millis(100),
             fail_init: false,
         }
-    }
-}
-
-/// Humantime strings ("250ms") for Duration fields.
-mod humantime_serde_compat {
-    use serde::{Deserialize, Deserializer};
-    use std::time::Duration;
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map_err(serde::de::Error::custom)
     }
 }
 

@@ -69,7 +69,6 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
 use redis::{Connection, RedisResult};
 use rookery::{BoxError, Context, Step, Worker};
 use serde::Deserialize;
@@ -90,10 +89,10 @@ struct Settings {
     queue: String,
     /// How long one `BLMOVE` waits for a job: the longest an idle worker
     /// takes to notice a stop request.
-    #[serde(with = "queue_job::duration")]
+    #[serde(with = "rookery::humantime")]
     block_timeout: Duration,
     /// Extra time each job takes after hashing (simulated slow work).
-    #[serde(with = "queue_job::duration")]
+    #[serde(with = "rookery::humantime")]
     job_time: Duration,
     /// Where each worker process appends its results (`<pid>.tsv`).
     results_dir: PathBuf,
@@ -345,7 +344,7 @@ fn owner(list: &str, host_prefix: &str) -> Option<(i32, u64)> {
 /// The start time of a live (not zombie) process, in clock ticks after
 /// boot (`/proc/<pid>/stat` field 22); `None` if there is no such process.
 fn start_time(pid: i32) -> Option<u64> {
-    let stat = rookery::procfs::stat(rookery::procfs::Pid::from_raw(pid))?;
+    let stat = rookery_queues::procfs::stat(rookery_queues::procfs::Pid::from_raw(pid))?;
     (!stat.state.exited()).then_some(stat.starttime)
 }
 
@@ -433,10 +432,8 @@ fn bare(config: Option<&Path>, run_for: Duration) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    if let Ok(cli) = rookery::cli::Cli::<Args>::try_parse() {
-        if let Some(run_for) = cli.app.bare {
-            return bare(cli.config.as_deref(), run_for);
-        }
+    if let Some((config, run_for)) = queue_job::bare_args() {
+        return bare(config.as_deref(), run_for);
     }
     rookery::Daemon::<RedisWorker>::new("redis_worker")
         .version(env!("CARGO_PKG_VERSION"))

@@ -217,7 +217,7 @@ struct TestHooks {
 }
 
 impl rookery::Hooks for TestHooks {
-    fn on_start(&mut self, config: &rookery::config::Config) -> Result<(), BoxError> {
+    fn on_start(&mut self, config: &rookery::Config) -> Result<(), BoxError> {
         if let Some(path) = config.app::<Settings>()?.hook_file {
             let file = std::fs::File::open(path)?;
             // std opens with O_CLOEXEC; a descriptor meant for workers to

@@ -32,14 +32,14 @@ fn main() -> ExitCode {
     }
 
     let check = std::env::var("TITLEDEMO_CHECK").ok();
-    rookery::titles::init();
+    rookery_testkit::titles::init();
     let title = std::env::var("TITLEDEMO_TITLE")
         .ok()
         .or_else(|| args.get(1).map(|a| a.to_string_lossy().into_owned()))
         .unwrap_or_else(|| "titledemo".to_owned());
-    rookery::titles::set(&title);
+    rookery_testkit::titles::set(&title);
     if let Ok(comm) = std::env::var("TITLEDEMO_COMM") {
-        rookery::titles::set_comm(&comm);
+        rookery_testkit::titles::set_comm(&comm);
     }
 
     let env_ok = check.is_some() && std::env::var("TITLEDEMO_CHECK").ok() == check;

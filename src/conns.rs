@@ -143,11 +143,13 @@ impl<S: Socket> Conns<S> {
     }
 
     /// Whether `token` names an open connection.
+    #[cfg(test)]
     pub(crate) fn owns(&self, token: u64) -> bool {
         self.conns.contains_key(&token)
     }
 
     /// Open connections.
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.conns.len()
     }

@@ -322,11 +322,6 @@ impl Server {
         self.conns.is_writing(token)
     }
 
-    /// Whether `token` names one of this server's connections.
-    pub fn owns(&self, token: u64) -> bool {
-        self.conns.owns(token)
-    }
-
     /// Reads what the connection has (without blocking): a request is one
     /// JSON line of at most [`MAX_REQUEST`] bytes.
     pub fn readable(&mut self, token: u64) -> Incoming {
@@ -363,11 +358,6 @@ impl Server {
     /// The earliest connection deadline, if any connection is open.
     pub fn next_deadline(&self) -> Option<Instant> {
         self.conns.next_deadline()
-    }
-
-    /// Open connections.
-    pub fn clients(&self) -> usize {
-        self.conns.len()
     }
 }
 

@@ -84,7 +84,7 @@
 //! around it (the supervisor) only turns what happens into events and
 //! carries out the actions, through a small OS seam that a fake replaces in
 //! its unit tests. Workers publish heartbeats, job counts
-//! and busy/idle state in a shared memory [`scoreboard`] with plain atomic
+//! and busy/idle state in a shared memory scoreboard with plain atomic
 //! stores: no system call per job.
 //!
 //! Each worker asks the kernel for its stop signal when the parent dies
@@ -96,57 +96,73 @@
 //! commands, which have no such backstop, are watched by a small guard
 //! process the parent forks: if the parent dies, the guard stops their
 //! process groups (SIGKILL after `stop_timeout`) before it releases the
-//! pidfile lock it inherited. Processes are read through [`procfs`].
+//! pidfile lock it inherited. Processes are read from `/proc`.
 //!
 //! Only [`sys`](crate) contains `unsafe` code; the rest of the crate
 //! denies it.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+// Every module is private: the public API is the re-exports below, what
+// a daemon author writes (issue 10: at most 40 items on `cargo doc`'s "all
+// items" page, checked by scripts/api-items). The pool state machine, the
+// scoreboard, daemonizing, signal setup, /proc and the control protocol
+// are the framework's business.
 #[cfg(feature = "tokio")]
 mod async_worker;
-pub mod cli;
+mod cli;
 mod client;
-pub mod config;
+mod config;
 mod conns;
-pub mod control;
+mod control;
 mod core;
 mod daemon;
-pub mod daemonize;
+mod daemonize;
 mod events;
-pub mod exit;
-pub mod generate;
+mod exit;
+mod generate;
 mod guard;
-pub mod hooks;
+mod hooks;
+pub mod humantime;
 mod intake;
-pub mod limits;
-pub mod logging;
+mod limits;
+mod logging;
 mod message;
 mod metrics;
-pub mod notify;
-pub mod pidfile;
-pub mod privileges;
-pub mod procfs;
-pub mod scoreboard;
-pub mod signals;
+mod notify;
+mod pidfile;
+mod privileges;
+mod procfs;
+mod scoreboard;
+mod signals;
 mod spawn;
-pub mod start_error;
+mod start_error;
 mod strays;
 mod supervisor;
 mod sys;
-pub mod text;
-pub mod titles;
+mod text;
+mod titles;
 mod watch;
-pub mod worker;
+mod worker;
 
 pub use crate::core::{ExitStatus, WorkerExit};
 #[cfg(feature = "tokio")]
 pub use async_worker::{AsyncWorker, JobReporter, StopHandle};
 pub use cli::NoArgs;
+pub use config::{Config, ConfigError};
 pub use daemon::{run, Daemon};
 pub use hooks::{Hooks, NoHooks};
-pub use worker::{BoxError, Context, NoSettings, Step, Worker};
+pub use worker::{error_chain, BoxError, Context, NoSettings, Step, Worker};
+
+// The versions of the crates the API is written in: `Worker::Args` is a
+// `clap::Args`, `Worker::Settings` a `serde::Deserialize`, the log is
+// written through `tracing`, and a `WorkerExit` holds `nix`'s `Pid` and
+// `Signal`. Use these, and a version mismatch cannot happen.
+pub use clap;
+pub use nix;
+pub use serde;
+pub use tracing;
 
 /// A commented config file listing every key with its default
 /// (`mydaemon sample-config`).
-pub const SAMPLE_CONFIG: &str = include_str!("sample.toml");
+pub(crate) const SAMPLE_CONFIG: &str = include_str!("sample.toml");

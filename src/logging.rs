@@ -695,25 +695,14 @@ pub fn set_role(role: &str) {
     }
 }
 
-/// Turns copying lines to stderr on or off (it stays on without a file).
-pub fn set_console(on: bool) {
-    let mut s = lock();
-    s.console = on || s.file.is_none();
-    open_console(&mut s);
-}
-
 fn open_console(s: &mut Sink) {
     if s.console && s.stream.is_none() {
         s.stream = open_stream(2).ok().map(stream::Console::new);
     }
 }
 
-/// Asks for the log file to be reopened before the next line is written.
-pub fn request_reopen() {
-    reopen_flag().store(true, Ordering::SeqCst);
-}
-
-/// The flag behind [`request_reopen`], for `signal_hook::flag::register`:
+/// The flag that asks for the log file to be reopened before the next
+/// line is written, for `signal_hook::flag::register`:
 /// a signal handler sets it, the next line written reopens the file. (A
 /// worker keeps this for a SIGUSR1 sent to it by hand; the parent no
 /// longer signals workers to reopen, see [`reopen_everywhere`].)

@@ -169,9 +169,12 @@ pub struct Pidfile {
     /// and writes the pid. Workers close it ([`parent_only_fds`]).
     file: File,
     /// Read-only, inherited by forked workers and the guard process: holds
-    /// the pool's lock (byte 1).
+    /// the pool's lock (byte 1). Held for that lock alone.
+    #[cfg_attr(not(test), allow(dead_code))]
     pool: File,
     /// `None` when another user squatted the name (see the module doc).
+    /// Held for its bound name alone.
+    #[allow(dead_code)]
     guard: Option<UnixDatagram>,
 }
 
@@ -578,33 +581,17 @@ fn look(path: &Path, name: &str) -> io::Result<Option<Holder>> {
 }
 
 impl Pidfile {
-    /// The path.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// The read-only descriptor that holds the pool's lock: forked workers
     /// inherit it (code that closes inherited descriptors must spare it).
+    #[cfg(test)]
     pub fn pool_fd(&self) -> RawFd {
         self.pool.as_raw_fd()
     }
 
     /// The descriptors workers must not keep (see [`parent_only_fds`]).
+    #[cfg(test)]
     pub fn parent_only_fds(&self) -> Vec<RawFd> {
         vec![self.file.as_raw_fd()]
-    }
-
-    /// The instance guard's descriptor, unless its name was squatted. Like
-    /// [`Pidfile::pool_fd`], forked workers must keep it open; it is
-    /// close-on-exec, so commands never get it.
-    pub fn guard_fd(&self) -> Option<RawFd> {
-        self.guard.as_ref().map(AsRawFd::as_raw_fd)
-    }
-
-    /// Gives the file to the account the daemon switches to.
-    pub fn chown(&self, uid: nix::unistd::Uid, gid: nix::unistd::Gid) -> io::Result<()> {
-        nix::unistd::fchown(&self.file, Some(uid), Some(gid))?;
-        Ok(())
     }
 
     /// Removes the file (if it is still ours), then releases the locks and

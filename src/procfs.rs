@@ -15,6 +15,10 @@
 //! `None` (or an empty list) when the process is gone or `/proc` is not
 //! mounted: a process may exit between any two reads.
 
+// Also compiled into the test kit (crates/testkit), where the tests and
+// the bench use what the library does not.
+#![allow(dead_code)]
+
 use std::fs;
 use std::path::PathBuf;
 use std::str::FromStr;

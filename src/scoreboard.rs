@@ -249,10 +249,6 @@ impl Cell {
     pub(crate) fn paused(&self) -> bool {
         self.paused.load(Ordering::SeqCst) != 0
     }
-    /// The pid that holds the cell (0: free).
-    pub fn pid(&self) -> i32 {
-        self.pid.load(Ordering::Relaxed) as i32
-    }
 }
 
 /// All the cells, with a free list kept by the parent.

@@ -107,6 +107,7 @@ impl StopSignal {
     }
 
     /// Requests a stop from inside the worker.
+    #[cfg(test)]
     pub fn request(&self) {
         self.flag.store(true, Ordering::SeqCst);
     }

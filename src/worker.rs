@@ -279,7 +279,7 @@ impl<W: Worker> Context<W> {
     /// parent shows it in `status` (`job`) and in the lines it logs about
     /// the job (`slow_job`, `job_timeout`, a hang). The label goes to the
     /// shared scoreboard with plain memory writes (no system call); at most
-    /// [`crate::scoreboard::LABEL_MAX`] bytes are kept.
+    /// 112 bytes are kept (the scoreboard's `LABEL_MAX`).
     pub fn begin_job_labeled(&mut self, label: &str) {
         self.cell
             .set_label(Some(&crate::scoreboard::JobLabel::new(label)));

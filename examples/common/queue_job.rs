@@ -157,17 +157,24 @@ impl Results {
     }
 }
 
-/// Humantime strings ("250ms", "2s") for `Duration` fields of settings:
-/// `#[serde(with = "queue_job::duration")]`.
-pub mod duration {
-    use serde::{Deserialize, Deserializer};
-    use std::time::Duration;
+/// The command line of a bare run: `NAME -c FILE --bare DURATION` (the
+/// benchmark's baseline: the consumer loop alone, without rookery).
+#[derive(Debug, clap::Parser)]
+struct BareArgs {
+    /// The daemon's config file: its `[app]` table is read.
+    #[arg(short = 'c', long)]
+    config: Option<PathBuf>,
+    /// How long to consume.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    bare: std::time::Duration,
+}
 
-    /// Parses a humantime string.
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map_err(serde::de::Error::custom)
-    }
+/// `Some((config, run_for))` when the command line is a bare run's, else
+/// `None` (the daemon's own command line, for rookery to parse).
+pub fn bare_args() -> Option<(Option<PathBuf>, std::time::Duration)> {
+    use clap::Parser;
+    let args = BareArgs::try_parse().ok()?;
+    Some((args.config, args.bare))
 }
 
 /// What a bare consumer loop (no rookery) did, printed for the benchmark
@@ -193,8 +200,7 @@ pub fn run_bare<S: serde::de::DeserializeOwned, C>(
     mut one: impl FnMut(&mut C) -> Result<bool, rookery::BoxError>,
     finish: impl FnOnce(C) -> Result<(), rookery::BoxError>,
 ) -> std::process::ExitCode {
-    let overrides = rookery::config::Overrides::default();
-    let settings = rookery::config::Config::load(name, config, &overrides).and_then(|c| c.app::<S>());
+    let settings = rookery::Config::read(name, config).and_then(|c| c.app::<S>());
     let result = settings.map_err(rookery::BoxError::from).and_then(|s| {
         let mut consumer = connect(&s)?;
         let start = std::time::Instant::now();
@@ -214,7 +220,7 @@ pub fn run_bare<S: serde::de::DeserializeOwned, C>(
             std::process::ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("{name}: {}", rookery::worker::error_chain(&*e));
+            eprintln!("{name}: {}", rookery::error_chain(&*e));
             std::process::ExitCode::FAILURE
         }
     }

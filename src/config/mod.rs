@@ -1,7 +1,7 @@
 //! The daemon's TOML configuration: reading, validation and defaults.
 //!
 //! A config file is read with a size limit and only if it is a regular
-//! file (at most [`MAX_CONFIG_BYTES`]), parsed leniently into toml's spanned tables, then
+//! file (at most [`source::MAX_CONFIG_BYTES`]), parsed leniently into toml's spanned tables, then
 //! every key is read, typed and checked on its own: all the
 //! problems of a file are found at once, unknown keys included (with the
 //! nearest known key suggested for a typo). Problems are data
@@ -19,6 +19,7 @@ mod origin;
 mod problem;
 mod source;
 mod validate;
+mod view;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -35,8 +36,8 @@ use crate::logging::{Level, LogFormat};
 pub use dotenv::EnvFile;
 use origin::Origin;
 pub use problem::{ConfigError, ConfigErrorKind, Problem};
-pub use source::MAX_CONFIG_BYTES;
-pub use validate::{MAX_SOCKET_PATH, RESERVED_SIGNALS};
+#[cfg(test)]
+use validate::MAX_SOCKET_PATH;
 
 /// Most worker slots one daemon may run; the shared scoreboard is sized for it.
 pub const MAX_WORKERS: u32 = 4096;
@@ -291,18 +292,22 @@ pub struct MetricsConfig {
 }
 
 /// The whole configuration, validated, plus the raw `[app]` table.
+///
+/// Read-only outside the crate: hooks and workers see it through the
+/// accessors in `view.rs`; its fields are the framework's.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct Config {
     /// The file it came from, if any (absolute).
-    pub source: Option<PathBuf>,
+    pub(crate) source: Option<PathBuf>,
     /// `[daemon]`.
-    pub daemon: DaemonConfig,
+    pub(crate) daemon: DaemonConfig,
     /// `[workers]`.
-    pub workers: WorkersConfig,
+    pub(crate) workers: WorkersConfig,
     /// `[metrics]`.
-    pub metrics: MetricsConfig,
+    pub(crate) metrics: MetricsConfig,
     /// `[app]`, the daemon's own settings, still as TOML.
-    pub app: toml::Table,
+    pub(crate) app: toml::Table,
     /// The file's text and the places of its keys, kept from the parse.
     origin: Option<Arc<Origin>>,
 }
@@ -324,7 +329,7 @@ pub struct Overrides {
 
 impl Config {
     /// The built-in configuration for a daemon called `name`.
-    pub fn defaults(name: &str) -> Config {
+    pub(crate) fn defaults(name: &str) -> Config {
         let pidfile = default_dir(name).join(format!("{name}.pid"));
         let logfile = default_log_dir(name).join(format!("{name}.log"));
         Config {
@@ -400,7 +405,11 @@ impl Config {
     }
 
     /// Reads and validates `path`, then applies `overrides`.
-    pub fn load(name: &str, path: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+    pub(crate) fn load(
+        name: &str,
+        path: Option<&Path>,
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigError> {
         Config::load_checked(name, path, overrides, &|_| Vec::new())
     }
 
@@ -408,7 +417,7 @@ impl Config {
     /// the checks only the caller can make (the daemon's own `[app]`
     /// settings, a required command). They run even when the file has other
     /// problems, so every problem is reported at once.
-    pub fn load_checked(
+    pub(crate) fn load_checked(
         name: &str,
         path: Option<&Path>,
         overrides: &Overrides,
@@ -433,7 +442,7 @@ impl Config {
     /// `reload` uses it when the config has errors, to reach the running
     /// daemon anyway: the daemon re-reads the file, logs the errors and keeps
     /// running, and answers with them.
-    pub fn locate(name: &str, path: Option<&Path>, overrides: &Overrides) -> Option<Config> {
+    pub(crate) fn locate(name: &str, path: Option<&Path>, overrides: &Overrides) -> Option<Config> {
         let mut c = Config::defaults(name);
         if let Some(path) = path {
             let abs = absolute(path);
@@ -467,7 +476,8 @@ impl Config {
 
     /// Parses and validates TOML `text`; `path` names it in errors and
     /// anchors relative paths.
-    pub fn parse(name: &str, text: &str, path: &Path) -> Result<Config, ConfigError> {
+    #[cfg(test)]
+    pub(crate) fn parse(name: &str, text: &str, path: &Path) -> Result<Config, ConfigError> {
         Config::parse_checked(name, text, path, &Overrides::default(), &|_| Vec::new())
     }
 
@@ -543,14 +553,14 @@ impl Config {
     }
 
     /// Whether the config file sets the dotted `key`.
-    pub fn sets(&self, key: &str) -> bool {
+    pub(crate) fn sets(&self, key: &str) -> bool {
         self.origin.as_ref().is_some_and(|o| o.span_of(key).is_some())
     }
 
     /// A problem with the dotted `key` of this config: placed at the key in
     /// the file if the file sets it, else in the file (or nowhere, for the
     /// built-in defaults).
-    pub fn problem(&self, key: &str, message: impl std::fmt::Display) -> Problem {
+    pub(crate) fn problem(&self, key: &str, message: impl std::fmt::Display) -> Problem {
         match (&self.origin, &self.source) {
             (Some(o), _) => o.problem(key, message),
             (None, Some(s)) => Problem::new(key, message).in_file(s),

@@ -98,14 +98,14 @@ pub enum ConfigErrorKind {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct ConfigError {
     /// What kind of failure this is (it decides the exit code).
-    pub kind: ConfigErrorKind,
+    pub(crate) kind: ConfigErrorKind,
     /// Every problem found, in the order of the file where they have a place.
-    pub problems: Vec<Problem>,
+    pub(crate) problems: Vec<Problem>,
 }
 
 impl ConfigError {
     /// An invalid configuration with these problems.
-    pub fn new(problems: Vec<Problem>) -> ConfigError {
+    pub(crate) fn new(problems: Vec<Problem>) -> ConfigError {
         ConfigError {
             kind: ConfigErrorKind::Invalid,
             problems,
@@ -113,7 +113,7 @@ impl ConfigError {
     }
 
     /// A config file that could not be read.
-    pub fn unreadable(problem: Problem) -> ConfigError {
+    pub(crate) fn unreadable(problem: Problem) -> ConfigError {
         ConfigError {
             kind: ConfigErrorKind::Unreadable,
             problems: vec![problem],
@@ -149,14 +149,6 @@ impl fmt::Display for ConfigError {
     }
 }
 
-impl<'a> IntoIterator for &'a ConfigError {
-    type Item = &'a Problem;
-    type IntoIter = std::slice::Iter<'a, Problem>;
-    fn into_iter(self) -> Self::IntoIter {
-        self.problems.iter()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,7 +170,7 @@ mod tests {
         let e = ConfigError::new(vec![Problem::message("a"), Problem::message("b")]);
         assert_eq!(e.to_string(), "a\nb");
         assert_eq!(e.exit_code(), exit::CONFIG);
-        let lines: Vec<String> = (&e).into_iter().map(|p| format!("{p}")).collect();
+        let lines: Vec<String> = e.problems.iter().map(|p| format!("{p}")).collect();
         assert_eq!(lines, ["a", "b"]);
         assert_eq!(
             ConfigError::unreadable(Problem::message("x")).exit_code(),

@@ -74,6 +74,7 @@ impl fmt::Display for ExitStatus {
 
 /// What became of a worker that exited, for logs and the parent hook.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct WorkerExit {
     /// Its slot.
     pub slot: u32,

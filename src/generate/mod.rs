@@ -295,6 +295,9 @@ fn comment_safe(s: &str) -> String {
 }
 
 #[cfg(test)]
+mod tools_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -14,7 +14,6 @@ mod config_errors;
 mod core;
 mod env;
 mod external;
-mod generate;
 mod guard;
 mod health;
 mod kubernetes;

@@ -1,15 +1,18 @@
 //! The generated operating files, checked by the real tools: `sh -n` and
 //! `dash -n` (and running the init script against a stand-in daemon),
-//! `systemd-analyze verify`, and `logrotate -d`.
+//! `systemd-analyze verify`, and `logrotate -d`. (Unit tests: they need
+//! the generators, which are not public; they run the tools, never fork.)
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use rookery::config::Config;
-use rookery::generate::{render, Invocation, Kind};
 use rookery_testkit::TempDir;
+
+use super::tests::DEMO_TOML;
+use super::{render, Invocation, Kind};
+use crate::config::Config;
 
 /// A fresh directory (the kit's), made 0755: logrotate refuses
 /// directories writable by group or others.
@@ -22,15 +25,6 @@ fn scratch() -> TempDir {
 fn config(name: &str, toml: &str) -> Config {
     Config::parse(name, toml, Path::new("/etc/demodaemon.toml")).unwrap()
 }
-
-const DEMO_TOML: &str = r#"
-[daemon]
-pidfile = "/run/demodaemon/demodaemon.pid"
-logfile = "/var/log/demodaemon/demodaemon.log"
-user = "daemon"
-group = "daemon"
-watchdog = "30s"
-"#;
 
 /// Runs `program args...`, panicking with a hint when the tool is missing.
 fn run(program: &str, args: &[&Path], envs: &[(&str, &str)]) -> Output {
