@@ -40,6 +40,9 @@ pub(crate) const MAX_EVENT_COMMANDS: usize = 4;
 /// `on_hang` commands running at once; further hung workers are stopped
 /// without one.
 pub(crate) const MAX_ON_HANG: usize = 4;
+/// Once the pool is gone, how long the daemon still waits for helpers
+/// before it kills them and exits.
+pub(crate) const EXIT_GRACE: Duration = Duration::from_secs(3);
 /// Longest line kept from a helper's output.
 const MAX_LINE: usize = 4096;
 /// An `on_hang` command outliving its timeout by this much is killed here,
@@ -224,13 +227,22 @@ impl Helpers {
         }
     }
 
+    /// The daemon is about to exit (its pool is gone): every helper gets
+    /// at most until `by`, so `stop` (which allows `stop_timeout` plus a
+    /// few seconds) is not held up by a slow `on_event`.
+    pub(crate) fn hurry(&mut self, by: Instant) {
+        for h in self.running.values_mut() {
+            h.deadline = h.deadline.min(by);
+        }
+    }
+
     /// Kills every helper past its deadline.
     pub(crate) fn expire(&mut self, now: Instant) {
         for (pid, h) in &mut self.running {
             if !h.killed && h.deadline <= now {
                 h.killed = true;
                 warn!(
-                    "{} still running after {}; killing it",
+                    "{} still running at its deadline ({} allowed, less when the daemon exits); killing it",
                     h.purpose.describe(),
                     humantime::format_duration(h.timeout)
                 );

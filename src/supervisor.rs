@@ -426,8 +426,11 @@ impl<'h, O: Os> Supervisor<'h, O> {
         loop {
             // issue 12: an `on_event` about the stop runs to its end (or
             // its timeout) before the daemon exits.
-            if self.core.is_finished() && self.strays.is_empty() && self.helpers.is_empty() {
-                break;
+            if self.core.is_finished() && self.strays.is_empty() {
+                if self.helpers.is_empty() {
+                    break;
+                }
+                self.helpers.hurry(self.os.now() + crate::events::EXIT_GRACE);
             }
             self.update_sd_status();
             self.wait_and_dispatch();

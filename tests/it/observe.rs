@@ -350,3 +350,37 @@ fn on_event_is_told_of_crash_loops_failed_reloads_and_jobs_killed_at_stop() {
         "{killed}"
     );
 }
+
+/// A slow `on_event` at the stop does not hold `stop` up: once the pool is
+/// gone the daemon gives it a few seconds, then kills it and exits.
+#[test]
+fn a_slow_on_event_at_the_stop_is_killed_and_the_daemon_exits() {
+    let d = rookery(
+        "on_event = [\"sleep\", \"300\"]\n\n[workers]\ncount = 1\nstop_timeout = \"1s\"\n\
+         command = [\"sh\", \"-c\", \"trap '' TERM; while :; do sleep 1; done\"]\n",
+    );
+    let parent = d.start();
+    assert!(wait_until(DEADLINE, || d.workers(parent).len() == 1));
+    let out = d.run(&["stop"]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        d.log()
+    );
+    let log = d.log();
+    assert!(
+        log.contains("on_event stop_killed_jobs: running sleep 300"),
+        "{log}"
+    );
+    assert!(
+        log.contains("on_event stop_killed_jobs still running at its deadline"),
+        "{log}"
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("stopped (pid") && !said.contains("killed after"),
+        "{said}"
+    );
+    assert!(wait_until(DEADLINE, || !alive(parent)));
+}
