@@ -86,9 +86,9 @@ impl<W: Worker> Daemon<W> {
         self
     }
 
-    /// Makes this the external-command supervisor (`rookery run -- CMD`).
-    #[doc(hidden)]
-    pub fn command_mode(mut self) -> Self {
+    /// Makes this the external-command supervisor (`rookery run -- CMD`):
+    /// the public way in is [`crate::Commands`].
+    pub(crate) fn command_mode(mut self) -> Self {
         self.command_mode = true;
         self
     }

@@ -112,6 +112,7 @@
 mod async_worker;
 mod cli;
 mod client;
+mod commands;
 mod config;
 mod conns;
 mod control;
@@ -149,6 +150,7 @@ pub use crate::core::{ExitStatus, WorkerExit};
 #[cfg(feature = "tokio")]
 pub use async_worker::{AsyncWorker, JobReporter, StopHandle};
 pub use cli::NoArgs;
+pub use commands::Commands;
 pub use config::{Config, ConfigError};
 pub use daemon::{run, Daemon};
 pub use hooks::{Hooks, NoHooks};
