@@ -414,3 +414,37 @@ fn a_program_s_own_tracing_subscriber_is_explained_on_stderr_and_in_the_log() {
     assert!(ok, "not on stderr:\n{}", joined(&lines));
     assert!(in_log, "not in the log:\n{}", d.log());
 }
+
+#[test]
+fn on_a_terminal_the_level_is_coloured_and_the_file_stays_plain() {
+    let d = logworker("[workers]\ncount = 1\n\n[app]\nsay = true\n");
+    // `script` gives the foreground daemon a terminal for stdout and stderr.
+    let inner = format!("exec {} -c {} --no-daemon", d.exe.display(), d.config.display());
+    let mut child = std::process::Command::new("script")
+        .args(["-q", "-e", "-c", &inner, "/dev/null"])
+        .current_dir(d.dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run script (bsdutils)");
+    let lines = collect(child.stdout.take().unwrap());
+    let ok = wait_until(DEADLINE, || {
+        joined(&lines).contains("printed to stderr by slot 1")
+    });
+    if let Some(p) = d.pid() {
+        kill(p, 15);
+    }
+    let _ = wait_until(DEADLINE, || matches!(child.try_wait(), Ok(Some(_))));
+    let _ = child.kill();
+    let _ = child.wait();
+    let term = joined(&lines);
+    assert!(ok, "{term:?}");
+    assert!(
+        term.contains("\x1b[33m WARN\x1b[0m [") && term.contains("\x1b[32m INFO\x1b[0m ["),
+        "no coloured level on the terminal: {term:?}"
+    );
+    let log = d.log();
+    assert!(log.contains("retrying attempt=3"), "{log}");
+    assert!(!log.contains('\x1b'), "escapes in the file: {log:?}");
+}
