@@ -175,7 +175,7 @@ impl Pipe {
     /// captured output (a message and its fields).
     fn max_line(&self) -> usize {
         match self.stream {
-            Stream::Relay => 8 * MAX_LINE,
+            Stream::Relay => 8 * MAX_LINE + 1024, // a JSON line at most (logging::format)
             _ => MAX_LINE,
         }
     }

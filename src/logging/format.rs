@@ -189,7 +189,20 @@ fn text_line(who: &Who<'_>, e: &Entry<'_>) -> String {
     line
 }
 
+/// The longest JSON line: a longer one (huge field values) is written
+/// without its fields, marked `"cut":true`, so it stays one valid object
+/// that the relay and log readers take whole.
+const MAX_JSON: usize = 2 * MAX_MESSAGE;
+
 fn json_line(who: &Who<'_>, e: &Entry<'_>) -> String {
+    let line = json_object(who, e, true);
+    if line.len() <= MAX_JSON {
+        return line;
+    }
+    json_object(who, e, false)
+}
+
+fn json_object(who: &Who<'_>, e: &Entry<'_>, with_fields: bool) -> String {
     let mut out = String::with_capacity(e.message.len() + 160);
     out.push_str("{\"timestamp\":\"");
     out.push_str(&now());
@@ -217,6 +230,10 @@ fn json_line(who: &Who<'_>, e: &Entry<'_>) -> String {
             Some(slot) => slot.1 = v,
             None => fields.push((k, v)),
         }
+    }
+    if !with_fields {
+        out.push_str(",\"cut\":true}\n");
+        return out;
     }
     if !fields.is_empty() {
         out.push_str(",\"fields\":{");
@@ -338,6 +355,26 @@ mod tests {
         assert_eq!(v["fields"]["ok"], true);
         assert_eq!(v["spans"][0], "job");
         assert!(v["timestamp"].as_str().unwrap().ends_with('Z'));
+    }
+
+    #[test]
+    fn a_json_line_with_huge_fields_stays_one_bounded_object() {
+        let fields = [("blob", Value::Str("x".repeat(3 * MAX_MESSAGE)))];
+        let line = render(
+            LogFormat::Json,
+            &who(),
+            &Entry {
+                level: tracing::Level::INFO,
+                message: "big",
+                fields: &fields,
+                spans: &[],
+            },
+        );
+        assert!(line.len() <= MAX_JSON);
+        let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(v["message"], "big");
+        assert_eq!(v["cut"], true);
+        assert!(v.get("fields").is_none());
     }
 
     #[test]
