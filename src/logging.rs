@@ -635,6 +635,12 @@ pub(crate) fn flush_stream() {
     }
 }
 
+/// Whether the parent should stop reading workers' output pipes for a
+/// moment: its stream's reader is slow (see `Console::congested`).
+pub(crate) fn stream_congested() -> bool {
+    lock().stream.as_ref().is_some_and(stream::Console::congested)
+}
+
 /// When the parent's loop should call [`flush_stream`] again.
 pub(crate) fn stream_retry_in() -> Option<std::time::Duration> {
     lock().stream.as_ref().and_then(stream::Console::retry_in)

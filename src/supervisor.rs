@@ -725,6 +725,13 @@ impl<'h, O: Os> Supervisor<'h, O> {
         if now.saturating_duration_since(self.flow_all.1) >= FLOW_WINDOW {
             self.flow_all = (0, now);
         }
+        // issue 10: a slow reader of the parent's stream holds workers'
+        // output back (their writes wait) rather than losing it.
+        if !last && stream != Stream::Notify && crate::logging::stream_congested() {
+            let _ = self.epoll.delete(&p.fd);
+            self.muted.insert((now + FLOW_WINDOW / 10, p.token));
+            return;
+        }
         let before = p.spent;
         let open = p.read_lines(&mut lines, reads);
         if last {

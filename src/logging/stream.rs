@@ -23,6 +23,10 @@ use super::Out;
 /// Bytes kept for a stream that cannot take them now (a stalled reader);
 /// past that, lines are dropped and counted.
 pub(crate) const PENDING_MAX: usize = 1 << 20;
+/// A reader that took something within this long is slow, not gone: while
+/// half of [`PENDING_MAX`] waits for it, the parent stops reading workers'
+/// pipes (see [`Console::congested`]) rather than dropping their lines.
+const ALIVE: Duration = Duration::from_secs(1);
 
 /// The parent's stream.
 pub(crate) struct Console {
@@ -35,6 +39,8 @@ pub(crate) struct Console {
     pending: Vec<u8>,
     /// Since when `pending` has been waiting.
     stalled: Option<Instant>,
+    /// When the stream last took some bytes.
+    progress: Instant,
     lost: u64,
 }
 
@@ -48,6 +54,7 @@ impl Console {
             colour,
             pending: Vec::new(),
             stalled: None,
+            progress: Instant::now(),
             lost: 0,
         }
     }
@@ -80,8 +87,11 @@ impl Console {
         }
         self.lost -= told;
         match write_some(&self.out, &buf) {
-            Ok(n) if n == buf.len() => {}
-            Ok(n) => self.keep(&buf[n..]),
+            Ok(n) if n == buf.len() => self.progress = Instant::now(),
+            Ok(n) => {
+                self.progress = Instant::now();
+                self.keep(&buf[n..]);
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock && buf.len() <= PENDING_MAX => self.keep(&buf),
             Err(_) => self.lost += told + 1,
         }
@@ -99,6 +109,9 @@ impl Console {
         }
         match write_some(&self.out, &self.pending) {
             Ok(n) => {
+                if n > 0 {
+                    self.progress = Instant::now();
+                }
                 self.pending.drain(..n);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -111,6 +124,15 @@ impl Console {
         if self.pending.is_empty() {
             self.stalled = None;
         }
+    }
+
+    /// Whether the parent should hold workers' output for now: half of
+    /// what may wait is waiting, and the reader is slow rather than gone
+    /// (it took something within [`ALIVE`]). Holding them (their pipes
+    /// fill, their writes wait) loses nothing; a reader that stopped
+    /// altogether costs lines instead, never the workers' progress.
+    pub(crate) fn congested(&self) -> bool {
+        self.pending.len() >= PENDING_MAX / 2 && self.progress.elapsed() < ALIVE
     }
 
     /// When to try [`Console::flush`] again: soon after a stall began, less
@@ -236,6 +258,17 @@ mod tests {
             n += 1;
         }
         assert!(c.retry_in().is_some());
+        assert!(
+            c.congested(),
+            "a reader that took bytes a moment ago is slow: hold the workers"
+        );
+        let progress = c.progress;
+        c.progress = Instant::now() - ALIVE;
+        assert!(
+            !c.congested(),
+            "a reader silent for {ALIVE:?} is gone: drop rather than hold"
+        );
+        c.progress = progress;
         c.put(6, &line(n), &notice); // does not fit: lost
         assert_eq!(c.lost, 1);
         // The reader comes back.
