@@ -39,7 +39,7 @@ use tracing::info;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 struct Settings {
-    #[serde(deserialize_with = "duration")]
+    #[serde(with = "rookery::humantime")]
     job_time: Duration,
     concurrency: usize,
     fail_every: u64,
@@ -57,11 +57,6 @@ impl Default for Settings {
             results_dir: std::env::temp_dir().join("async_testworker"),
         }
     }
-}
-
-fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let s = String::deserialize(d)?;
-    humantime::parse_duration(&s).map_err(serde::de::Error::custom)
 }
 
 /// The per-process record of jobs: one `write` per line (O_APPEND).
@@ -150,7 +145,7 @@ impl AsyncWorker for AsyncTestWorker {
             }
             drop(permit);
         });
-        Ok(Step::Idle)
+        Ok(Step::Spawned)
     }
 
     async fn cleanup(&mut self, ctx: &mut Context<Self>) {

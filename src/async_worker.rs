@@ -41,8 +41,8 @@ use crate::{BoxError, Context, Step, Worker};
 ///
 /// To handle several jobs at once, spawn each on the runtime with a
 /// [`JobReporter`] (`begin` when it is taken, `done` or `failed` when it
-/// ends) and return [`Step::Idle`] from `run` (the job is counted by the
-/// reporter, not by the loop); bound the concurrency yourself (a
+/// ends) and return [`Step::Spawned`] from `run` (the job is counted by
+/// the reporter, not by the loop); bound the concurrency yourself (a
 /// semaphore, the broker's prefetch), so that `run` waits while the worker
 /// is full. The worker shows busy while any job is in hand, and a graceful
 /// stop waits for every job begun and not yet done before `cleanup` (up

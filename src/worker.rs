@@ -44,6 +44,10 @@ pub enum Step {
     /// keeps running. Return `Err` only for what the worker cannot recover
     /// from (a lost connection): that ends the worker, which is restarted.
     Failed(BoxError),
+    /// Started a job that goes on elsewhere (a task, a thread) and reports
+    /// through a [`JobReporter`](crate::JobReporter) when it ends: not
+    /// counted here, and no `idle_delay`; the loop calls `run` again.
+    Spawned,
     /// Found nothing to do; the loop waits `workers.idle_delay` (if set)
     /// before the next call.
     Idle,
@@ -596,6 +600,7 @@ fn child_life<W: Worker>(s: ChildSetup<'_, W>) -> i32 {
                     ctx.job_done();
                 }
             }
+            Ok(Step::Spawned) => {}
             Ok(Step::Idle) => {
                 if !idle_delay.is_zero() {
                     ctx.delay(idle_delay);

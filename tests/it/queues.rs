@@ -774,6 +774,211 @@ fn redis_poison_goes_to_the_dead_letter_list_and_flaky_is_retried() {
     assert!(d.run(&["stop"]).status.success());
 }
 
+// ------------------------------------------------- Redis, async (tokio)
+
+fn redis_async_daemon(server: &RedisServer, queue: &str, workers: u32, app: &str) -> (Daemon, PathBuf) {
+    let d = Daemon::with(example("redis_async_worker"), "redis_async_worker", "");
+    let results = d.dir.path().join("results");
+    d.rewrite_config(&redis_config(server, queue, &results, workers, app));
+    (d, results)
+}
+
+/// The jobs in hand: every item of every processing list.
+fn in_hand(con: &mut redis::Connection, queue: &str) -> Vec<u64> {
+    let mut ids = Vec::new();
+    for list in processing_lists(con, queue) {
+        let items: Vec<Vec<u8>> = redis::cmd("LRANGE")
+            .arg(&list)
+            .arg(0)
+            .arg(-1)
+            .query(con)
+            .expect("LRANGE");
+        ids.extend(items.iter().filter_map(|i| queue_job::parse(i)).map(|p| p.id));
+    }
+    ids
+}
+
+/// The async example: several jobs in hand per worker (seen in Redis and
+/// in `status`), every job done once, failed jobs logged and counted
+/// without ending a worker, and the scoreboard's counts exactly the jobs
+/// handled.
+#[test]
+fn redis_async_pool_runs_jobs_concurrently_and_counts_each_once() {
+    const JOBS: u64 = 24;
+    let server = RedisServer::start();
+    let mut con = redis_con(&server);
+    push_jobs(&server, "conc", JOBS, 0, "ok");
+    let app = "concurrency = 4\njob_time = \"400ms\"";
+    let (d, results) = redis_async_daemon(&server, "conc", 2, app);
+    let parent = d.start();
+    let workers = d.wait_workers(parent, 2);
+    // 2 workers, 4 jobs each in hand at once, and both busy.
+    let mut status = serde_json::Value::Null;
+    let concurrent = wait_until(DEADLINE, || {
+        status = crate::health::status_json(&d);
+        in_hand(&mut con, "conc").len() == 8
+            && crate::health::status_workers(&status)
+                .iter()
+                .filter(|w| w["activity"] == "busy")
+                .count()
+                == 2
+    });
+    assert!(
+        concurrent,
+        "not 8 jobs in hand: {:?}, status {status}\n{}",
+        in_hand(&mut con, "conc"),
+        d.log()
+    );
+    push_jobs(&server, "conc", 2, 100, "poison");
+    push_jobs(&server, "conc", 2, 200, "flaky");
+    let mut want: HashSet<u64> = (0..JOBS).collect();
+    want.extend([200, 201]);
+    let finished = wait_until(DEADLINE, || {
+        done_ids(&read_results(&[&results])) == want
+            && llen(&mut con, "conc") == 0
+            && llen(&mut con, "conc:dead") == 2
+            && in_hand(&mut con, "conc").is_empty()
+    });
+    assert!(
+        finished,
+        "done {:?}\n{}",
+        done_ids(&read_results(&[&results])),
+        d.log()
+    );
+    let records: Vec<Record> = read_results(&[&results])
+        .into_iter()
+        .filter(|r| r.payload < JOBS)
+        .collect();
+    assert_eq!(check_exactly_once_but_for(&records, JOBS, &HashSet::new()), 0);
+    // Counted once each: 24 done, 2 poison (failed), 2 flaky (failed, then
+    // done); the workers are the same, idle, and never restarted.
+    let mut counted = 0;
+    let settled = wait_until(DEADLINE, || {
+        status = crate::health::status_json(&d);
+        let w = crate::health::status_workers(&status);
+        counted = w.iter().map(|w| w["jobs"].as_u64().unwrap_or(0)).sum::<u64>();
+        counted == JOBS + 2 + 4 && w.iter().all(|w| w["activity"] == "idle")
+    });
+    assert!(settled, "counted {counted}: {status}");
+    for w in crate::health::status_workers(&status) {
+        assert_eq!(w["restarts"], 0, "{status}");
+        assert!(workers.contains(&(w["pid"].as_i64().unwrap() as i32)), "{status}");
+    }
+    let log = d.log();
+    assert!(log.contains("WARN"), "{log}");
+    assert!(log.contains("job failed: payload 100: permanent error"), "{log}");
+    assert!(log.contains("job failed: payload 200: transient error"), "{log}");
+    assert!(d.run(&["stop"]).status.success());
+}
+
+/// A graceful stop finishes every job in hand (several per worker), then
+/// unregisters: nothing is left in a processing list, nothing done twice.
+#[test]
+fn redis_async_graceful_stop_finishes_every_job_in_hand() {
+    const JOBS: u64 = 40;
+    let server = RedisServer::start();
+    let mut con = redis_con(&server);
+    push_jobs(&server, "slow", JOBS, 0, "ok");
+    let app = "concurrency = 3\njob_time = \"600ms\"";
+    let (d, results) = redis_async_daemon(&server, "slow", 2, app);
+    let parent = d.start();
+    d.wait_workers(parent, 2);
+    let mut held = Vec::new();
+    assert!(
+        wait_until(DEADLINE, || {
+            held = in_hand(&mut con, "slow");
+            held.len() == 6
+        }),
+        "not 6 jobs in hand: {held:?}\n{}",
+        d.log()
+    );
+    kill(parent, 15);
+    assert!(wait_until(DEADLINE, || !alive(parent)), "parent still alive");
+    assert!(
+        in_hand(&mut con, "slow").is_empty(),
+        "a job was left in a processing list"
+    );
+    let records = read_results(&[&results]);
+    let done = done_ids(&records);
+    assert_eq!(records.len(), done.len(), "a job was done twice");
+    for id in &held {
+        assert!(
+            done.contains(id),
+            "job {id}, in hand at the stop, was not finished\n{}",
+            d.log()
+        );
+    }
+    assert_eq!(
+        done.len() as u64 + llen(&mut con, "slow"),
+        JOBS,
+        "done + queued != pushed"
+    );
+    let log = d.log();
+    assert_eq!(
+        log.matches("exited after stop request: exit status 0").count(),
+        2,
+        "{log}"
+    );
+    assert!(log.contains("stopping: waiting for"), "{log}");
+    let registered: Vec<String> = redis::cmd("SMEMBERS")
+        .arg("slow:consumers")
+        .query(&mut con)
+        .unwrap();
+    assert!(registered.is_empty(), "still registered: {registered:?}");
+}
+
+/// The sync chaos test, on the async example with 4 jobs in hand per
+/// worker: a kill strands up to 4 jobs, which the others recover.
+#[test]
+fn redis_async_chaos_loses_no_job() {
+    const JOBS: u64 = 10_000;
+    let began = Instant::now();
+    let server = RedisServer::start();
+    let mut con = redis_con(&server);
+    push_jobs(&server, "chaos", JOBS, 0, "ok");
+    let app = "concurrency = 4\nblock_timeout = \"1s\"\njob_time = \"5ms\"";
+    let (d, results) = redis_async_daemon(&server, "chaos", 6, app);
+    let parent = d.start();
+    d.wait_workers(parent, 6);
+    let reloaded = redis_config(
+        &server,
+        "chaos",
+        &results,
+        6,
+        "concurrency = 3\nblock_timeout = \"2s\"\njob_time = \"5ms\"",
+    );
+    let c = {
+        let mut con = redis_con(&server);
+        chaos(&d, parent, &reloaded, move || llen(&mut con, "chaos"))
+    };
+    let finished = wait_until(CHAOS_DEADLINE.saturating_sub(began.elapsed()), || {
+        llen(&mut con, "chaos") == 0
+            && processing_lists(&mut con, "chaos").is_empty()
+            && done_ids(&read_results(&[&results])).len() as u64 == JOBS
+    });
+    assert!(
+        finished,
+        "not finished: queue {}, processing lists {:?}, {} done",
+        llen(&mut con, "chaos"),
+        processing_lists(&mut con, "chaos"),
+        done_ids(&read_results(&[&results])).len()
+    );
+    assert!(alive(parent) && d.pid() == Some(parent), "the parent changed");
+    let dups = check_exactly_once_but_for(&read_results(&[&results]), JOBS, &c.killed);
+    assert!(dups <= 4 * c.kills, "{dups} duplicates for {} kills", c.kills);
+    assert!(d.run(&["stop"]).status.success());
+    let registered: Vec<String> = redis::cmd("SMEMBERS")
+        .arg("chaos:consumers")
+        .query(&mut con)
+        .unwrap();
+    assert!(registered.is_empty(), "still registered: {registered:?}");
+    eprintln!(
+        "redis async chaos: {JOBS} jobs, {} kills, {dups} duplicates, {:.1}s",
+        c.kills,
+        began.elapsed().as_secs_f64()
+    );
+}
+
 // ------------------------------------------------------------------ Gearman
 
 /// The shipped example config, from `[workers]` on, pointed at `port`.
@@ -910,6 +1115,7 @@ fn shipped_queue_configs_are_valid() {
     for (exe, config) in [
         (example("beanstalk_worker"), "beanstalk_worker.toml"),
         (example("redis_worker"), "redis_worker.toml"),
+        (example("redis_async_worker"), "redis_async_worker.toml"),
         (rookery_bin(), "gearman/worker.toml"),
     ] {
         let out = run_with_timeout(
