@@ -18,6 +18,7 @@
 //! | `fail_every = 0` | every Nth job of a worker fails (the worker carries on) |
 //! | `threads = 0` | 0: current-thread runtime; N: multi-thread with N worker threads |
 //! | `results_dir = "PATH"` | where the per-process logs go |
+//! | `ticker = "0s"` | if set, a task started in `init` appends `tick N` this often, unless the pool is paused (it waits with `StopHandle::resumed`) |
 //!
 //! With `ASYNC_TESTWORKER_TOKIO_MAIN=1` in its environment, `main` runs
 //! inside a multi-thread tokio runtime, as `#[tokio::main]` would: the
@@ -45,6 +46,8 @@ struct Settings {
     fail_every: u64,
     threads: usize,
     results_dir: PathBuf,
+    #[serde(with = "rookery::humantime")]
+    ticker: Duration,
 }
 
 impl Default for Settings {
@@ -55,6 +58,7 @@ impl Default for Settings {
             fail_every: 0,
             threads: 0,
             results_dir: std::env::temp_dir().join("async_testworker"),
+            ticker: Duration::ZERO,
         }
     }
 }
@@ -111,10 +115,27 @@ impl AsyncWorker for AsyncTestWorker {
             "async worker ready (concurrency {}, threads {})",
             settings.concurrency, settings.threads
         );
+        let record = Arc::new(Record(file));
+        if !settings.ticker.is_zero() {
+            // Work a task takes on its own: it honours the pause itself.
+            let (stop, record, every) = (ctx.stop_handle(), record.clone(), settings.ticker);
+            tokio::spawn(async move {
+                let mut n = 0;
+                while !stop.is_stopped() {
+                    if stop.paused() {
+                        stop.resumed().await;
+                        continue;
+                    }
+                    n += 1;
+                    record.line("tick", n);
+                    tokio::time::sleep(every).await;
+                }
+            });
+        }
         Ok(AsyncTestWorker {
             permits: Arc::new(Semaphore::new(settings.concurrency.max(1))),
             settings,
-            record: Arc::new(Record(file)),
+            record,
             next: Arc::new(AtomicU64::new(1)),
         })
     }

@@ -20,12 +20,14 @@ use std::future::Future;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::task::Poll;
 use std::time::Duration;
 
 use tokio::io::unix::AsyncFd;
 use tokio::runtime::Runtime;
 use tracing::{info, warn};
 
+use crate::scoreboard::Cell;
 use crate::worker::{error_chain, Jobs};
 use crate::{BoxError, Context, Step, Worker};
 
@@ -135,8 +137,13 @@ pub(crate) fn delay<W: Worker>(rt: &Runtime, ctx: &Context<W>, d: Duration) {
     });
 }
 
-/// A stop request, for tasks to hold: cheap to clone, `Send` and `Sync`.
-/// From [`Context::stop_handle`].
+/// A stop request, and the pool's pause, for tasks to hold: cheap to
+/// clone, `Send` and `Sync`. From [`Context::stop_handle`].
+///
+/// A task that takes jobs on its own (a consumer stream) checks
+/// [`StopHandle::paused`] before it takes the next one, and waits for
+/// [`StopHandle::resumed`] while paused; `run` itself is not called while
+/// the pool is paused.
 #[derive(Clone)]
 pub struct StopHandle {
     inner: Arc<StopInner>,
@@ -144,6 +151,12 @@ pub struct StopHandle {
 
 struct StopInner {
     flag: Arc<AtomicBool>,
+    /// This worker's scoreboard cell: its pause flag.
+    cell: &'static Cell,
+    /// A duplicate of the pool's pause eventfd (readable while open).
+    gate: Option<OwnedFd>,
+    /// `gate`'s own duplicate, registered on first use.
+    gate_watched: OnceLock<Option<AsyncFd<OwnedFd>>>,
     /// A duplicate of the worker's stop descriptor (a pipe the signal
     /// handler writes to after it raised the flag), owned here.
     fd: Option<OwnedFd>,
@@ -156,6 +169,7 @@ impl std::fmt::Debug for StopHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StopHandle")
             .field("stopped", &self.is_stopped())
+            .field("paused", &self.paused())
             .finish()
     }
 }
@@ -198,6 +212,64 @@ impl StopHandle {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+
+    /// Whether the pool is paused (`pause`, SIGTSTP): take no new job
+    /// until it is resumed. A memory load.
+    pub fn paused(&self) -> bool {
+        self.inner.cell.paused()
+    }
+
+    /// Returns once the pool is not paused (at once if it is not), or a
+    /// stop is requested: check [`StopHandle::is_stopped`] after it.
+    pub async fn resumed(&self) {
+        loop {
+            if !self.paused() || self.is_stopped() {
+                return;
+            }
+            let watched = self.inner.gate_watched.get_or_init(|| {
+                let fd = self.inner.gate.as_ref()?.try_clone().ok()?;
+                crate::sys::async_fd::watch_readable(fd)
+                    .map_err(|e| warn!("cannot watch the pause descriptor ({e}); checking every 50ms"))
+                    .ok()
+            });
+            let Some(gate) = watched else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            // The parent lowers the flags before it makes the eventfd
+            // readable: readable with the flag still up means paused again
+            // since, so wait for the next resume.
+            let mut open = std::pin::pin!(gate.readable());
+            let mut stop = std::pin::pin!(self.stopped());
+            let woken = std::future::poll_fn(|cx| {
+                if let Poll::Ready(r) = open.as_mut().poll(cx) {
+                    return Poll::Ready(Some(r));
+                }
+                stop.as_mut().poll(cx).map(|()| None)
+            })
+            .await;
+            match woken {
+                Some(Ok(mut ready)) if self.paused() => ready.clear_ready(),
+                Some(Ok(_)) | None => return,
+                Some(Err(_)) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+}
+
+/// The loop's wait while the pool is paused: the runtime runs meanwhile
+/// (the jobs in hand go on), with a heartbeat every `period`. Returns
+/// `false` if a stop ended it, `true` once resumed.
+pub(crate) fn hold<W: Worker>(rt: &Runtime, ctx: &Context<W>, period: Duration) -> bool {
+    let handle = ctx.stop_handle();
+    let jobs = ctx.jobs_shared().clone();
+    rt.block_on(async {
+        while handle.paused() && !handle.is_stopped() {
+            let _ = tokio::time::timeout(period, handle.resumed()).await;
+            jobs.beat();
+        }
+    });
+    !handle.is_stopped()
 }
 
 /// Reports jobs from tasks: cheap to clone, `Send` and `Sync`. From
@@ -254,9 +326,13 @@ impl<W: Worker> Context<W> {
         self.stop_handle
             .get_or_init(|| {
                 let stop = self.stop_signal();
+                let (gate, cell) = self.gate();
                 StopHandle {
                     inner: Arc::new(StopInner {
                         flag: stop.shared_flag(),
+                        cell,
+                        gate: gate.fd().try_clone_to_owned().ok(),
+                        gate_watched: OnceLock::new(),
                         // A dup failing (EMFILE) leaves the flag, polled.
                         fd: stop.fd().try_clone_to_owned().ok(),
                         watched: OnceLock::new(),

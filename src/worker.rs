@@ -344,11 +344,31 @@ impl<W: Worker> Context<W> {
             (h / 4).clamp(Duration::from_millis(20), Duration::from_secs(1))
         };
         let cell = self.cell;
-        if self.gate.wait(&self.stop, period, || cell.beat()) {
+        // An async worker's runtime keeps running meanwhile: the jobs in
+        // hand on its tasks go on to their end.
+        #[cfg(feature = "tokio")]
+        let resumed = match self.runtime.take() {
+            Some(rt) => {
+                let resumed = crate::async_worker::hold(&rt, self, period);
+                self.runtime = Some(rt);
+                resumed
+            }
+            None => self.gate.wait(&self.stop, period, || cell.beat()),
+        };
+        #[cfg(not(feature = "tokio"))]
+        let resumed = self.gate.wait(&self.stop, period, || cell.beat());
+        if resumed {
             debug!("resumed");
-            self.cell.set(Activity::Idle);
+            let busy = self.jobs.in_hand() > 0;
+            self.cell.set(if busy { Activity::Busy } else { Activity::Idle });
             self.refresh_title(false);
         }
+    }
+
+    /// The pause gate and the scoreboard cell (the async stop handle).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn gate(&self) -> (&crate::intake::Gate, &'static Cell) {
+        (&self.gate, self.cell)
     }
 
     fn tell_parent(&self, msg: &WorkerMsg) {

@@ -40,6 +40,7 @@ fn records(dir: &Path) -> Records {
             match what {
                 "begin" => assert!(begun.insert(id), "job {id} begun twice in {pid}"),
                 "done" | "failed" => assert!(ended.insert(id), "job {id} ended twice in {pid}"),
+                "tick" => {}
                 other => panic!("unexpected record {other:?}"),
             }
         }
@@ -197,4 +198,82 @@ fn a_parent_started_under_tokio_main_is_refused_with_what_to_do() {
         assert_eq!(err.lines().count(), 1, "one line: {err}");
         assert!(d.pid().is_none(), "{args:?}: a pidfile was written");
     }
+}
+
+/// The lines of a worker's record that start with `what`.
+fn count(dir: &Path, pid: i32, what: &str) -> usize {
+    fs::read_to_string(dir.join(format!("{pid}.log")))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with(what))
+        .count()
+}
+
+#[test]
+fn a_paused_async_worker_finishes_its_jobs_in_hand_and_its_tasks_see_the_pause() {
+    let d = async_testworker("");
+    let results = d.dir.path().join("results");
+    d.rewrite_config(&format!(
+        "[workers]\ncount = 1\n\n[app]\nconcurrency = 3\njob_time = \"1500ms\"\nticker = \"50ms\"\nresults_dir = \"{}\"\n",
+        results.display()
+    ));
+    let parent = d.start();
+    let worker = d.wait_workers(parent, 1)[0];
+    assert!(
+        wait_until(DEADLINE, || records(&results)
+            .get(&worker)
+            .is_some_and(|r| r.0.len() >= 3)),
+        "no jobs in hand\n{}",
+        d.log()
+    );
+    let out = d.run(&["pause"]);
+    assert!(out.status.success(), "{out:?}");
+    // The jobs in hand run to their end while paused (the runtime keeps
+    // running), and no new job begins.
+    let finished = wait_until(DEADLINE, || {
+        let r = records(&results);
+        let (begun, ended) = &r[&worker];
+        begun == ended
+    });
+    assert!(
+        finished,
+        "jobs in hand did not finish while paused: {:?}\n{}",
+        records(&results),
+        d.log()
+    );
+    let begun = records(&results)[&worker].0.len();
+    // The ticking task sees the pause (StopHandle::paused) and waits
+    // (StopHandle::resumed): its count stands still.
+    let ticks = count(&results, worker, "tick");
+    let mut still = 0;
+    let steady = wait_until(DEADLINE, || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let now = count(&results, worker, "tick");
+        if now == ticks {
+            still += 1;
+        } else {
+            still = 0;
+        }
+        still >= 3
+    });
+    assert!(steady, "the task kept ticking while paused");
+    assert_eq!(count(&results, worker, "tick"), ticks);
+    assert_eq!(
+        records(&results)[&worker].0.len(),
+        begun,
+        "a job began while paused"
+    );
+    let status = status_json(&d);
+    assert_eq!(status_workers(&status)[0]["activity"], "paused", "{status}");
+    // Resumed: the task ticks and jobs begin again.
+    let out = d.run(&["resume"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        wait_until(DEADLINE, || count(&results, worker, "tick") > ticks + 2
+            && records(&results)[&worker].0.len() > begun),
+        "not resumed\n{}",
+        d.log()
+    );
+    assert_eq!(d.workers(parent), vec![worker]);
+    assert!(d.run(&["stop"]).status.success());
 }
