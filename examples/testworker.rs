@@ -229,9 +229,43 @@ impl rookery::Hooks for TestHooks {
     }
 }
 
+/// Options that clash with rookery's `-n, --no-daemon`: with
+/// `TESTWORKER_CLASHING_ARGS` set, the test daemon is built with them, to
+/// show that the clash is reported when the command line is built.
+#[derive(Debug, Clone, clap::Args)]
+struct ClashingArgs {
+    /// A number spelled -n.
+    #[arg(short = 'n', long)]
+    number: Option<u32>,
+}
+
+/// The worker with [`ClashingArgs`]; it never gets to run.
+struct Clashing;
+
+impl Worker for Clashing {
+    type Settings = rookery::NoSettings;
+    type Args = ClashingArgs;
+
+    fn init(_ctx: &mut Context<Self>) -> Result<Self, BoxError> {
+        Ok(Clashing)
+    }
+
+    fn run(&mut self, _ctx: &mut Context<Self>) -> Result<Step, BoxError> {
+        Ok(Step::Exit)
+    }
+}
+
 fn main() -> ExitCode {
-    rookery::Daemon::<TestWorker>::new("testworker")
+    if std::env::var_os("TESTWORKER_CLASHING_ARGS").is_some() {
+        return rookery::Daemon::<Clashing>::new("testworker").run();
+    }
+    let daemon = rookery::Daemon::<TestWorker>::new("testworker")
         .about("rookery's test fixture: a worker that hangs, leaks or crashes on request")
-        .hooks(TestHooks::default())
-        .run()
+        .hooks(TestHooks::default());
+    // With TESTWORKER_COMMANDS set, a command supervisor with the same
+    // hooks (a Rust daemon refuses `workers.command`).
+    match std::env::var_os("TESTWORKER_COMMANDS") {
+        Some(_) => daemon.command_mode().run(),
+        None => daemon.run(),
+    }
 }

@@ -18,36 +18,56 @@ use clap::{Parser, Subcommand};
 
 use crate::logging::Level;
 
+mod docs;
+mod parse;
+mod run_command;
+
+pub use parse::{command, parse};
+#[cfg(test)]
+use parse::{try_parse, Parsed};
+pub use run_command::{pool_name, resolve as resolve_command};
+
 /// The parsed command line.
+///
+/// The daemon-wide options (`-c`, `-n`, `-l`, `-w`, `--name`,
+/// `--pidfile`, `--logfile`) and the daemon's own (`X`) may be typed
+/// before the subcommand, where every subcommand accepts them, or after it,
+/// where each subcommand takes only those that apply to it (and its help
+/// lists only those): see [`command`] and [`parse`].
 #[derive(Debug, Parser)]
-#[command(version)]
+#[command(version, disable_help_subcommand = true)]
 pub struct Cli<X: clap::Args> {
     /// What to do (default: start).
     #[command(subcommand)]
     pub command: Option<Command>,
 
+    /// Name for the default pidfile, socket and log (default: the
+    /// program's; for `run`, one derived from the command)
+    #[arg(long, value_name = "NAME", long_help = None)]
+    pub name: Option<String>,
+
     /// TOML config file (without it, built-in defaults).
-    #[arg(short = 'c', long, global = true, value_name = "PATH")]
+    #[arg(short = 'c', long, value_name = "PATH")]
     pub config: Option<PathBuf>,
 
     /// Stay in the foreground and log to the console too.
-    #[arg(short = 'n', long = "no-daemon", global = true)]
+    #[arg(short = 'n', long = "no-daemon")]
     pub no_daemon: bool,
 
     /// Log level: 0-7 or emerg, alert, crit, err, warning, notice, info, debug.
-    #[arg(short = 'l', long, global = true, value_name = "LEVEL")]
+    #[arg(short = 'l', long, value_name = "LEVEL")]
     pub loglevel: Option<Level>,
 
     /// Number of workers (overrides the config).
-    #[arg(short = 'w', long, global = true, value_name = "N")]
+    #[arg(short = 'w', long, value_name = "N")]
     pub workers: Option<u32>,
 
     /// Pidfile path (overrides the config).
-    #[arg(long, global = true, value_name = "PATH")]
+    #[arg(long, value_name = "PATH")]
     pub pidfile: Option<PathBuf>,
 
     /// Log file path, or "-" for stderr only (overrides the config).
-    #[arg(long, global = true, value_name = "PATH")]
+    #[arg(long, value_name = "PATH")]
     pub logfile: Option<PathBuf>,
 
     /// The seed's spelling of `write-init`.
@@ -57,9 +77,47 @@ pub struct Cli<X: clap::Args> {
     /// The daemon's own options.
     #[command(flatten)]
     pub app: X,
+
+    /// The daemon's own options as typed (`--tag=v2`), for the start
+    /// command of the generated files.
+    #[arg(skip)]
+    pub app_argv: Vec<String>,
 }
 
 impl<X: clap::Args> Cli<X> {
+    /// The options that make another invocation run this daemon as this
+    /// one would (`--pidfile`, `--logfile`, `-w`, `-l`, `--name` and the
+    /// daemon's own options, as typed): the generated unit and init script
+    /// start the daemon with them. The config file is the caller's (it is
+    /// made absolute); `-n` is the init system's choice.
+    pub fn start_args(&self) -> Vec<String> {
+        let abs = |p: &std::path::Path| crate::config::absolute(p).display().to_string();
+        let mut args = Vec::new();
+        if let Some(n) = &self.name {
+            args.extend(["--name".to_string(), n.clone()]);
+        }
+        if let Some(p) = &self.pidfile {
+            args.extend(["--pidfile".to_string(), abs(p)]);
+        }
+        if let Some(p) = &self.logfile {
+            // "-" (stderr only) stays "-".
+            let v = if p.as_os_str() == "-" {
+                "-".to_string()
+            } else {
+                abs(p)
+            };
+            args.extend(["--logfile".to_string(), v]);
+        }
+        if let Some(w) = self.workers {
+            args.extend(["--workers".to_string(), w.to_string()]);
+        }
+        if let Some(l) = self.loglevel {
+            args.extend(["--loglevel".to_string(), l.to_string()]);
+        }
+        args.extend(self.app_argv.iter().cloned());
+        args
+    }
+
     /// What to do: the subcommand, `start` without one. The seed's
     /// `--write-init` stands for `write-init` only on its own: with another
     /// subcommand it is a usage error naming both (it must never turn a
@@ -117,6 +175,10 @@ pub struct Output {
     /// Print to standard output instead of writing a file.
     #[arg(long)]
     pub stdout: bool,
+    /// Replace a file whose content differs (hand-edited, or from another
+    /// config) instead of refusing.
+    #[arg(long, conflicts_with = "stdout")]
+    pub force: bool,
 }
 
 /// The subcommands.
@@ -180,14 +242,25 @@ pub enum Command {
     /// Supervise copies of COMMAND (the `rookery` binary).
     #[command(hide = true)]
     Run {
-        /// The command and its arguments, after `--`.
-        #[arg(
-            trailing_var_arg = true,
-            allow_hyphen_values = true,
-            required = true,
-            value_name = "COMMAND"
-        )]
+        /// The command and its arguments (after `--`, or after the
+        /// options: the first word that is not one starts the command).
+        #[arg(trailing_var_arg = true, required = true, value_name = "COMMAND")]
         command: Vec<String>,
+    },
+    /// Print this message or the help of the given subcommand.
+    Help {
+        /// The subcommand.
+        #[arg(value_name = "COMMAND")]
+        command: Option<String>,
+    },
+    /// Print the man page (roff) on standard output.
+    #[command(hide = true)]
+    Man,
+    /// Print the shell completion script for SHELL on standard output.
+    #[command(hide = true)]
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
     },
 }
 
@@ -211,6 +284,9 @@ impl Command {
             Command::WriteSystemd(_) => "write-systemd",
             Command::WriteLogrotate(_) => "write-logrotate",
             Command::Run { .. } => "run",
+            Command::Help { .. } => "help",
+            Command::Man => "man",
+            Command::Completions { .. } => "completions",
         }
     }
 }
@@ -271,6 +347,15 @@ mod tests {
     use super::*;
     use clap::CommandFactory;
 
+    /// `args` parsed as a daemon without options of its own.
+    fn parse_test(args: &[&str]) -> Result<Cli<NoArgs>, clap::Error> {
+        let cmd = command::<NoArgs>("d").unwrap();
+        match try_parse::<NoArgs>(cmd, args.iter().map(std::ffi::OsString::from))? {
+            Parsed::Cli(c) => Ok(*c),
+            Parsed::Print(t) => panic!("printed {t}"),
+        }
+    }
+
     #[test]
     fn cli_is_well_formed() {
         Cli::<NoArgs>::command().debug_assert();
@@ -278,7 +363,7 @@ mod tests {
 
     #[test]
     fn scale_accepts_signed_counts() {
-        let cli = Cli::<NoArgs>::try_parse_from(["d", "scale", "-2"]).unwrap();
+        let cli = parse_test(&["d", "scale", "-2"]).unwrap();
         assert!(matches!(cli.command, Some(Command::Scale { ref spec }) if spec == "-2"));
         assert_eq!("-2".parse::<ScaleSpec>(), Ok(ScaleSpec::Down(2)));
         assert_eq!("+3".parse::<ScaleSpec>(), Ok(ScaleSpec::Up(3)));
@@ -288,7 +373,7 @@ mod tests {
 
     #[test]
     fn the_seed_write_init_flag_never_overrides_a_subcommand() {
-        let action = |args: &[&str]| Cli::<NoArgs>::try_parse_from(args).unwrap().action();
+        let action = |args: &[&str]| parse_test(args).unwrap().action();
         assert!(matches!(
             action(&["d", "--write-init"]),
             Ok(Command::WriteInit(_))
@@ -305,18 +390,18 @@ mod tests {
 
     #[test]
     fn global_options_go_anywhere() {
-        let cli = Cli::<NoArgs>::try_parse_from(["d", "status", "-c", "x.toml", "--json"]).unwrap();
+        let cli = parse_test(&["d", "status", "-c", "x.toml", "--json"]).unwrap();
         assert_eq!(cli.config, Some(PathBuf::from("x.toml")));
-        let cli = Cli::<NoArgs>::try_parse_from(["d", "-n", "-l", "debug", "-w", "3"]).unwrap();
+        let cli = parse_test(&["d", "-n", "-l", "debug", "-w", "3"]).unwrap();
         assert!(cli.no_daemon);
         assert_eq!(cli.loglevel, Some(Level::Debug));
         assert_eq!(cli.workers, Some(3));
-        let cli = Cli::<NoArgs>::try_parse_from(["d", "status", "--watch", "--interval", "200ms"]).unwrap();
+        let cli = parse_test(&["d", "status", "--watch", "--interval", "200ms"]).unwrap();
         assert!(matches!(
             cli.command,
             Some(Command::Status { watch: true, interval, json: false }) if interval == Duration::from_millis(200)
         ));
-        let cli = Cli::<NoArgs>::try_parse_from(["d", "status"]).unwrap();
+        let cli = parse_test(&["d", "status"]).unwrap();
         assert!(matches!(
             cli.command,
             Some(Command::Status { watch: false, interval, .. }) if interval == Duration::from_secs(1)
@@ -326,9 +411,9 @@ mod tests {
             &["d", "status", "--interval", "2s"],
             &["d", "status", "--watch", "--json"],
         ] {
-            assert!(Cli::<NoArgs>::try_parse_from(bad).is_err(), "{bad:?}");
+            assert!(parse_test(bad).is_err(), "{bad:?}");
         }
-        let cli = Cli::<NoArgs>::try_parse_from(["d", "run", "--", "sh", "-c", "echo hi"]).unwrap();
+        let cli = parse_test(&["d", "run", "--", "sh", "-c", "echo hi"]).unwrap();
         assert!(matches!(cli.command, Some(Command::Run { ref command }) if command.len() == 3));
     }
 }

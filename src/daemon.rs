@@ -1,10 +1,10 @@
 //! The entry point: command line to running daemon.
 
 use std::marker::PhantomData;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{CommandFactory, FromArgMatches};
 use tracing::{error, info};
 
 use crate::cli::{out, out_raw, Cli, Command, ScaleSpec};
@@ -101,7 +101,15 @@ impl<W: Worker> Daemon<W> {
             // issue 9: never a second panic (an abort) on a closed stderr.
             let _ = std::io::Write::write_fmt(&mut std::io::stderr(), format_args!("panic: {info}\n"));
         }));
-        let mut cmd = Cli::<W::Args>::command().name(self.name.clone());
+        // issue 10: the daemon's own options beside rookery's, checked
+        // here rather than by clap's panic in debug builds.
+        let mut cmd = match crate::cli::command::<W::Args>(&self.name) {
+            Ok(c) => c,
+            Err(e) => {
+                say(&self.name, e);
+                return ExitCode::from(exit::SOFTWARE);
+            }
+        };
         if let Some(v) = &self.version {
             cmd = cmd.version(v.clone());
         }
@@ -111,21 +119,22 @@ impl<W: Worker> Daemon<W> {
         if self.command_mode {
             cmd = cmd.mut_subcommand("run", |c| c.hide(false));
         }
-        let cli = match cmd
-            .try_get_matches()
-            .and_then(|m| Cli::<W::Args>::from_arg_matches(&m))
-        {
+        let cli = match crate::cli::parse::<W::Args>(cmd, std::env::args_os()) {
             Ok(c) => c,
-            Err(e) => {
-                let _ = e.print();
-                return ExitCode::from(if e.use_stderr() { exit::USAGE } else { exit::OK });
-            }
+            Err(code) => return ExitCode::from(code),
         };
         ExitCode::from(self.dispatch(cli))
     }
 
     fn dispatch(&mut self, cli: Cli<W::Args>) -> u8 {
-        let name = self.name.clone();
+        let mut name = self.name.clone();
+        if let Some(n) = &cli.name {
+            if let Err(e) = crate::config::check_name(n) {
+                say(&name, format!("--name: {e}"));
+                return exit::USAGE;
+            }
+            name = n.clone();
+        }
         self.cli_args = Some(cli.app.clone());
         let mut command = match cli.action() {
             Ok(c) => c,
@@ -149,7 +158,26 @@ impl<W: Worker> Daemon<W> {
                 );
                 return exit::USAGE;
             }
-            overrides.command = Some(c.clone());
+            // issue 10: resolved once, where it was typed; a pool of its own.
+            let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+            let resolved = match crate::cli::resolve_command(c, &cwd) {
+                Ok(r) => r,
+                Err(e) => {
+                    say(&name, e);
+                    return exit::USAGE;
+                }
+            };
+            if cli.name.is_none() && cli.config.is_none() {
+                name = crate::cli::pool_name(&resolved);
+                say(
+                    &name,
+                    format!("the pool is named after its command; reach it with `{} --name {name} status` (or stop)", self.name),
+                );
+            }
+            if resolved[0] != c[0] {
+                say(&name, format!("running {} (for {})", resolved[0], c[0]));
+            }
+            overrides.command = Some(resolved);
             command = Command::Start;
         }
         let config_path = cli.config.as_ref().map(|p| absolute(p));
@@ -250,6 +278,8 @@ impl<W: Worker> Daemon<W> {
             Command::WriteInit(out) => self.write(Kind::Init, &config, &cli, &out),
             Command::WriteSystemd(out) => self.write(Kind::Systemd, &config, &cli, &out),
             Command::WriteLogrotate(out) => self.write(Kind::Logrotate, &config, &cli, &out),
+            // Printed by `cli::parse`.
+            Command::Help { .. } | Command::Man | Command::Completions { .. } => exit::OK,
             Command::Restart { timeout } => {
                 // issue 9: the new config must be startable before the
                 // running daemon is touched.
@@ -279,6 +309,14 @@ impl<W: Worker> Daemon<W> {
     /// Checks what only this daemon can, because it knows `W`: its
     /// `[app]` settings, and the command `rookery` needs.
     fn validate(command_mode: bool, config: &Config) -> Vec<Problem> {
+        // issue 10: a Rust daemon runs its own workers, never a command.
+        if !command_mode && config.workers.command.is_some() {
+            return vec![config.problem(
+                "workers.command",
+                "is for the `rookery` command supervisor; this daemon runs its own workers \
+                 (remove the key, or run the command with `rookery`)",
+            )];
+        }
         if config.workers.command.is_some() {
             return Vec::new();
         }
@@ -315,18 +353,8 @@ impl<W: Worker> Daemon<W> {
             args.push("-c".to_string());
             args.push(c.display().to_string());
         }
-        if let Some(p) = &cli.pidfile {
-            args.push("--pidfile".into());
-            args.push(absolute(p).display().to_string());
-        }
-        if let Some(p) = &cli.logfile {
-            args.push("--logfile".into());
-            args.push(absolute(p).display().to_string());
-        }
-        if let Some(w) = cli.workers {
-            args.push("--workers".into());
-            args.push(w.to_string());
-        }
+        // issue 10: the daemon's own options too.
+        args.extend(cli.start_args());
         let inv = Invocation { exe, args };
         match generate::write(kind, config, &inv, out) {
             Ok(notes) => {
@@ -336,8 +364,8 @@ impl<W: Worker> Daemon<W> {
                 exit::OK
             }
             Err(e) => {
-                say(&self.name, e);
-                exit::CANTCREAT
+                say(&self.name, &e);
+                e.exit_code()
             }
         }
     }
@@ -377,6 +405,14 @@ impl<W: Worker> Daemon<W> {
         // issue 9 #18: low numbers for starting commands cheaply; without
         // them (a kernel before 5.9) commands start with fork + exec.
         let _ = crate::sys::exec::reserve();
+        // issue 10: the default directories are made, never a config error.
+        for dir in config.default_dirs() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
+                .map_err(|source| StartError::DefaultDir { path: dir, source })?;
+        }
         // `config` passed `Daemon::validate` when it was loaded.
         preflight(&config)?;
         // issue 9: a detached daemon's stdout and stderr are /dev/null.
@@ -582,6 +618,8 @@ fn preflight(config: &Config) -> Result<(), ConfigError> {
     }
     let mut problems = Vec::new();
     let mut seen: Vec<&Path> = Vec::new();
+    // `start` creates these; `check-config` must not call them missing.
+    let defaults = config.default_dirs();
     for (key, p) in paths {
         let dir = p
             .parent()
@@ -593,6 +631,9 @@ fn preflight(config: &Config) -> Result<(), ConfigError> {
         }
         seen.push(dir);
         match std::fs::metadata(dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && defaults.iter().any(|d| d == dir) => {
+                continue
+            }
             Err(e) => {
                 problems
                     .push(config.problem(key, format!("directory {} does not exist ({e})", dir.display())));

@@ -127,6 +127,15 @@ pub enum StartError {
          each worker builds for itself"
     )]
     Threads(usize),
+    /// A default directory (for the pidfile, socket or log) could not be
+    /// created.
+    #[error("cannot create the directory {} (a default path): {source}", .path.display())]
+    DefaultDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
     /// The supervisor's own resources (scoreboard, pipes, epoll) failed.
     #[error("cannot start the supervisor: {0}")]
     Supervisor(io::Error),
@@ -173,7 +182,8 @@ impl StartError {
             StartError::Pidfile(e) => e.exit_code(),
             StartError::Log { source, .. }
             | StartError::ControlSocket { source, .. }
-            | StartError::Metrics { source, .. } => exit::from_create_io(source),
+            | StartError::Metrics { source, .. }
+            | StartError::DefaultDir { source, .. } => exit::from_create_io(source),
             StartError::Hook(_) => exit::FAILURE,
             // A program error, not the operator's.
             StartError::Threads(_) => exit::SOFTWARE,

@@ -62,6 +62,17 @@ pub trait Worker: Sized + 'static {
     type Settings: DeserializeOwned + Default + Clone + Debug + 'static;
     /// The daemon's own command-line options, flattened next to the
     /// framework's. Use [`crate::cli::NoArgs`] for none.
+    ///
+    /// They are accepted wherever rookery's are: before the subcommand
+    /// (every subcommand then takes them), and after `start`, `restart`,
+    /// `run` and the `write-*` commands, whose `--help` lists them; the
+    /// generated unit and init script start the daemon with them. Options
+    /// only (`--tag v2`), no positional arguments. These names are
+    /// rookery's, and a daemon that uses one fails at once with an error
+    /// naming both options: `-c`, `--config`, `-n`, `--no-daemon`, `-l`,
+    /// `--loglevel`, `-w`, `--workers`, `--name`, `--pidfile`, `--logfile`,
+    /// `--write-init`, `-h`, `--help`, `-V`, `--version`, `--timeout`
+    /// (`restart`), `-o`, `--output`, `--stdout`, `--force` (`write-*`).
     type Args: clap::Args + Clone + Debug + 'static;
 
     /// Runs once in the new worker process, before any job: connect to the

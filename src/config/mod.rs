@@ -36,6 +36,7 @@ use crate::logging::{Level, LogFormat};
 pub use dotenv::EnvFile;
 use origin::Origin;
 pub use problem::{ConfigError, ConfigErrorKind, Problem};
+pub(crate) use validate::check_name;
 #[cfg(test)]
 use validate::MAX_SOCKET_PATH;
 
@@ -51,10 +52,18 @@ pub const MAX_DURATION_DAYS: u64 = 365;
 /// `alarm(2)` seconds) stays far from overflowing.
 pub const MAX_DURATION: Duration = Duration::from_secs(MAX_DURATION_DAYS * 24 * 3600);
 
-/// A duration given on the command line (`stop --timeout`): humantime, at
-/// most [`MAX_DURATION`]. For clap's `value_parser`.
+/// A duration given on the command line (`stop --timeout`): humantime
+/// (`30s`, `1m 30s`), or a bare number of seconds (`5`, `2.5`), as
+/// `timeout(1)` and `sleep(1)` read it; at most [`MAX_DURATION`]. For
+/// clap's `value_parser`.
 pub fn parse_duration_arg(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    let bare = s.trim();
+    let d = match bare.parse::<f64>() {
+        Ok(secs) if bare.chars().all(|c| c.is_ascii_digit() || c == '.') => {
+            Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))?
+        }
+        _ => humantime::parse_duration(s).map_err(|e| e.to_string())?,
+    };
     validate::check_duration(d)?;
     Ok(d)
 }
@@ -402,6 +411,32 @@ impl Config {
             app: toml::Table::new(),
             origin: None,
         }
+    }
+
+    /// The directories of the pidfile, control socket and log file that
+    /// are the built-in defaults (`~/.local/state/NAME` for a normal user
+    /// without `XDG_RUNTIME_DIR`), not paths the file or the command line
+    /// chose. `start` creates them (mode 0700) when missing, so a missing
+    /// one is never a config error; a missing configured one still is.
+    pub fn default_dirs(&self) -> Vec<PathBuf> {
+        let builtin = Config::defaults(&self.daemon.name).daemon;
+        let d = &self.daemon;
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        let pairs = [
+            (Some(&d.pidfile), Some(&builtin.pidfile)),
+            (Some(&d.control_socket), Some(&builtin.control_socket)),
+            (d.logfile.as_ref(), builtin.logfile.as_ref()),
+        ];
+        for (now, default) in pairs {
+            if let (Some(now), Some(default)) = (now, default) {
+                if now == default {
+                    if let Some(dir) = now.parent().filter(|p| !dirs.iter().any(|d| d == p)) {
+                        dirs.push(dir.to_path_buf());
+                    }
+                }
+            }
+        }
+        dirs
     }
 
     /// Reads and validates `path`, then applies `overrides`.
@@ -1438,6 +1473,32 @@ mod tests {
         let c = parse("[daemon]\npidfile = \"run/x.pid\"\n").unwrap();
         assert_eq!(c.daemon.pidfile, PathBuf::from("/etc/run/x.pid"));
         assert_eq!(c.daemon.control_socket, PathBuf::from("/etc/run/x.sock"));
+    }
+
+    #[test]
+    fn only_built_in_paths_are_default_dirs() {
+        let c = Config::defaults("demo");
+        let dirs = c.default_dirs();
+        assert!(
+            dirs.contains(&c.daemon.pidfile.parent().unwrap().to_path_buf()),
+            "{dirs:?}"
+        );
+        let c = parse("[daemon]\npidfile = \"/srv/x/d.pid\"\nlogfile = \"/srv/y/d.log\"\n").unwrap();
+        assert!(c.default_dirs().is_empty(), "{:?}", c.default_dirs());
+    }
+
+    #[test]
+    fn command_line_durations_take_bare_seconds() {
+        assert_eq!(parse_duration_arg("5"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration_arg("2.5"), Ok(Duration::from_millis(2500)));
+        assert_eq!(parse_duration_arg("1m 30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration_arg("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration_arg("-5").is_err());
+        assert!(parse_duration_arg("5 parsecs").is_err());
+        assert!(
+            parse_duration_arg("99999999999").is_err(),
+            "longer than MAX_DURATION"
+        );
     }
 
     #[test]

@@ -783,7 +783,7 @@ fn env_table<'v, 'i: 'v>(
 /// A daemon name: it becomes file names, process titles, a systemd unit
 /// and a shell variable in the init script, so it is kept to letters,
 /// digits, `-`, `_` and `.`, not starting with `-` or `.`.
-pub(super) fn check_name(n: &str) -> Result<(), String> {
+pub(crate) fn check_name(n: &str) -> Result<(), String> {
     let ok = !n.is_empty()
         && !n.starts_with(['-', '.'])
         && n.chars()

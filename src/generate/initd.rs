@@ -23,8 +23,22 @@ pub(super) fn render(cfg: &Config, inv: &Invocation) -> String {
             ("name_sh", &sh_dquote(name)),
             ("daemon_sh", &sh_dquote(&inv.exe.to_string_lossy())),
             ("args_sh", &sh_dquote(&args.join(" "))),
+            ("mkdirs", &mkdirs(cfg)),
         ],
     )
+}
+
+/// The line that makes the daemon's directories under `/run` and
+/// `/var/log` before a start (`/run` is empty after a reboot). They belong
+/// to root, as the parent does (it keeps root and switches only its
+/// workers to `daemon.user`; the log file it creates is given to them).
+fn mkdirs(cfg: &Config) -> String {
+    let dirs = super::dirs_to_make(cfg);
+    if dirs.is_empty() {
+        return String::new();
+    }
+    let words: Vec<String> = dirs.iter().map(|d| sh_dquote(&d.to_string_lossy())).collect();
+    format!("\t\tmkdir -p -m 0755 {} || exit 1\n", words.join(" "))
 }
 
 #[cfg(test)]
@@ -51,6 +65,27 @@ mod tests {
         assert!(text.contains("\n# chkconfig: 2345 "));
         assert!(text.contains("\nDAEMON=\"/usr/local/bin/demodaemon\"\n"));
         assert!(text.contains("\nARGS=\"-c /etc/demodaemon.toml\"\n"));
+    }
+
+    #[test]
+    fn start_makes_the_directories_under_run_and_var_log() {
+        let text = render(&demo_config(), &demo_invocation());
+        let line = "\t\tmkdir -p -m 0755 \"/run/demodaemon\" \"/var/log/demodaemon\" || exit 1\n";
+        assert!(
+            text.contains(&format!("\tstart)\n{line}\t\trun start\n")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("\trestart)\n{line}\t\trun restart\n")),
+            "{text}"
+        );
+        let cfg = Config::parse(
+            "d",
+            "[daemon]\npidfile = \"/run/d.pid\"\nlogfile = \"/srv/log/d.log\"\n",
+            std::path::Path::new("/etc/d.toml"),
+        )
+        .unwrap();
+        assert!(!render(&cfg, &demo_invocation()).contains("mkdir"));
     }
 
     #[test]

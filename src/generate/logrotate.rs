@@ -2,11 +2,23 @@
 //!
 //! The log file is rotated by renaming (no `copytruncate`, which loses lines
 //! written during the copy); afterwards `reopen-logs` makes the daemon and
-//! its workers open a fresh file by path. With `daemon.user` set, logrotate
-//! works as that user (`su`), as it requires for a directory the user can
-//! write, and creates the new file for that user.
+//! its workers open a fresh file by path. The new file is created for the
+//! workers' account (`create 0640 USER GROUP`), as the daemon creates it,
+//! so that workers can reopen it.
+//!
+//! logrotate itself must be able to rename in the log's directory: it runs
+//! as root, and needs `su` only where it refuses to work as root, a
+//! directory someone other than root may write (owned by the daemon's
+//! user, or group- or world-writable): then it works as the directory's
+//! owner. A root-owned directory such as `/var/log` gets no `su` line: as
+//! the daemon's user, logrotate could not rename the file there (EACCES),
+//! and the log would grow for ever. The directory is looked at when the
+//! snippet is generated, on the host it is written for; one that does not
+//! exist yet is made by root (the init script, systemd's `LogsDirectory=`).
 
-use nix::unistd::{Group, User};
+use std::os::unix::fs::MetadataExt;
+
+use nix::unistd::{Gid, Group, Uid, User};
 
 use super::{comment_safe, fill, sh_command, Invocation};
 use crate::config::Config;
@@ -25,10 +37,12 @@ pub(super) fn render(cfg: &Config, inv: &Invocation) -> String {
         );
     };
     let (user, group) = owner(cfg);
-    let su = match &d.user {
-        Some(_) => format!("\tsu {user} {group}\n"),
-        None => String::new(),
-    };
+    let su = logfile
+        .parent()
+        .and_then(|dir| std::fs::metadata(dir).ok())
+        .and_then(|m| su_account(m.uid(), m.gid(), m.mode()))
+        .map(|(u, g)| format!("\tsu {} {}\n", user_name(u), group_name(g)))
+        .unwrap_or_default();
     fill(
         TEMPLATE,
         &[
@@ -40,6 +54,30 @@ pub(super) fn render(cfg: &Config, inv: &Invocation) -> String {
             ("reopen", &sh_command(inv, &["reopen-logs"])),
         ],
     )
+}
+
+/// The account logrotate must work as in a directory owned by `uid:gid`
+/// with `mode`: none when only root can write it, else its owner, as
+/// logrotate demands `su` there ("parent directory has insecure
+/// permissions").
+fn su_account(uid: u32, gid: u32, mode: u32) -> Option<(u32, u32)> {
+    let others_write = mode & 0o002 != 0;
+    let group_write = mode & 0o020 != 0 && gid != 0;
+    (uid != 0 || others_write || group_write).then_some((uid, gid))
+}
+
+fn user_name(uid: u32) -> String {
+    User::from_uid(Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map_or_else(|| uid.to_string(), |u| u.name)
+}
+
+fn group_name(gid: u32) -> String {
+    Group::from_gid(Gid::from_raw(gid))
+        .ok()
+        .flatten()
+        .map_or_else(|| gid.to_string(), |g| g.name)
 }
 
 /// The owner of the log file: the configured user, else root; the configured
@@ -109,9 +147,43 @@ mod tests {
             .map(|g| g.name)
             .unwrap_or_else(|| "root".into());
         let text = render(&cfg, &demo_invocation());
+        // /var/log belongs to root: logrotate renames there as root.
         assert!(
-            text.contains(&format!("\n\tsu daemon {group}\n\tcreate 0640 daemon {group}\n")),
+            text.contains(&format!("\n\tnotifempty\n\tcreate 0640 daemon {group}\n")),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn su_only_where_someone_but_root_may_write() {
+        assert_eq!(su_account(0, 0, 0o40755), None, "/var/log");
+        assert_eq!(su_account(0, 4, 0o42775), Some((0, 4)), "group adm may write");
+        assert_eq!(su_account(0, 0, 0o41777), Some((0, 0)), "/tmp");
+        assert_eq!(su_account(65534, 65534, 0o40700), Some((65534, 65534)));
+        assert_eq!(su_account(0, 0, 0o40775), None, "group root");
+    }
+
+    #[test]
+    fn the_su_line_follows_the_directory_on_disk() {
+        let dir = std::env::temp_dir().join(format!("rookery-logrotate-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let toml = format!(
+            "[daemon]\nuser = \"root\"\nlogfile = \"{}/d.log\"\n",
+            dir.display()
+        );
+        let cfg = Config::parse("d", &toml, Path::new("/etc/d.toml")).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let writable = render(&cfg, &demo_invocation());
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let private = render(&cfg, &demo_invocation());
+        let _ = std::fs::remove_dir_all(&dir);
+        let me = user_name(Uid::effective().as_raw());
+        assert!(writable.contains(&format!("\n\tsu {me} ")), "{writable}");
+        assert_eq!(
+            private.contains("\tsu "),
+            !Uid::effective().is_root(),
+            "{private}"
         );
     }
 

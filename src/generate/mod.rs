@@ -89,6 +89,30 @@ pub enum GenerateError {
     /// Printing to standard output (`--stdout`) failed.
     #[error("cannot write to standard output: {0}")]
     Stdout(#[source] io::Error),
+    /// The file exists with other content (hand-edited, or generated from
+    /// another config), and `--force` was not given.
+    #[error(
+        "{} exists and differs from the {kind} generated now (edited by hand?): left as it is; \
+         compare with --stdout, replace it with --force",
+        .path.display()
+    )]
+    Differs {
+        /// The file.
+        path: PathBuf,
+        /// What would have been written there.
+        kind: Kind,
+    },
+}
+
+impl GenerateError {
+    /// The exit code: 1 for a file left alone on purpose, 73 (cannot
+    /// create) for the others.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            GenerateError::Differs { .. } => crate::exit::FAILURE,
+            _ => crate::exit::CANTCREAT,
+        }
+    }
 }
 
 fn hint(e: &io::Error) -> &'static str {
@@ -124,7 +148,9 @@ pub fn default_path(kind: Kind, name: &str) -> PathBuf {
 /// Renders `kind` and writes it per `out`: to `--output PATH`, to standard
 /// output with `--stdout`, else to [`default_path`]. Files are replaced
 /// atomically (a temporary sibling renamed into place) with mode 0755 for
-/// the init script and 0644 for the others.
+/// the init script and 0644 for the others. An existing file with the same
+/// content is left alone ("unchanged"); one with other content only with
+/// `--force` (a hand-edited unit must not vanish silently).
 ///
 /// Returns the notes to print for the operator: what was written, how to
 /// enable it, and warnings.
@@ -142,8 +168,21 @@ pub fn write(kind: Kind, cfg: &Config, inv: &Invocation, out: &Output) -> Result
     let name = &cfg.daemon.name;
     let default = default_path(kind, name);
     let path = out.output.clone().unwrap_or_else(|| default.clone());
-    write_file(&path, &text, kind.mode())?;
-    let mut notes = vec![format!("wrote {}", path.display())];
+    let mut notes = match fs::read(&path) {
+        Ok(old) if old == text.as_bytes() => vec![format!("unchanged: {}", path.display())],
+        Ok(_) if !out.force => return Err(GenerateError::Differs { path, kind }),
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            return Err(GenerateError::File {
+                action: "read",
+                path,
+                source: e,
+            })
+        }
+        _ => {
+            write_file(&path, &text, kind.mode())?;
+            vec![format!("wrote {}", path.display())]
+        }
+    };
     if path != default {
         notes.push(format!("to use it, install it as {}", default.display()));
     }
@@ -223,6 +262,36 @@ fn write_file(path: &Path, text: &str, mode: u32) -> Result<(), GenerateError> {
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// The directories the daemon creates files in (pidfile, control socket,
+/// log file), each once, in that order.
+fn daemon_dirs(cfg: &Config) -> Vec<PathBuf> {
+    let d = &cfg.daemon;
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for path in [Some(&d.pidfile), Some(&d.control_socket), d.logfile.as_ref()]
+        .into_iter()
+        .flatten()
+    {
+        if let Some(dir) = path.parent().filter(|p| !dirs.iter().any(|d| d == p)) {
+            dirs.push(dir.to_path_buf());
+        }
+    }
+    dirs
+}
+
+/// The daemon's directories that an init system must make before each
+/// start: those below `/run` (a tmpfs, empty after every boot), `/var/run`
+/// and `/var/log` (a package installs no directory for the daemon there).
+fn dirs_to_make(cfg: &Config) -> Vec<PathBuf> {
+    daemon_dirs(cfg)
+        .into_iter()
+        .filter(|d| {
+            ["/run", "/var/run", "/var/log"]
+                .iter()
+                .any(|root| d.starts_with(root) && d != Path::new(root))
+        })
+        .collect()
 }
 
 /// Fills `{{key}}` placeholders in `template`.
@@ -423,6 +492,7 @@ rlimit_core = 0
             let out = Output {
                 output: Some(path.clone()),
                 stdout: false,
+                force: false,
             };
             let notes = write(kind, &cfg, &demo_invocation(), &out).unwrap();
             assert_eq!(notes[0], format!("wrote {}", path.display()));
@@ -437,10 +507,35 @@ rlimit_core = 0
         let missing = Output {
             output: Some(dir.join("no/such/dir/x")),
             stdout: false,
+            force: false,
         };
         let e = write(Kind::Logrotate, &cfg, &demo_invocation(), &missing).unwrap_err();
         assert!(e.to_string().starts_with("cannot create "), "{e}");
         assert!(e.to_string().contains("no/such/dir/x"), "{e}");
+        // issue 10: the same content is left alone; other content only with --force.
+        let path = dir.join("Systemd");
+        let mut out = Output {
+            output: Some(path.clone()),
+            stdout: false,
+            force: false,
+        };
+        let notes = write(Kind::Systemd, &cfg, &demo_invocation(), &out).unwrap();
+        assert_eq!(notes[0], format!("unchanged: {}", path.display()));
+        fs::write(&path, "# edited by hand\n").unwrap();
+        let e = write(Kind::Systemd, &cfg, &demo_invocation(), &out).unwrap_err();
+        assert!(
+            matches!(e, GenerateError::Differs { .. }) && e.exit_code() == 1,
+            "{e}"
+        );
+        assert!(e.to_string().contains("--force"), "{e}");
+        assert_eq!(fs::read_to_string(&path).unwrap(), "# edited by hand\n");
+        out.force = true;
+        let notes = write(Kind::Systemd, &cfg, &demo_invocation(), &out).unwrap();
+        assert_eq!(notes[0], format!("wrote {}", path.display()));
+        assert_eq!(
+            fs::read_to_string(&path).unwrap(),
+            render(Kind::Systemd, &cfg, &demo_invocation())
+        );
     }
 
     #[test]

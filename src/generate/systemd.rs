@@ -23,7 +23,7 @@
 //! that user (see `privileges`). A unit that ran the whole service as the
 //! user would hand the control socket, and the parent, to that user.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use super::{comment_safe, fill, Invocation};
@@ -102,7 +102,7 @@ fn limit_lines(cfg: &Config) -> String {
 fn managed_dirs(cfg: &Config) -> (bool, bool) {
     let mut runtime = false;
     let mut logs = false;
-    for (dir, _) in daemon_dirs(cfg) {
+    for dir in super::daemon_dirs(cfg) {
         match classify(cfg, &dir) {
             Some(Managed::Runtime) => runtime = true,
             Some(Managed::Logs) => logs = true,
@@ -126,19 +126,6 @@ fn classify(cfg: &Config, dir: &Path) -> Option<Managed> {
     } else {
         None
     }
-}
-
-/// The directories the daemon creates files in, with what it puts there.
-fn daemon_dirs(cfg: &Config) -> Vec<(PathBuf, &'static str)> {
-    let d = &cfg.daemon;
-    [
-        (Some(&d.pidfile), "pidfile"),
-        (Some(&d.control_socket), "control socket"),
-        (d.logfile.as_ref(), "log file"),
-    ]
-    .into_iter()
-    .filter_map(|(path, what)| Some((path?.parent()?.to_path_buf(), what)))
-    .collect()
 }
 
 /// A systemd time span: whole seconds, else milliseconds (rounded up).
@@ -198,6 +185,7 @@ fn escape_specifiers(s: &str) -> String {
 mod tests {
     use super::super::tests::{check_golden, demo_config, demo_invocation};
     use super::*;
+    use std::path::PathBuf;
 
     #[test]
     fn matches_golden() {

@@ -76,8 +76,14 @@ fn init_script_passes_arguments_and_maps_exit_codes() {
             "3".into(),
         ],
     };
-    // A name with no /etc/default file on any machine.
-    let cfg = config("rookery-it-no-such-default", DEMO_TOML);
+    // A name with no /etc/default file on any machine; paths outside /run
+    // and /var/log, so `start` makes no directory on this machine.
+    let cfg = config(
+        "rookery-it-no-such-default",
+        &DEMO_TOML
+            .replace("/run/demodaemon/", &format!("{}/run/", dir.path().display()))
+            .replace("/var/log/demodaemon/", &format!("{}/log/", dir.path().display())),
+    );
     let script = dir.file("init", &render(Kind::Init, &cfg, &inv), 0o755);
 
     let dash = |action: &str, exit: &str| {

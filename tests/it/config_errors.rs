@@ -135,6 +135,12 @@ fn corpus(dir: &std::path::Path) -> Vec<(&'static str, String, Vec<String>)> {
             vec!["daemon.user".into(), "unknown user".into()],
         ),
         (
+            // issue 10: it would silently replace the daemon's own workers.
+            "command in a Rust daemon",
+            "[workers]\ncommand = [\"sleep\", \"100\"]\n".into(),
+            vec![":{L2}:1: workers.command: is for the `rookery` command supervisor".into()],
+        ),
+        (
             "missing pidfile directory",
             "[workers]\n".to_string(),
             vec!["daemon.pidfile".into(), format!("{d}/missing")],

@@ -10,10 +10,12 @@ use rookery_testkit::servers;
 
 mod async_workers;
 mod beanstalk_client;
+mod cli;
 mod config_errors;
 mod core;
 mod env;
 mod external;
+mod generated_files;
 mod guard;
 mod health;
 mod kubernetes;

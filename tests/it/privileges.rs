@@ -359,7 +359,15 @@ fn what_on_start_opens_reaches_forked_workers_but_not_commands() {
             command.unwrap_or(""),
             hook.display()
         ));
-        let parent = d.start();
+        // A Rust daemon refuses `workers.command`: the fixture's command
+        // supervisor has the same hooks.
+        let mut c = d.cmd(&["start"]);
+        if command.is_some() {
+            c.env("TESTWORKER_COMMANDS", "1");
+        }
+        let out = run_with_timeout(&mut c, Duration::from_secs(60));
+        assert!(out.status.success(), "{}\nlog:\n{}", show(&out), d.log());
+        let parent = d.pid().expect("pidfile");
         let mut workers = Vec::new();
         assert!(
             wait_until(DEADLINE, || {
