@@ -9,7 +9,6 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::util::{
@@ -58,8 +57,8 @@ struct SystemPaths {
 
 impl SystemPaths {
     fn new(tag: &str) -> SystemPaths {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // At most 15 characters (the kernel's process name).
         let name = format!("rk{tag}{}{n}", std::process::id() % 100_000);
         let paths = vec![
