@@ -259,13 +259,15 @@ fn main() -> ExitCode {
     if std::env::var_os("TESTWORKER_CLASHING_ARGS").is_some() {
         return rookery::Daemon::<Clashing>::new("testworker").run();
     }
-    let daemon = rookery::Daemon::<TestWorker>::new("testworker")
-        .about("rookery's test fixture: a worker that hangs, leaks or crashes on request")
-        .hooks(TestHooks::default());
     // With TESTWORKER_COMMANDS set, a command supervisor with the same
     // hooks (a Rust daemon refuses `workers.command`).
-    match std::env::var_os("TESTWORKER_COMMANDS") {
-        Some(_) => daemon.command_mode().run(),
-        None => daemon.run(),
+    if std::env::var_os("TESTWORKER_COMMANDS").is_some() {
+        return rookery::Commands::new("testworker")
+            .hooks(TestHooks::default())
+            .run();
     }
+    rookery::Daemon::<TestWorker>::new("testworker")
+        .about("rookery's test fixture: a worker that hangs, leaks or crashes on request")
+        .hooks(TestHooks::default())
+        .run()
 }
