@@ -448,3 +448,55 @@ fn on_a_terminal_the_level_is_coloured_and_the_file_stays_plain() {
     assert!(log.contains("retrying attempt=3"), "{log}");
     assert!(!log.contains('\x1b'), "escapes in the file: {log:?}");
 }
+
+#[test]
+fn reload_switches_the_parent_to_json_at_once_and_each_worker_with_its_replacement() {
+    let d = logworker("[workers]\ncount = 1\n\n[app]\nsay = true\n");
+    let parent = d.start();
+    let old = d.wait_workers(parent, 1)[0];
+    assert!(d.wait_log("printed to stdout by slot 1"), "{}", d.log());
+    let cfg = fs::read_to_string(&d.config).unwrap();
+    fs::write(
+        &d.config,
+        cfg.replace(
+            "loglevel = \"debug\"\n",
+            "loglevel = \"debug\"\nlog_format = \"json\"\n",
+        ),
+    )
+    .unwrap();
+    let out = d.run(&["reload"]);
+    assert!(out.status.success(), "{out:?}\n{}", d.log());
+    let json = |d: &Daemon| -> Vec<serde_json::Value> {
+        d.log()
+            .lines()
+            .filter(|l| l.starts_with('{'))
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
+    };
+    // The replacement's own line, and its printed output, in JSON.
+    assert!(
+        wait_until(DEADLINE, || {
+            let v = json(&d);
+            v.iter().any(|o| o["message"] == "retrying" && o["pid"] != old)
+                && v.iter()
+                    .any(|o| o["fields"]["stream"] == "stdout" && o["pid"] != old)
+                && v.iter().any(|o| o["role"] == "parent")
+        }),
+        "{}",
+        d.log()
+    );
+    assert!(d.run(&["stop"]).status.success());
+    // Before the reload, text; after it, nothing but JSON from anyone.
+    let log = d.log();
+    let first_json = log.lines().position(|l| l.starts_with('{')).unwrap();
+    assert!(log.lines().take(first_json).all(|l| l.starts_with("20")), "{log}");
+    let after: Vec<&str> = log.lines().skip(first_json).collect();
+    let text_after: Vec<&&str> = after
+        .iter()
+        .filter(|l| !l.starts_with('{') && !l.contains(&format!("[{old}] worker 1:")))
+        .collect();
+    assert!(
+        text_after.is_empty(),
+        "only the old worker may still write text: {text_after:?}"
+    );
+}
