@@ -316,3 +316,50 @@ fn logrotate_rotates_a_log_in_a_root_owned_directory_and_the_daemon_writes_on() 
     assert!(out.status.success(), "{}", show(&out));
     assert!(wait_until(DEADLINE, || !alive(parent)));
 }
+
+#[test]
+fn a_log_in_tmp_gets_no_false_warning_and_a_snippet_logrotate_accepts() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    // /tmp is root's, 1777 (sticky, world-writable): the workers' user may
+    // write there, and logrotate works there only with `su`.
+    let sys = SystemPaths::new("t");
+    let dir = scratch();
+    let log = PathBuf::from(format!("/tmp/{}.log", sys.name));
+    let config = dir.file(
+        "d.toml",
+        &format!(
+            "[daemon]\nname = \"{}\"\nuser = \"nobody\"\npidfile = \"{}/d.pid\"\nlogfile = \"{}\"\n",
+            sys.name,
+            dir.path().display(),
+            log.display()
+        ),
+        0o644,
+    );
+    let snippet = dir.path().join("d.logrotate");
+    for args in [
+        &["write-logrotate", "-o", snippet.to_str().unwrap()][..],
+        &["write-systemd", "--stdout"],
+        &["write-init", "--stdout"],
+    ] {
+        let out = demo(&config, args);
+        assert!(out.status.success(), "{args:?}: {}", show(&out));
+        assert!(!text(&out.stderr).contains("warning"), "{args:?}: {}", show(&out));
+    }
+    let text_of = fs::read_to_string(&snippet).unwrap();
+    assert!(text_of.contains("\n\tsu root root\n"), "{text_of}");
+    fs::write(&log, "a line\n").unwrap();
+    let state = dir.path().join("logrotate.state");
+    let out = run_with_timeout(
+        Command::new("logrotate")
+            .args(["-d", "-f", "-s"])
+            .arg(&state)
+            .arg(&snippet),
+        Duration::from_secs(60),
+    );
+    let _ = fs::remove_file(&log);
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success() && !all.contains("error:"), "{all}");
+}
