@@ -151,6 +151,8 @@ pub struct Daemon {
     pub foreground: Vec<Child>,
     /// Every pid seen as parent or worker, killed on drop if still alive.
     seen: std::cell::RefCell<Vec<i32>>,
+    /// `[daemon] loglevel`, kept by [`Daemon::rewrite_config`].
+    loglevel: String,
 }
 
 impl Daemon {
@@ -193,16 +195,19 @@ impl Daemon {
             socket,
             foreground: Vec::new(),
             seen: Default::default(),
+            loglevel: loglevel.to_string(),
         }
     }
 
-    /// Replaces the config file's text (same paths header).
+    /// Replaces the config file's text (same paths header, same
+    /// loglevel).
     pub fn rewrite_config(&self, extra: &str) {
         let text = format!(
-            "[daemon]\nname = \"{}\"\npidfile = \"{}\"\nlogfile = \"{}\"\nloglevel = \"debug\"\n\n{extra}\n",
+            "[daemon]\nname = \"{}\"\npidfile = \"{}\"\nlogfile = \"{}\"\nloglevel = \"{}\"\n\n{extra}\n",
             self.exe.file_name().unwrap().to_string_lossy(),
             self.pidfile.display(),
-            self.logfile.display()
+            self.logfile.display(),
+            self.loglevel
         );
         fs::write(&self.config, text).expect("write config");
     }
