@@ -29,6 +29,7 @@ mod operations;
 mod pause;
 mod privileges;
 mod queues;
+mod rabbitmq;
 mod spawn;
 mod titles;
 mod watch;

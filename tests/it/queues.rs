@@ -1,4 +1,5 @@
-//! Queue worker pools against real servers (beanstalkd, Redis, gearmand):
+//! Queue worker pools against real servers (beanstalkd, Redis, gearmand;
+//! RabbitMQ in rabbitmq.rs, which shares the chaos and the checks here):
 //! nothing is lost when workers are killed, replaced, scaled, stopped, or
 //! when a whole daemon (a "host") dies.
 //!
@@ -24,11 +25,11 @@ use crate::util::*;
 mod queue_job;
 
 /// The whole life of a chaos test may not take longer than this.
-const CHAOS_DEADLINE: Duration = Duration::from_secs(120);
+pub(crate) const CHAOS_DEADLINE: Duration = Duration::from_secs(120);
 
 /// One line of a results file, and the worker process that wrote it.
 #[derive(Debug, Clone, Copy)]
-struct Record {
+pub(crate) struct Record {
     pid: i32,
     job: u64,
     payload: u64,
@@ -36,7 +37,7 @@ struct Record {
 }
 
 /// Every complete result line under `dirs` (`<pid>.tsv` files).
-fn read_results(dirs: &[&Path]) -> Vec<Record> {
+pub(crate) fn read_results(dirs: &[&Path]) -> Vec<Record> {
     let mut out = Vec::new();
     for dir in dirs {
         let Ok(entries) = fs::read_dir(dir) else { continue };
@@ -64,14 +65,14 @@ fn read_results(dirs: &[&Path]) -> Vec<Record> {
 }
 
 /// The distinct payload ids recorded.
-fn done_ids(records: &[Record]) -> HashSet<u64> {
+pub(crate) fn done_ids(records: &[Record]) -> HashSet<u64> {
     records.iter().map(|r| r.payload).collect()
 }
 
 /// Checks that the records hold exactly the payload ids `0..n`, each with
 /// the right hash, and that every extra copy of a job was recorded by a
 /// worker in `killed`. Returns the number of duplicates.
-fn check_exactly_once_but_for(records: &[Record], n: u64, killed: &HashSet<i32>) -> usize {
+pub(crate) fn check_exactly_once_but_for(records: &[Record], n: u64, killed: &HashSet<i32>) -> usize {
     let mut by_id: HashMap<u64, Vec<Record>> = HashMap::new();
     for r in records {
         let expected = queue_job::fnv1a(&queue_job::payload(
@@ -112,7 +113,7 @@ fn check_exactly_once_but_for(records: &[Record], n: u64, killed: &HashSet<i32>)
 }
 
 /// Runs an example program (a producer) to completion; asserts success.
-fn run_example(name: &str, args: &[&str]) {
+pub(crate) fn run_example(name: &str, args: &[&str]) {
     let out = run_with_timeout(Command::new(example(name)).args(args), Duration::from_secs(60));
     assert!(
         out.status.success(),
@@ -142,7 +143,7 @@ impl Rng {
 
 /// The `[workers]` section of the pools under test: quick restarts, so a
 /// pool under constant SIGKILL keeps most of its workers.
-fn workers_section(count: u32) -> String {
+pub(crate) fn workers_section(count: u32) -> String {
     format!(
         "[workers]\ncount = {count}\nstop_timeout = \"10s\"\nbackoff_initial = \"10ms\"\n\
          backoff_max = \"100ms\"\nmin_uptime = \"100ms\"\n"
@@ -151,9 +152,9 @@ fn workers_section(count: u32) -> String {
 
 /// What the chaos did.
 #[derive(Debug, Default)]
-struct Chaos {
-    kills: usize,
-    killed: HashSet<i32>,
+pub(crate) struct Chaos {
+    pub(crate) kills: usize,
+    pub(crate) killed: HashSet<i32>,
     steps: usize,
 }
 
@@ -162,7 +163,7 @@ struct Chaos {
 /// `[workers]`+`[app]` text, which replaces every worker), one `scale +2`
 /// and one `scale -2`. Asserts the parent stays alive throughout and that
 /// the reload and scaling happened while work remained.
-fn chaos(d: &Daemon, parent: i32, reloaded: &str, mut remaining: impl FnMut() -> u64) -> Chaos {
+pub(crate) fn chaos(d: &Daemon, parent: i32, reloaded: &str, mut remaining: impl FnMut() -> u64) -> Chaos {
     let start = Instant::now();
     let mut rng = Rng::new();
     let mut c = Chaos::default();
@@ -1116,6 +1117,7 @@ fn shipped_queue_configs_are_valid() {
         (example("beanstalk_worker"), "beanstalk_worker.toml"),
         (example("redis_worker"), "redis_worker.toml"),
         (example("redis_async_worker"), "redis_async_worker.toml"),
+        (example("rabbitmq_worker"), "rabbitmq_worker.toml"),
         (rookery_bin(), "gearman/worker.toml"),
     ] {
         let out = run_with_timeout(
