@@ -286,6 +286,11 @@ fn run_refuses_an_empty_command() {
 #[test]
 fn the_first_command_of_the_readme_works_for_a_normal_user_without_a_config() {
     let home = Home::new();
+    // A missing default directory is no config error, for check-config
+    // either (and check-config makes nothing).
+    let check = home.run(&example("demodaemon"), &["check-config"]);
+    assert!(check.status.success(), "{}", show(&check));
+    assert!(!home.path().join(".local/state").exists());
     // `demodaemon --no-daemon`, as `cargo run --example demodaemon -- --no-daemon`.
     let mut c = if is_root() {
         let pw = nobody();
