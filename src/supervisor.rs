@@ -992,6 +992,8 @@ impl<'h, O: Os> Supervisor<'h, O> {
                 }
             }
             Action::EndOnHang { pid } => self.helpers.end_on_hang(pid),
+            Action::RollBack(why) => self.roll_back(why),
+            Action::Upgraded(result) => self.upgraded(result),
             Action::ReopenLogs => {
                 // Ours, then the generation the workers' log writers
                 // watch: Rust workers are not signalled (a signal breaks
@@ -1424,6 +1426,9 @@ impl<'h, O: Os> Supervisor<'h, O> {
             crash_loops: c.crash_loops,
         }
     }
+
+    fn roll_back(&mut self, _why: String) {}
+    fn upgraded(&mut self, _result: Result<String, String>) {}
 
     fn reload(&mut self) -> Result<String, String> {
         let now = self.os.now();

@@ -240,6 +240,9 @@ pub struct WorkersConfig {
     /// A job running longer than this is stopped, heartbeats or not (zero:
     /// off).
     pub job_timeout: Duration,
+    /// issue 11: how long a worker replaced by `upgrade` may take to finish
+    /// its job in hand before SIGKILL (zero: `stop_timeout`).
+    pub upgrade_drain_timeout: Duration,
     /// A job running longer than this is logged once, at warning (zero:
     /// off).
     pub slow_job: Duration,
@@ -400,6 +403,7 @@ impl Config {
                 env: BTreeMap::new(),
                 env_file: None,
                 job_timeout: Duration::ZERO,
+                upgrade_drain_timeout: Duration::ZERO,
                 slow_job: Duration::ZERO,
                 on_hang: None,
                 on_hang_timeout: Duration::from_secs(10),
@@ -748,6 +752,7 @@ impl Config {
         };
         out.push_str(&format!("mode = {}\n", q(mode)));
         out.push_str(&format!("job_timeout = {}\n", dur(w.job_timeout)));
+        out.push_str(&format!("upgrade_drain_timeout = {}\n", dur(w.upgrade_drain_timeout)));
         out.push_str(&format!("slow_job = {}\n", dur(w.slow_job)));
         if let Some(c) = &w.on_hang {
             let items: Vec<String> = c.iter().map(|s| q(s)).collect();

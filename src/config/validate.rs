@@ -591,6 +591,7 @@ pub(super) fn build(v: &mut Validator<'_, '_>, name: &str, base: &Path) -> Confi
     worker_env(v, x, base);
 
     x.job_timeout = v.duration("workers.job_timeout", d.job_timeout);
+    x.upgrade_drain_timeout = v.duration("workers.upgrade_drain_timeout", d.upgrade_drain_timeout);
     x.slow_job = v.duration("workers.slow_job", d.slow_job);
     x.on_hang = helper_command(v, "workers.on_hang", "[\"eu-stack\", \"-p\", \"{pid}\"]");
     x.on_hang_timeout = v.duration("workers.on_hang_timeout", d.on_hang_timeout);

@@ -43,6 +43,8 @@ pub(crate) enum Recycle {
     MaxLifetime(Duration),
     /// A reload changed something the worker read when it started.
     Reload,
+    /// issue 11: `upgrade` (or its rollback): it runs an earlier image.
+    Upgrade,
 }
 
 impl fmt::Display for Recycle {
@@ -60,6 +62,7 @@ impl fmt::Display for Recycle {
                 write!(f, "max_lifetime reached ({})", humantime::format_duration(*d))
             }
             Recycle::Reload => f.write_str("reload"),
+            Recycle::Upgrade => f.write_str("upgrade"),
         }
     }
 }

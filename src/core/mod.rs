@@ -27,6 +27,7 @@ pub(crate) mod health;
 pub(crate) mod intake;
 pub(crate) mod reload;
 mod rng;
+pub(crate) mod upgrade;
 #[cfg(test)]
 mod tests;
 
@@ -115,11 +116,13 @@ pub(crate) enum Cause {
     Reload,
     /// Added by `scale` or the dynamic pool.
     Scale,
+    /// issue 11: replaced by `upgrade` (or its rollback).
+    Upgrade,
 }
 
 impl Cause {
     /// Every cause, for exporting zeros too.
-    pub(crate) const ALL: [Cause; 10] = [
+    pub(crate) const ALL: [Cause; 11] = [
         Cause::Start,
         Cause::Crash,
         Cause::Exit,
@@ -130,6 +133,7 @@ impl Cause {
         Cause::Lifetime,
         Cause::Reload,
         Cause::Scale,
+        Cause::Upgrade,
     ];
 
     /// The label, as metrics show it.
@@ -145,6 +149,7 @@ impl Cause {
             Cause::Lifetime => "lifetime",
             Cause::Reload => "reload",
             Cause::Scale => "scale",
+            Cause::Upgrade => "upgrade",
         }
     }
 
@@ -154,6 +159,7 @@ impl Cause {
             Recycle::MaxMemory { .. } => Cause::Memory,
             Recycle::MaxLifetime(_) => Cause::Lifetime,
             Recycle::Reload => Cause::Reload,
+            Recycle::Upgrade => Cause::Upgrade,
         }
     }
 }
@@ -270,6 +276,11 @@ pub(crate) enum Action {
         /// The hung worker it is about.
         pid: Pid,
     },
+    /// issue 11: the new image's workers failed: exec the previous image
+    /// with the state (see [`upgrade`]).
+    RollBack(String),
+    /// issue 11: the upgrade (or its rollback) is over: its outcome.
+    Upgraded(Result<String, String>),
 }
 
 /// A state change systemd is told about.
@@ -347,6 +358,9 @@ pub(crate) enum Event {
         /// The hung worker.
         pid: Pid,
     },
+    /// issue 11: this image was just exec'd with the state: replace the
+    /// workers of other images.
+    Upgrade(upgrade::Begin),
 }
 
 /// The answer to an operator's request.
@@ -383,6 +397,8 @@ pub(crate) struct ProcInfo {
     /// Told to pause (the pool is paused, and the worker was told: a Rust
     /// worker always, a command through `pause_signal`).
     pub paused: bool,
+    /// issue 11: the image it was started from.
+    pub image: u64,
 }
 
 /// A slot waiting out its back-off, for `status`.
@@ -478,6 +494,8 @@ struct Proc {
     stopped_for: Option<&'static str>,
     /// Told to pause (see [`ProcInfo::paused`]).
     paused: bool,
+    /// issue 11: the image it was started from.
+    image: u64,
 }
 
 /// The replacement of a slot's current worker.
@@ -573,6 +591,11 @@ pub(crate) struct Core {
     /// (a command that said `idle` before the pause is not idle for as
     /// long as the pause lasted).
     resumed: Option<Instant>,
+    /// issue 11: what `rolling` replaces for (a reload or an upgrade).
+    rolling_why: Recycle,
+    /// issue 11: the image this parent runs, and the upgrade under way.
+    image: u64,
+    upgrade: upgrade::State,
 }
 
 /// `now + d`, or far in the future when that does not fit an `Instant`.
@@ -627,6 +650,9 @@ impl Core {
             backlog: backlog::State::default(),
             intake: Intake::Open,
             resumed: None,
+            rolling_why: Recycle::Reload,
+            image: 1,
+            upgrade: upgrade::State::Idle,
         }
     }
 
@@ -677,6 +703,7 @@ impl Core {
                     }
                 }
                 self.exited(pid, status, now);
+                self.upgrade_progress(now);
             }
             Event::Samples(samples) => self.judge(&samples, now),
             Event::Tick => self.tick(now),
@@ -688,6 +715,7 @@ impl Core {
             Event::Pause(why) => return Some(self.pause(&why, now)),
             Event::Resume(why) => return Some(self.resume(&why, now)),
             Event::OnHangDone { pid } => self.on_hang_over(pid, false, now),
+            Event::Upgrade(b) => self.begin_upgrade(b, now),
         }
         None
     }
@@ -727,6 +755,7 @@ impl Core {
             // A Rust worker reads the flag the executor set in its cell
             // before the fork; a command is told once it is ready.
             paused: self.kind == Kind::Forked && self.intake.is_paused(),
+            image: self.image,
         };
         if let Some((at, _)) = timer {
             self.timers.insert((at, Timer::Start(pid)));
@@ -835,9 +864,21 @@ impl Core {
                     Level::DEBUG,
                     format!("worker {slot}: pid {pid} ready, stopping old pid {current}"),
                 );
-                self.stop_for(current, Cause::of(&why).label(), now, AfterStop::Nothing);
-                self.advance_rolling(now);
+                // issue 11: an old worker replaced by an upgrade has
+                // `upgrade_drain_timeout` to finish its job in hand.
+                let drain = self.cfg.upgrade_drain_timeout;
+                if why == Recycle::Upgrade && !drain.is_zero() {
+                    if let Some(p) = self.procs.get_mut(&current) {
+                        p.stopped_for.get_or_insert(Cause::Upgrade.label());
+                    }
+                    self.order_stop_within(current, now, AfterStop::Nothing, drain);
+                } else {
+                    self.stop_for(current, Cause::of(&why).label(), now, AfterStop::Nothing);
+                }
             }
+        }
+        if !self.rolling.is_empty() {
+            self.advance_rolling(now);
         }
         self.startup_progress(slot);
         self.pause_command(pid);
@@ -1550,6 +1591,11 @@ impl Core {
     }
 
     fn order_stop(&mut self, pid: Pid, now: Instant, then: AfterStop) {
+        self.order_stop_within(pid, now, then, self.cfg.stop_timeout);
+    }
+
+    /// [`Core::order_stop`] with its own time before SIGKILL.
+    fn order_stop_within(&mut self, pid: Pid, now: Instant, then: AfterStop, timeout: Duration) {
         let group = self.kind == Kind::Command;
         let Some(p) = self.procs.get_mut(&pid) else { return };
         if let Phase::Stopping { then: t, .. } = &mut p.phase {
@@ -1565,7 +1611,7 @@ impl Core {
         if let Phase::OnHang { deadline } = p.phase {
             self.timers.remove(&(deadline, Timer::OnHang(pid)));
         }
-        let deadline = after(now, self.cfg.stop_timeout);
+        let deadline = after(now, timeout);
         p.phase = Phase::Stopping {
             deadline,
             killed: false,
@@ -1596,6 +1642,7 @@ impl Core {
         }
         self.phase = PoolPhase::Stopping { outcome };
         self.rolling.clear();
+        self.upgrade_stopped();
         let waiting: Vec<(Instant, u32)> = self
             .slots
             .iter()
@@ -1916,6 +1963,7 @@ impl Core {
                     notes.push(format!("workers {old} -> {new}"));
                 }
                 if plan.replaces_workers() {
+                    self.rolling_why = Recycle::Reload;
                     self.rolling = self.slots.keys().copied().collect();
                     self.advance_rolling(now);
                     notes.push(format!(
@@ -1942,15 +1990,34 @@ impl Core {
         let busy = self
             .slots
             .values()
-            .any(|s| matches!(&s.state, SlotState::Live { next, .. } if *next != Next::None));
-        if busy {
-            return;
-        }
-        while let Some(slot) = self.rolling.pop_front() {
+            .filter(|s| matches!(&s.state, SlotState::Live { next, .. } if *next != Next::None))
+            .count();
+        // issue 11: an upgrade replaces a batch at once; a reload one slot.
+        let batch = match self.rolling_why {
+            Recycle::Upgrade => self.upgrade_batch(),
+            _ => 1,
+        };
+        let mut room = batch.saturating_sub(busy);
+        let mut tries = self.rolling.len();
+        while room > 0 && tries > 0 {
+            tries -= 1;
+            let Some(slot) = self.rolling.pop_front() else { break };
+            if self.rolling_why == Recycle::Upgrade {
+                match self.upgrade_due(slot) {
+                    // An old worker still starting: its turn comes once ready.
+                    Some(false) => {
+                        self.rolling.push_back(slot);
+                        continue;
+                    }
+                    None => continue,
+                    Some(true) => {}
+                }
+            }
             if let Some(pid) = self.current_of(slot) {
-                if self.is_ready(pid) {
-                    self.recycle(pid, Recycle::Reload);
-                    return;
+                if self.is_ready(pid) && self.slots.get(&slot).is_some_and(|s| matches!(s.state, SlotState::Live { next: Next::None, .. })) {
+                    let why = self.rolling_why.clone();
+                    self.recycle(pid, why);
+                    room -= 1;
                 }
             }
         }
@@ -1960,6 +2027,9 @@ impl Core {
     /// before it was ready): `current` keeps serving, and the replacement
     /// is tried again after the slot's back-off. Counts as a failure.
     fn retry_replacement(&mut self, slot: u32, current: Pid, why: Recycle, now: Instant) {
+        if why == Recycle::Upgrade && self.upgrade_failed(slot, current, "it failed before it was ready", now) {
+            return;
+        }
         self.failure(now);
         let s = self.slot_mut(slot);
         s.failures = s.failures.saturating_add(1);
@@ -2189,6 +2259,7 @@ impl Core {
                 last_exit: self.slots.get(&p.slot).and_then(|s| s.last_exit.clone()),
                 slot_jobs: self.slots.get(&p.slot).map_or(0, |s| s.jobs),
                 paused: p.paused,
+                image: p.image,
             })
             .collect();
         v.sort_by_key(|p| (p.slot, p.started, p.pid));

@@ -1402,6 +1402,221 @@ fn alerts_are_fired_on_each_event() {
         _ => None,
     });
     assert!(killed.unwrap().starts_with("2 workers did not stop within 10s"));
+// -- issue 11: upgrade --------------------------------------------------------
+
+impl Sim {
+    /// The parent re-execs as image `image`: the core is rebuilt from its
+    /// own snapshot, as the new image does, and told to upgrade.
+    fn exec_image(&mut self, image: u64, rollback: Option<String>) {
+        let st = self.core.snapshot(self.now, image);
+        let cfg = self.core.cfg.clone();
+        let kind = self.core.kind;
+        self.core = Core::new(cfg, kind, 7).restore(st, self.now);
+        self.log.clear();
+        self.ev(Event::Upgrade(upgrade::Begin { rollback }));
+        self.run();
+    }
+    /// Ready workers that are their slot's current one.
+    fn ready_current(&self) -> usize {
+        self.core
+            .slots
+            .values()
+            .filter(|s| matches!(s.state, SlotState::Live { current, .. } if self.core.is_ready(current)))
+            .count()
+    }
+    fn upgraded(&self) -> Option<Result<String, String>> {
+        self.log.iter().find_map(|a| match a {
+            Action::Upgraded(r) => Some(r.clone()),
+            _ => None,
+        })
+    }
+    fn stopped_by_signal(&self) -> Vec<Pid> {
+        self.signals()
+            .into_iter()
+            .filter(|(_, sig)| *sig == Signal::SIGTERM)
+            .map(|(p, _)| p)
+            .collect()
+    }
+}
+
+#[test]
+fn a_snapshot_carries_slots_processes_and_counters_across_the_exec() {
+    let mut s = Sim::new(cfg(3));
+    s.ready_all();
+    let victim = s.pid_of(2);
+    s.exit(victim, ExitStatus::Code(1));
+    s.run();
+    let before = s.core.snapshot(s.now, 1);
+    let restored = Core::new(cfg(3), Kind::Forked, 1).restore(before.clone(), s.now);
+    assert_eq!(restored.snapshot(s.now, 1), before, "a round trip changes nothing");
+    assert_eq!(restored.counters(), s.core.counters());
+    assert_eq!(restored.size(), 3);
+    let json = serde_json::to_string(&before).unwrap();
+    assert_eq!(serde_json::from_str::<upgrade::CoreState>(&json).unwrap(), before);
+}
+
+#[test]
+fn an_upgrade_replaces_every_worker_and_never_has_fewer_than_n_ready() {
+    let mut c = cfg(8);
+    c.min_uptime = Duration::ZERO;
+    let mut s = Sim::new(c);
+    s.ready_all();
+    s.run();
+    let old: Vec<Pid> = s.core.processes().iter().map(|p| p.pid).collect();
+    assert_eq!(s.core.can_upgrade(), Ok(()));
+    s.exec_image(2, None);
+    let mut rounds = 0;
+    loop {
+        rounds += 1;
+        assert!(rounds < 50, "the upgrade does not end");
+        assert_eq!(s.ready_current(), 8, "ready workers never drop below N");
+        if s.upgraded().is_some() {
+            break;
+        }
+        let starting: Vec<Pid> = s
+            .core
+            .processes()
+            .into_iter()
+            .filter(|p| p.state == ProcState::Starting)
+            .map(|p| p.pid)
+            .collect();
+        assert!(starting.len() <= 2, "a quarter of the pool at once: {}", starting.len());
+        assert!(!starting.is_empty(), "something is under way");
+        s.log.clear();
+        for p in starting {
+            s.ready(p);
+        }
+        s.run();
+        assert_eq!(s.ready_current(), 8);
+        for p in s.stopped_by_signal() {
+            assert!(old.contains(&p), "only old workers are stopped");
+            s.exit(p, ExitStatus::Code(0));
+        }
+    }
+    assert!(matches!(s.upgraded(), Some(Ok(m)) if m.contains("8 workers on the new binary")));
+    assert!(s.log.contains(&Action::Systemd(SdNote::Ready)));
+    let procs = s.core.processes();
+    assert_eq!(procs.len(), 8);
+    assert!(procs.iter().all(|p| p.image == 2 && !old.contains(&p.pid)));
+    assert_eq!(s.core.counters().started[&Cause::Upgrade], 8);
+}
+
+#[test]
+fn old_workers_get_the_drain_timeout_to_finish_their_job() {
+    let mut c = cfg(1);
+    c.upgrade_drain_timeout = Duration::from_secs(30);
+    c.stop_timeout = Duration::from_secs(2);
+    let mut s = Sim::new(c);
+    s.ready_all();
+    let old = s.pid_of(1);
+    s.exec_image(2, None);
+    let new = s.core.processes().into_iter().find(|p| p.pid != old).unwrap().pid;
+    s.ready(new);
+    s.log.clear();
+    s.run();
+    s.advance(Duration::from_secs(10));
+    assert!(
+        !s.log.iter().any(|a| matches!(a, Action::Kill { pid, .. } if *pid == old)),
+        "not killed after stop_timeout"
+    );
+    s.log.clear();
+    s.advance(Duration::from_secs(21));
+    assert!(s.log.iter().any(|a| matches!(a, Action::Kill { pid, .. } if *pid == old)));
+}
+
+#[test]
+fn a_new_worker_that_fails_ends_the_upgrade_and_asks_for_the_previous_image() {
+    let mut c = cfg(8);
+    c.min_uptime = Duration::ZERO;
+    let mut s = Sim::new(c);
+    s.ready_all();
+    let old: Vec<Pid> = s.core.processes().iter().map(|p| p.pid).collect();
+    s.exec_image(2, None);
+    let new: Vec<Pid> = s
+        .core
+        .processes()
+        .into_iter()
+        .filter(|p| !old.contains(&p.pid))
+        .map(|p| p.pid)
+        .collect();
+    assert_eq!(new.len(), 2);
+    s.ev(Event::Worker(new[0], WorkerMsg::Failed("no database".into())));
+    s.exit(new[0], ExitStatus::Code(1));
+    let why = s
+        .log
+        .iter()
+        .find_map(|a| match a {
+            Action::RollBack(w) => Some(w.clone()),
+            _ => None,
+        })
+        .expect("a rollback is asked for");
+    assert!(why.contains("worker"), "{why}");
+    assert!(s.stopped_by_signal().contains(&new[1]), "the other new worker is stopped");
+    assert!(s.stopped_by_signal().iter().all(|p| !old.contains(p)), "no old worker is stopped");
+    assert_eq!(s.ready_current(), 8);
+    // No retry of the failed replacement: the previous image takes over.
+    s.advance(Duration::from_secs(60));
+    assert!(s.log.iter().all(|a| !matches!(a, Action::Spawn(_))));
+    // The previous image (1) comes back with the state and reports.
+    s.exit(new[1], ExitStatus::Code(0));
+    s.exec_image(1, Some(why.clone()));
+    assert_eq!(s.upgraded(), Some(Err(format!("upgrade failed and was rolled back: {why}"))));
+    assert_eq!(s.core.processes().len(), 8);
+    assert_eq!(s.core.can_upgrade(), Ok(()), "a later upgrade may begin");
+}
+
+#[test]
+fn the_rollback_replaces_the_failed_image_s_workers_and_retries_as_usual() {
+    let mut c = cfg(4);
+    c.min_uptime = Duration::ZERO;
+    let mut s = Sim::new(c);
+    s.ready_all();
+    s.exec_image(2, None);
+    // One slot made it to the new image before another failed.
+    let first = s.core.processes().into_iter().find(|p| p.image == 2).unwrap().pid;
+    s.ready(first);
+    s.run();
+    for p in s.stopped_by_signal() {
+        s.exit(p, ExitStatus::Code(0));
+    }
+    let second = s
+        .core
+        .processes()
+        .into_iter()
+        .find(|p| p.image == 2 && p.state == ProcState::Starting)
+        .unwrap()
+        .pid;
+    s.exit(second, ExitStatus::Code(1));
+    assert!(s.log.iter().any(|a| matches!(a, Action::RollBack(_))));
+    s.exec_image(1, Some("boom".into()));
+    let spawned: Vec<Pid> = s.core.processes().into_iter().filter(|p| p.image == 1 && p.state == ProcState::Starting).map(|p| p.pid).collect();
+    assert_eq!(spawned.len(), 1, "the one worker of image 2 is replaced");
+    // Its replacement fails: retried after the back-off, no second rollback.
+    s.exit(spawned[0], ExitStatus::Code(1));
+    assert!(!s.log.iter().any(|a| matches!(a, Action::RollBack(_))));
+    let again = s.advance(Duration::from_secs(60));
+    assert_eq!(again.len(), 1);
+    s.ready(again[0]);
+    s.run();
+    for p in s.stopped_by_signal() {
+        s.exit(p, ExitStatus::Code(0));
+    }
+    assert_eq!(s.upgraded(), Some(Err("upgrade failed and was rolled back: boom".into())));
+    assert!(s.core.processes().iter().all(|p| p.image == 1));
+}
+
+#[test]
+fn an_upgrade_is_refused_while_starting_stopping_or_upgrading() {
+    let mut s = Sim::new(cfg(2));
+    assert!(s.core.can_upgrade().unwrap_err().contains("starting"));
+    s.ready_all();
+    s.run();
+    s.exec_image(2, None);
+    assert!(s.core.can_upgrade().unwrap_err().contains("under way"));
+    s.ev(Event::Stop("test".into()));
+    s.log.extend(s.core.take_actions());
+    assert_eq!(s.upgraded(), Some(Err("the daemon is stopping".into())));
+    assert!(s.core.can_upgrade().unwrap_err().contains("stopping"));
 }
 
 mod properties {
@@ -1423,6 +1638,8 @@ mod properties {
         Stop,
         Pause,
         Resume,
+        Upgrade,
+        RollBack,
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -1438,6 +1655,8 @@ mod properties {
             1 => Just(Op::Stop),
             1 => Just(Op::Pause),
             1 => Just(Op::Resume),
+            1 => Just(Op::Upgrade),
+            1 => Just(Op::RollBack),
         ]
     }
 
@@ -1566,6 +1785,20 @@ mod properties {
                     }
                     Op::Pause => { s.ev(Event::Pause("test".into())); }
                     Op::Resume => { s.ev(Event::Resume("test".into())); }
+                    // issue 11: the parent re-execs (a new image, or back to
+                    // the previous one) whenever the core allows it.
+                    Op::Upgrade | Op::RollBack => {
+                        if s.core.can_upgrade().is_ok() {
+                            let image = match op {
+                                Op::Upgrade => s.core.image() + 1,
+                                _ => s.core.image().saturating_sub(1).max(1),
+                            };
+                            let why = matches!(op, Op::RollBack).then(|| "test".to_string());
+                            let log = std::mem::take(&mut s.log);
+                            s.exec_image(image, why);
+                            s.log.splice(0..0, log);
+                        }
+                    }
                 }
                 let acts = s.core.take_actions();
                 for a in &acts {
