@@ -22,7 +22,14 @@
 //! | `hook_file = "PATH"` | the parent's `on_start` hook opens PATH, inheritable (no close-on-exec), and keeps it open |
 //! | `fail_init_with = "text"` | `init` fails with this message |
 //! | `init_block_read = "5s"` | `init` first blocks in a socket read with this read timeout (a connect to a database that is down), failing on any other error |
+//! | `log_jobs = true` | log `job N done by build ID` after each job (the upgrade tests) |
 //! | `block_read = "5s"` | each `run` blocks in a socket read with this read timeout (`SO_RCVTIMEO`), as a Redis or HTTP client does, and fails on any other error (`EINTR` included) |
+//!
+//! Its build id (`status`, the log, metrics) is compiled into the binary
+//! as [`BUILD`]: the upgrade tests make a *different executable* by copying
+//! the binary and rewriting those bytes, as a rebuild with another id
+//! would, without a second compile. A build id that starts with
+//! `failinit` makes every worker's `init` fail (a broken release).
 //!
 //! ```text
 //! cargo run --example testworker -- --no-daemon -w 2
@@ -36,6 +43,18 @@ use std::time::Duration;
 use rookery::{BoxError, Context, Step, Worker};
 use serde::Deserialize;
 use tracing::info;
+
+/// The build id marker: `TESTBUILD:` and 14 bytes of id (trailing dots are
+/// padding), rewritten in copies of the binary by the upgrade tests.
+static BUILD: [u8; 24] = *b"TESTBUILD:aaaaaaaaaaaaaa";
+
+/// This binary's build id, read through `black_box` so the compiler
+/// cannot fold the bytes into the code that uses them: the bytes in the
+/// file are the id.
+fn build() -> String {
+    let bytes: &[u8; 24] = std::hint::black_box(&BUILD);
+    String::from_utf8_lossy(&bytes[10..]).trim_end_matches('.').to_string()
+}
 
 /// The `[app]` table.
 #[derive(Debug, Clone, Deserialize)]
@@ -58,6 +77,7 @@ struct Settings {
     init_block_read: Option<Duration>,
     #[serde(deserialize_with = "opt_duration")]
     block_read: Option<Duration>,
+    log_jobs: bool,
 }
 
 impl Default for Settings {
@@ -76,6 +96,7 @@ impl Default for Settings {
             fail_init_with: None,
             init_block_read: None,
             block_read: None,
+            log_jobs: false,
         }
     }
 }
@@ -120,6 +141,9 @@ impl Worker for TestWorker {
             info!("env {k}={v}");
         }
         let s = ctx.settings();
+        if build().starts_with("failinit") {
+            return Err(format!("build {} cannot start its workers", build()).into());
+        }
         if let Some(msg) = &s.fail_init_with {
             return Err(msg.clone().into());
         }
@@ -201,6 +225,9 @@ impl Worker for TestWorker {
             }
         }
         self.jobs += 1;
+        if s.log_jobs {
+            info!("job {} done by build {}", self.jobs, build());
+        }
         Ok(Step::Worked)
     }
 
@@ -267,6 +294,8 @@ fn main() -> ExitCode {
             .run();
     }
     rookery::Daemon::<TestWorker>::new("testworker")
+        .version(env!("CARGO_PKG_VERSION"))
+        .build_id(&build())
         .about("rookery's test fixture: a worker that hangs, leaks or crashes on request")
         .hooks(TestHooks::default())
         .run()

@@ -229,6 +229,15 @@ pub enum Command {
     Pause,
     /// Workers take jobs again after `pause` (also SIGCONT).
     Resume,
+    /// Run the binary now at the daemon's path, same pid, replacing the
+    /// workers slot by slot (a new one ready before an old one stops);
+    /// rolls back if the new workers fail. Waits for the outcome.
+    Upgrade {
+        /// How long to wait for the outcome (default: two drain timeouts,
+        /// two start timeouts and a minute).
+        #[arg(long, value_parser = crate::config::parse_duration_arg, value_name = "DURATION")]
+        timeout: Option<Duration>,
+    },
     /// Validate the config and print the effective values.
     CheckConfig,
     /// Print a commented sample config.
@@ -278,6 +287,7 @@ impl Command {
             Command::RetryNow => "retry-now",
             Command::Pause => "pause",
             Command::Resume => "resume",
+            Command::Upgrade { .. } => "upgrade",
             Command::CheckConfig => "check-config",
             Command::SampleConfig => "sample-config",
             Command::WriteInit(_) => "write-init",

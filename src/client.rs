@@ -714,3 +714,85 @@ mod tests {
         assert_eq!(other.signal(Signal::SIGUSR1), Err(nix::errno::Errno::ESRCH));
     }
 }
+
+/// issue 11: `upgrade`: asks the daemon to run the binary now at its path,
+/// then follows the outcome in `status` until it is done or failed (the
+/// control socket does not answer for the instant of the exec: a refused
+/// connection is retried). Exit 0 when every worker runs the new binary;
+/// otherwise the daemon's reason and its code (78 an invalid config, 66 a
+/// missing binary, 77 not executable, 69 a binary that did not answer as a
+/// rookery daemon, 71 an exec that failed, 1 a rollback, 75 another
+/// upgrade under way or the pool starting).
+pub(crate) fn upgrade(config: &Config, timeout: Option<Duration>) -> u8 {
+    let name = &config.daemon.name;
+    match holder(config) {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            say(name, "not running");
+            return exit::NOT_RUNNING;
+        }
+        Err(code) => return code,
+    }
+    let socket = &config.daemon.control_socket;
+    let id = match control::call(socket, &Request::Upgrade, Duration::from_secs(30)) {
+        Ok(Response::Upgrading { id }) => id,
+        Ok(Response::Error { message }) => {
+            say(name, format!("upgrade refused: {message}"));
+            return exit::TEMPFAIL;
+        }
+        Ok(other) => {
+            say(name, format!("unexpected answer: {other:?}"));
+            return exit::SOFTWARE;
+        }
+        Err(e) => {
+            say(
+                name,
+                format!("cannot reach the daemon at {}: {e}", socket.display()),
+            );
+            return exit::from_io(&e);
+        }
+    };
+    let w = &config.workers;
+    let drain = if w.upgrade_drain_timeout.is_zero() {
+        w.stop_timeout
+    } else {
+        w.upgrade_drain_timeout
+    };
+    let start = w.init_timeout.max(w.ready_timeout);
+    let limit = timeout.unwrap_or(Duration::from_secs(60) + drain * 2 + start * 2);
+    let deadline = Instant::now() + limit;
+    let mut last_error = String::new();
+    loop {
+        match control::call(socket, &Request::Status, Duration::from_secs(5)) {
+            Ok(Response::Status(s)) => match s.upgrade.filter(|u| u.id == id) {
+                Some(u) if u.state == control::UpgradeState::Done => {
+                    out(format!("{name}: {} (pid {} unchanged)", u.message, s.pid));
+                    return exit::OK;
+                }
+                Some(u) if u.state == control::UpgradeState::Failed => {
+                    say(name, format!("upgrade failed: {}", u.message));
+                    return if u.code == exit::OK { exit::FAILURE } else { u.code };
+                }
+                _ => {}
+            },
+            Ok(other) => last_error = format!("unexpected answer: {other:?}"),
+            Err(e) => last_error = e.to_string(),
+        }
+        if Instant::now() >= deadline {
+            say(
+                name,
+                format!(
+                    "upgrade {id} not finished after {}{}; `{name} status` shows where it is",
+                    human(limit),
+                    if last_error.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (last error: {last_error})")
+                    }
+                ),
+            );
+            return exit::TEMPFAIL;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -36,6 +36,9 @@ pub enum Request {
     Pause,
     /// Workers take jobs again.
     Resume,
+    /// issue 11: run the binary now at the daemon's path (answered with
+    /// [`Response::Upgrading`]; the outcome is in [`Status::upgrade`]).
+    Upgrade,
 }
 
 /// The daemon's answer.
@@ -54,6 +57,37 @@ pub enum Response {
         /// Why.
         message: String,
     },
+    /// issue 11: the upgrade numbered `id` was accepted (or already
+    /// failed its checks): follow it in [`Status::upgrade`].
+    Upgrading {
+        /// Its id.
+        id: u64,
+    },
+}
+
+/// issue 11: where the last upgrade is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpgradeState {
+    /// Checking the new binary, or replacing workers.
+    InProgress,
+    /// Every worker runs the new binary.
+    Done,
+    /// Refused or rolled back; the old binary serves.
+    Failed,
+}
+
+/// issue 11: the last upgrade, in `status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpgradeStatus {
+    /// Its id (one more per `upgrade` request or SIGUSR2).
+    pub id: u64,
+    /// Where it is.
+    pub state: UpgradeState,
+    /// What happened (why it failed).
+    pub message: String,
+    /// The exit code `upgrade` reports (sysexits).
+    pub code: u8,
 }
 
 /// What `status` shows.
@@ -86,6 +120,12 @@ pub struct Status {
     /// Seconds the pool has been paused (`pause`); `None`: taking jobs.
     #[serde(default)]
     pub paused_for_secs: Option<f64>,
+    /// issue 11: the version label of the binary the parent runs.
+    #[serde(default)]
+    pub version: String,
+    /// issue 11: the last upgrade, if any.
+    #[serde(default)]
+    pub upgrade: Option<UpgradeStatus>,
 }
 
 /// Cumulative counts since the daemon started (they survive worker
@@ -146,6 +186,9 @@ pub struct WorkerStatus {
     /// `pause_signal`, and not saying it is busy).
     #[serde(default)]
     pub paused: bool,
+    /// issue 11: it still runs an earlier binary than the parent's.
+    #[serde(default)]
+    pub previous: bool,
 }
 
 /// A worker process's phase, as the parent sees it.
@@ -267,6 +310,19 @@ impl Server {
             listener,
             path: path.to_path_buf(),
             owner,
+            conns: Conns::new(MAX_CLIENTS, CLIENT_DEADLINE),
+        })
+    }
+
+    /// issue 11: the listener the image before this one bound (at `path`),
+    /// from its descriptor; connections waiting in its backlog are served.
+    pub(crate) fn adopt(fd: std::os::fd::OwnedFd, path: &Path) -> io::Result<Server> {
+        let listener = UnixListener::from(fd);
+        listener.set_nonblocking(true)?;
+        Ok(Server {
+            listener,
+            path: path.to_path_buf(),
+            owner: nix::unistd::geteuid().as_raw(),
             conns: Conns::new(MAX_CLIENTS, CLIENT_DEADLINE),
         })
     }
@@ -418,6 +474,10 @@ impl Status {
                 .as_ref()
                 .map_or("(built-in defaults)".into(), |p| p.display().to_string()),
         );
+        if !self.version.is_empty() {
+            // issue 11: the binary the parent runs.
+            out.insert_str(out.len() - 1, &format!(", version {}", self.version));
+        }
         if let Some(secs) = self.paused_for_secs {
             // issue 11
             out.push_str(&format!(
@@ -426,12 +486,12 @@ impl Status {
             ));
         }
         out.push_str(&format!(
-            "{:>4}  {:>8}  {:<9} {:<9} {:>10}  {:>8}  {:>10}  {:>8}\n",
-            "SLOT", "PID", "STATE", "ACTIVITY", "UPTIME", "RESTARTS", "RSS", "JOBS"
+            "{:>4}  {:>8}  {:<9} {:<9} {:>10}  {:>8}  {:>10}  {:>8}  {}\n",
+            "SLOT", "PID", "STATE", "ACTIVITY", "UPTIME", "RESTARTS", "RSS", "JOBS", "VERSION"
         ));
         for w in &self.workers {
             out.push_str(&format!(
-                "{:>4}  {:>8}  {:<9} {:<9} {:>10}  {:>8}  {:>10}  {:>8}\n",
+                "{:>4}  {:>8}  {:<9} {:<9} {:>10}  {:>8}  {:>10}  {:>8}  {}{}\n",
                 w.slot,
                 w.pid,
                 w.state.name(),
@@ -439,7 +499,9 @@ impl Status {
                 human_secs(w.uptime_secs),
                 w.restarts,
                 mib(w.rss_bytes),
-                w.jobs
+                w.jobs,
+                w.version,
+                if w.previous { " (previous binary)" } else { "" }
             ));
         }
         for b in &self.backing_off {
@@ -454,6 +516,14 @@ impl Status {
                 "-",
                 "-"
             ));
+        }
+        if let Some(u) = &self.upgrade {
+            let state = match u.state {
+                UpgradeState::InProgress => "in progress",
+                UpgradeState::Done => "done",
+                UpgradeState::Failed => "failed",
+            };
+            out.push_str(&format!("upgrade {}: {state}: {}\n", u.id, u.message));
         }
         out
     }

@@ -33,6 +33,12 @@ pub struct Daemon<W: Worker> {
     hooks: Box<dyn Hooks>,
     command_mode: bool,
     cli_args: Option<W::Args>,
+    /// issue 11: the build id shown beside the version.
+    build_id: Option<String>,
+    /// issue 11: the directory the command line was given in.
+    cli_cwd: PathBuf,
+    /// issue 11: in a new image after `upgrade`, the state handed over.
+    handover: Option<crate::upgrade::Handover>,
     _w: PhantomData<fn() -> W>,
 }
 
@@ -64,8 +70,28 @@ impl<W: Worker> Daemon<W> {
             hooks: Box::new(NoHooks),
             command_mode: false,
             cli_args: None,
+            build_id: option_env!("ROOKERY_BUILD_ID").map(str::to_string),
+            cli_cwd: PathBuf::from("/"),
+            handover: None,
             _w: PhantomData,
         }
+    }
+
+    /// issue 11: an id of this build (a commit, a CI build number), shown
+    /// with the version in `status`, the log and the metrics, so that an
+    /// `upgrade` can be told apart from the binary it replaced. Default:
+    /// `ROOKERY_BUILD_ID` in the environment of the build, else none.
+    pub fn build_id(mut self, id: &str) -> Self {
+        self.build_id = Some(id.to_string());
+        self
+    }
+
+    /// The version label: `VERSION` or `VERSION+BUILD_ID`.
+    fn label(&self) -> String {
+        crate::upgrade::label(
+            self.version.as_deref().unwrap_or(env!("CARGO_PKG_VERSION")),
+            self.build_id.as_deref(),
+        )
     }
 
     /// The version `--version` prints.
@@ -95,6 +121,23 @@ impl<W: Worker> Daemon<W> {
 
     /// Parses the command line and does what it says. Returns the exit code.
     pub fn run(mut self) -> ExitCode {
+        // issue 11: a running daemon asks this binary whether it can take
+        // over; and a new image finds the state it was handed.
+        crate::upgrade::answer_probe(&self.label());
+        self.cli_cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+        match crate::upgrade::take() {
+            Some(Ok(h)) => {
+                // The command line's relative paths mean what they meant.
+                let _ = std::env::set_current_dir(&h.cli_cwd);
+                self.cli_cwd = h.cli_cwd.clone();
+                self.handover = Some(h);
+            }
+            Some(Err(e)) => {
+                say(&self.name, format!("upgrade: {e}"));
+                return ExitCode::from(exit::OSERR);
+            }
+            None => {}
+        }
         titles::init();
         std::panic::set_hook(Box::new(|info| {
             tracing::error!("panic: {info}");
@@ -194,6 +237,11 @@ impl<W: Worker> Daemon<W> {
         };
         let config = match load() {
             Ok(c) => c,
+            Err(e) if self.handover.is_some() => {
+                let why = format!("config error: {}", e.to_string().replace('\n', "; "));
+                say(&name, &why);
+                return crate::upgrade::give_back(self.handover.take().expect("checked"), &why);
+            }
             Err(e) => {
                 // `reload` of a broken config still goes to a running daemon:
                 // it logs the errors, keeps its config, and answers with them.
@@ -240,6 +288,10 @@ impl<W: Worker> Daemon<W> {
             }
         };
         let name = config.daemon.name.clone();
+        if let Some(h) = self.handover.take() {
+            let reloader = load_owned(name.clone(), config_path.clone(), overrides.clone(), checks);
+            return self.resume(config, h, Box::new(reloader));
+        }
         match command {
             Command::CheckConfig => match preflight(&config) {
                 Ok(()) => {
@@ -267,6 +319,7 @@ impl<W: Worker> Daemon<W> {
             Command::RetryNow => client::control_call(&config, &Request::RetryNow),
             Command::Pause => client::control_call(&config, &Request::Pause), // issue 11
             Command::Resume => client::control_call(&config, &Request::Resume),
+            Command::Upgrade { timeout } => client::upgrade(&config, timeout),
             Command::Scale { spec } => match spec.parse::<ScaleSpec>() {
                 Ok(s) => client::control_call(&config, &Request::Scale { spec: s.to_string() }),
                 Err(e) => {
@@ -487,7 +540,8 @@ impl<W: Worker> Daemon<W> {
         };
         // From here on the pidfile is ours: removed however this ends, so a
         // failed start leaves no pidfile behind.
-        let result = self.locked_main(config, no_daemon, report, reloader, inbox);
+        let fds = pid_lock.handover();
+        let result = self.locked_main(config, no_daemon, report, reloader, inbox, fds);
         pid_lock.remove();
         result
     }
@@ -500,6 +554,7 @@ impl<W: Worker> Daemon<W> {
         report: &mut StartupReport,
         reloader: crate::supervisor::Reloader,
         inbox: Inbox,
+        pidfile: crate::upgrade::PidfileFds,
     ) -> Result<u8, StartError> {
         let name = config.daemon.name.clone();
         // The parent keeps its privileges (see `privileges`); only workers
@@ -540,14 +595,21 @@ impl<W: Worker> Daemon<W> {
             ),
             None => None,
         };
-        if let Err(e) = self.hooks.on_start(&config) {
+        let before = crate::upgrade::open_fds();
+        let on_start = self.hooks.on_start(&config);
+        // issue 11: what on_start opened is kept across an `upgrade`.
+        let hook_fds: Vec<i32> = crate::upgrade::open_fds()
+            .into_iter()
+            .filter(|fd| !before.contains(fd))
+            .collect();
+        if let Err(e) = on_start {
             let e = StartError::Hook(crate::worker::error_chain(&*e));
             error!("{e}");
             return Err(e);
         }
         info!(
             "{name} {} starting (pid {}, config {})",
-            self.version.as_deref().unwrap_or(env!("CARGO_PKG_VERSION")),
+            self.label(),
             std::process::id(),
             config
                 .source
@@ -562,6 +624,7 @@ impl<W: Worker> Daemon<W> {
                 args: self.cli_args.take().expect("args parsed"),
             })
         };
+        let label = self.label();
         // The supervisor takes the report; should it fail to start, the
         // spare tells the waiting command why. Dropped before any worker
         // is forked.
@@ -581,7 +644,21 @@ impl<W: Worker> Daemon<W> {
             Some(m) => sup.with_metrics(m), // issue 12
             None => Ok(sup),
         });
-        match sup {
+        // issue 11: what `upgrade` needs.
+        let image = crate::supervisor::ImageState {
+            exe: crate::upgrade::Exe::current(None)
+                .map_err(|e| {
+                    error!("cannot open the daemon's own executable: {e}; `upgrade` will be refused")
+                })
+                .ok(),
+            label,
+            hook_fds,
+            cli_cwd: self.cli_cwd.clone(),
+            no_daemon,
+            pidfile: Some(pidfile),
+            ..Default::default()
+        };
+        match sup.map(|s| s.with_image(image)) {
             Ok(sup) => {
                 drop(spare);
                 Ok(sup.run())
@@ -591,6 +668,144 @@ impl<W: Worker> Daemon<W> {
                 Err(StartError::Supervisor(e))
             }
         }
+    }
+}
+
+impl<W: Worker> Daemon<W> {
+    /// issue 11: the life of a new image after `upgrade`: the pidfile,
+    /// sockets, workers and pool handed over are taken back (nothing is
+    /// bound, locked or detached again), and the workers of the earlier
+    /// image are replaced. Anything that fails before the descriptors are
+    /// taken over sends the state back to the previous image.
+    fn resume(
+        &mut self,
+        config: Config,
+        h: crate::upgrade::Handover,
+        reloader: crate::supervisor::Reloader,
+    ) -> u8 {
+        let name = config.daemon.name.clone();
+        let fail = |h: crate::upgrade::Handover, why: String| {
+            say(&name, format!("upgrade: {why}"));
+            crate::upgrade::give_back(h, &why)
+        };
+        if let Err(e) = daemonize::settle(&config.daemon.workdir, config.daemon.umask) {
+            return fail(h, e.to_string());
+        }
+        let inbox = match Inbox::open() {
+            Ok(i) => i,
+            Err(e) => return fail(h, format!("signals: {e}")),
+        };
+        let identity = match privileges::worker_identity(
+            config.daemon.user.as_deref(),
+            config.daemon.group.as_deref(),
+        ) {
+            Ok(i) => i,
+            Err(e) => return fail(h, e.to_string()),
+        };
+        let log = match &config.daemon.logfile {
+            Some(p) => match privileges::open_log_shared(p) {
+                Ok(f) => Some(f),
+                Err(e) => return fail(h, format!("cannot open log file {}: {e}", p.display())),
+            },
+            None => None,
+        };
+        let settings = if config.workers.command.is_some() {
+            None
+        } else {
+            match config.app::<W::Settings>() {
+                Ok(s) => Some(s),
+                Err(e) => return fail(h, e.to_string().replace('\n', "; ")),
+            }
+        };
+        if let Err(e) = self.hooks.on_upgrade(&config, &h.hook_fds) {
+            return fail(h, format!("on_upgrade: {}", crate::worker::error_chain(&*e)));
+        }
+        // From here on, the descriptors are this image's.
+        let _ = crate::sys::exec::reserve();
+        privileges::set_workers(identity);
+        logging::init(
+            config.daemon.loglevel,
+            config.daemon.logfile.as_deref(),
+            log,
+            h.no_daemon,
+        );
+        info!(
+            "{name} {} starting in place (pid {} unchanged, config {})",
+            self.label(),
+            std::process::id(),
+            config
+                .source
+                .as_ref()
+                .map_or("built-in defaults".into(), |p| p.display().to_string())
+        );
+        let pid_lock = match pidfile::Pidfile::adopt(&h.pidfile) {
+            Ok(p) => p,
+            Err(e) => {
+                error!("upgrade: the pidfile's descriptors: {e}");
+                return exit::OSERR;
+            }
+        };
+        let control = h
+            .control
+            .and_then(|fd| crate::upgrade::adopt(fd).ok())
+            .and_then(|fd| control::Server::adopt(fd, &config.daemon.control_socket).ok());
+        let metrics = match (h.metrics, &config.metrics.listen) {
+            (Some(fd), Some(l)) => crate::upgrade::adopt(fd)
+                .and_then(|fd| crate::metrics::Server::adopt(fd, l))
+                .ok(),
+            (None, Some(l)) => crate::metrics::Server::bind(l)
+                .map_err(|e| error!("metrics: cannot bind {l}: {e}"))
+                .ok(),
+            (Some(fd), None) => {
+                drop(crate::upgrade::adopt(fd));
+                None
+            }
+            (None, None) => None,
+        };
+        let spawner: Box<dyn Spawner> = match settings {
+            None => Box::new(CommandSpawner),
+            Some(settings) => Box::new(ForkSpawner::<W> {
+                settings,
+                args: self.cli_args.take().expect("args parsed"),
+            }),
+        };
+        let image = crate::supervisor::ImageState {
+            exe: crate::upgrade::Exe::current(Some(h.exe.clone()))
+                .map_err(|e| {
+                    error!("cannot open the daemon's own executable: {e}; `upgrade` will be refused")
+                })
+                .ok(),
+            label: self.label(),
+            hook_fds: h.hook_fds.clone(),
+            cli_cwd: h.cli_cwd.clone(),
+            no_daemon: h.no_daemon,
+            pidfile: Some(pid_lock.handover()),
+            handover: Some(h),
+            ..Default::default()
+        };
+        let sup = Supervisor::new(
+            crate::supervisor::RealOs,
+            config,
+            spawner,
+            &mut *self.hooks,
+            inbox,
+            control,
+            StartupReport::none(),
+            reloader,
+        )
+        .and_then(|sup| match metrics {
+            Some(m) => sup.with_metrics(m),
+            None => Ok(sup),
+        });
+        let code = match sup {
+            Ok(sup) => sup.with_image(image).run(),
+            Err(e) => {
+                error!("upgrade: cannot run the new binary's loop: {e}");
+                exit::OSERR
+            }
+        };
+        pid_lock.remove();
+        code
     }
 }
 

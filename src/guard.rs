@@ -214,6 +214,45 @@ impl Guard {
         Ok(g)
     }
 
+    /// issue 11: the running guard, for the next image of the parent
+    /// (its pipe stays open across the exec, so the guard sees no end of
+    /// file and stays). `None` when no guard runs: the next image starts
+    /// one.
+    pub(crate) fn handover(&self) -> Option<crate::upgrade::GuardFds> {
+        match &self.state {
+            State::Running { pid, tx, .. } => Some(crate::upgrade::GuardFds {
+                pid: pid.as_raw(),
+                tx: tx.as_raw_fd(),
+                tracked: self.tracked.iter().map(|(p, t)| (p.as_raw(), *t)).collect(),
+            }),
+            State::Down { .. } => None,
+        }
+    }
+
+    /// issue 11: the guard the image before this one ran, from its pipe.
+    pub(crate) fn adopt(
+        name: &str,
+        signal: Signal,
+        timeout: Duration,
+        close: Vec<RawFd>,
+        h: &crate::upgrade::GuardFds,
+    ) -> std::io::Result<Guard> {
+        let tx = crate::upgrade::adopt(h.tx)?;
+        Ok(Guard {
+            name: name.to_owned(),
+            policy: Policy { signal, timeout },
+            close,
+            tracked: h.tracked.iter().map(|(p, t)| (Pid::from_raw(*p), *t)).collect(),
+            state: State::Running {
+                pid: Pid::from_raw(h.pid),
+                tx,
+                started: Instant::now(),
+            },
+            retired: Vec::new(),
+            quick_deaths: 0,
+        })
+    }
+
     /// The running guard's pid.
     pub(crate) fn pid(&self) -> Option<Pid> {
         match &self.state {

@@ -28,6 +28,15 @@ pub trait Hooks {
         Ok(())
     }
 
+    /// issue 11: instead of [`Hooks::on_start`], in the new binary after an
+    /// `upgrade`: the descriptors `on_start` opened in the first image are
+    /// still open, under the same numbers (`fds`), and forked workers
+    /// inherit them as before; take them back here if the hooks need them.
+    /// An error rolls the upgrade back.
+    fn on_upgrade(&mut self, _config: &Config, _fds: &[std::os::fd::RawFd]) -> Result<(), BoxError> {
+        Ok(())
+    }
+
     /// After a worker exited and was reaped.
     fn on_worker_exit(&mut self, _exit: &WorkerExit) {}
 

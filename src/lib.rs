@@ -143,6 +143,7 @@ mod supervisor;
 mod sys;
 mod text;
 mod titles;
+mod upgrade;
 mod watch;
 mod worker;
 

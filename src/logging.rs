@@ -419,8 +419,11 @@ fn check_opened(file: &File) -> io::Result<()> {
 fn generation() -> &'static AtomicU64 {
     static LOCAL: AtomicU64 = AtomicU64::new(0);
     GENERATION.get_or_init(|| {
+        // The memory file is not needed once mapped: after an `upgrade`,
+        // the new image maps its own generation, and the old workers, which
+        // watch this one, are all being replaced.
         crate::sys::shared_cells::<AtomicU64>(1)
-            .map(|cells| &cells[0])
+            .map(|(_file, cells)| &cells[0])
             .unwrap_or(&LOCAL)
     })
 }

@@ -544,6 +544,24 @@ impl Server {
         })
     }
 
+    /// issue 11: the listener the image before this one bound, from its
+    /// descriptor.
+    pub(crate) fn adopt(fd: std::os::fd::OwnedFd, listen: &MetricsListen) -> io::Result<Server> {
+        let listener = match listen {
+            MetricsListen::Tcp(_) => Listener::Tcp(TcpListener::from(fd)),
+            MetricsListen::Unix(path) => Listener::Unix(UnixListener::from(fd), path.clone()),
+        };
+        let s = Server {
+            listener,
+            conns: Conns::new(MAX_CLIENTS, CLIENT_DEADLINE),
+        };
+        match &s.listener {
+            Listener::Tcp(l) => l.set_nonblocking(true)?,
+            Listener::Unix(l, _) => l.set_nonblocking(true)?,
+        }
+        Ok(s)
+    }
+
     /// The listening descriptor, to watch.
     pub(crate) fn listener(&self) -> BorrowedFd<'_> {
         match &self.listener {

@@ -610,6 +610,38 @@ impl Pidfile {
     }
 }
 
+impl Pidfile {
+    /// issue 11: its descriptors, for the next image of the parent (an
+    /// `upgrade` keeps them open across the exec: the OFD locks and the
+    /// instance guard stay held).
+    pub(crate) fn handover(&self) -> crate::upgrade::PidfileFds {
+        crate::upgrade::PidfileFds {
+            path: self.path.clone(),
+            file: self.file.as_raw_fd(),
+            pool: self.pool.as_raw_fd(),
+            guard: self.guard.as_ref().map(|g| g.as_raw_fd()),
+        }
+    }
+
+    /// issue 11: the pidfile the image before this one held, from its
+    /// descriptors: still locked, the pid unchanged.
+    pub(crate) fn adopt(h: &crate::upgrade::PidfileFds) -> io::Result<Pidfile> {
+        let file = File::from(crate::upgrade::adopt(h.file)?);
+        let pool = File::from(crate::upgrade::adopt(h.pool)?);
+        let guard = match h.guard {
+            Some(fd) => Some(UnixDatagram::from(crate::upgrade::adopt(fd)?)),
+            None => None,
+        };
+        PARENT_FD.store(file.as_raw_fd(), Ordering::Relaxed);
+        Ok(Pidfile {
+            path: h.path.clone(),
+            file,
+            pool,
+            guard,
+        })
+    }
+}
+
 impl Drop for Pidfile {
     fn drop(&mut self) {
         let _ = PARENT_FD.compare_exchange(self.file.as_raw_fd(), -1, Ordering::Relaxed, Ordering::Relaxed);

@@ -255,16 +255,38 @@ impl Cell {
 pub struct Scoreboard {
     cells: &'static [Cell],
     free: Vec<u32>,
+    /// The memory file behind the cells (issue 11: handed to the next
+    /// image of the parent by `upgrade`).
+    file: std::os::fd::OwnedFd,
 }
 
 impl Scoreboard {
     /// Maps room for `capacity` processes.
     pub fn new(capacity: usize) -> std::io::Result<Scoreboard> {
-        let cells = sys::shared_cells::<Cell>(capacity)?;
+        let (file, cells) = sys::shared_cells::<Cell>(capacity)?;
         Ok(Scoreboard {
             cells,
             free: (0..capacity as u32).rev().collect(),
+            file,
         })
+    }
+
+    /// issue 11: the scoreboard of the image before this one, from its
+    /// memory file; `used`: the cells of the workers that came along.
+    pub fn adopt(file: std::os::fd::OwnedFd, capacity: usize, used: &[u32]) -> std::io::Result<Scoreboard> {
+        let cells = sys::map_shared_cells::<Cell>(&file, capacity)?;
+        let free = (0..capacity as u32).rev().filter(|i| !used.contains(i)).collect();
+        Ok(Scoreboard { cells, free, file })
+    }
+
+    /// The memory file behind the cells.
+    pub fn file(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.file)
+    }
+
+    /// How many cells there are.
+    pub fn capacity(&self) -> usize {
+        self.cells.len()
     }
     /// Takes a free cell.
     pub fn claim(&mut self) -> Option<u32> {

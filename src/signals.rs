@@ -16,7 +16,7 @@ use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 /// The signals the parent handles.
-pub const PARENT_SIGNALS: [Signal; 11] = [
+pub const PARENT_SIGNALS: [Signal; 12] = [
     Signal::SIGCHLD,
     Signal::SIGTERM,
     Signal::SIGINT,
@@ -31,6 +31,8 @@ pub const PARENT_SIGNALS: [Signal; 11] = [
     // stops the parent.
     Signal::SIGTSTP,
     Signal::SIGCONT,
+    // issue 11: `upgrade`.
+    Signal::SIGUSR2,
 ];
 
 /// The parent's signal inbox.

@@ -272,6 +272,8 @@ pub(crate) struct Supervisor<'h, O: Os = RealOs> {
     startup_error: Option<String>,
     /// issue 11: the pause flag and wake-up of forked workers.
     intake: crate::intake::Switch,
+    /// issue 11: `upgrade` and the images this parent has run.
+    image: ImageState,
 }
 
 /// issue 11: whether a worker is paused, as `status` and metrics show it.
@@ -286,6 +288,48 @@ fn paused_worker(p: &core::ProcInfo, activity: Option<Activity>, command: bool) 
             _ => command && p.paused,
         }
 }
+
+/// issue 11: what the parent knows of its images and upgrades.
+#[derive(Default)]
+pub(crate) struct ImageState {
+    /// This image's executable (`None`: it could not be opened at start,
+    /// and `upgrade` is refused).
+    pub exe: Option<crate::upgrade::Exe>,
+    /// The version label of this image.
+    pub label: String,
+    /// Each image's version label, by number.
+    pub images: std::collections::BTreeMap<u64, String>,
+    /// The next image number to hand out.
+    pub next_image: u64,
+    /// During an upgrade: the image to return to (a descriptor on its
+    /// executable, and its number).
+    pub previous: Option<(OwnedFd, u64)>,
+    /// The last upgrade's outcome, for `status`.
+    pub status: Option<control::UpgradeStatus>,
+    /// The probe of the new binary, while it runs.
+    pub(crate) probe: Option<Probe>,
+    /// Descriptors `on_start` opened (kept across an exec).
+    pub hook_fds: Vec<RawFd>,
+    /// The directory the command line was given in.
+    pub cli_cwd: std::path::PathBuf,
+    /// Whether the daemon runs in the foreground.
+    pub no_daemon: bool,
+    /// The pidfile's descriptors.
+    pub pidfile: Option<crate::upgrade::PidfileFds>,
+    /// Set in a new image: the state it was handed, to take over in `run`.
+    pub handover: Option<crate::upgrade::Handover>,
+}
+
+/// The new binary, run once to learn whether it can take over.
+pub(crate) struct Probe {
+    pid: Pid,
+    out: OwnedFd,
+    deadline: Instant,
+    timed_out: bool,
+}
+
+/// How long the new binary has to answer the probe.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn notify_systemd(states: &[sd_notify::NotifyState<'_>]) {
     let _ = crate::notify::send(states); // issue 9: MSG_DONTWAIT, never blocks
@@ -376,6 +420,7 @@ impl<'h, O: Os> Supervisor<'h, O> {
             sd_listening: std::env::var_os("NOTIFY_SOCKET").is_some(),
             startup_error: None,
             intake: crate::intake::Switch::new()?,
+            image: ImageState::default(),
         })
     }
 
@@ -400,8 +445,20 @@ impl<'h, O: Os> Supervisor<'h, O> {
         // not the title's first 15 bytes ("demodaemon: par").
         titles::set_comm(&self.config.daemon.name);
         strays::become_subreaper();
+        // issue 11: a new image takes over the state it was handed.
+        let handover = self.image.handover.take();
+        let resumed = match handover {
+            Some(h) => match self.take_over(h) {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    error!("upgrade: cannot take over the running pool: {e}");
+                    return exit::OSERR;
+                }
+            },
+            None => None,
+        };
         // issue 9 (#10): commands get a guard (Rust workers have their alarm backstop).
-        if self.config.workers.command.is_some() {
+        if self.config.workers.command.is_some() && self.guard.is_none() {
             let (w, mut close) = (&self.config.workers, self.parent_only.clone());
             close.push(self.msg_write.as_raw_fd());
             self.guard =
@@ -411,16 +468,23 @@ impl<'h, O: Os> Supervisor<'h, O> {
                     })
                     .ok();
         }
-        info!(
-            "starting {} ({})",
-            core::workers(self.config.workers.count),
-            self.config.workers.command.as_ref().map_or_else(
-                || "in-process".to_string(),
-                |c| format!("command: {}", c.join(" "))
-            )
-        );
+        if resumed.is_none() {
+            info!(
+                "starting {} ({})",
+                core::workers(self.config.workers.count),
+                self.config.workers.command.as_ref().map_or_else(
+                    || "in-process".to_string(),
+                    |c| format!("command: {}", c.join(" "))
+                )
+            );
+        }
         let now = self.os.now();
-        self.core.start(now);
+        match resumed {
+            None => self.core.start(now),
+            Some(b) => {
+                self.core.handle(now, Event::Upgrade(b));
+            }
+        }
         self.execute();
         self.spawn_some();
         loop {
@@ -439,6 +503,7 @@ impl<'h, O: Os> Supervisor<'h, O> {
             self.core.handle(now, Event::Tick);
             self.strays.tick(now);
             self.helpers.expire(now); // issue 12
+            self.probe_deadline(now);
             self.unmute(now);
             if let Some(c) = self.control.as_mut() {
                 for token in c.expire(now) {
@@ -509,6 +574,11 @@ impl<'h, O: Os> Supervisor<'h, O> {
             self.watchdog.map(|w| w.1),
             // issue 10: a stream that took only part of a line.
             crate::logging::stream_retry_in().map(|d| self.os.now() + d),
+            self.image
+                .probe
+                .as_ref()
+                .filter(|p| !p.timed_out)
+                .map(|p| p.deadline),
         ]
         .into_iter()
         .flatten()
@@ -598,6 +668,12 @@ impl<'h, O: Os> Supervisor<'h, O> {
             Signal::SIGCONT => {
                 self.core.handle(now, Event::Resume("received SIGCONT".into()));
             }
+            // issue 11: the signal gunicorn, unicorn and nginx use.
+            Signal::SIGUSR2 => {
+                if let Response::Error { message } = self.request_upgrade() {
+                    warn!("upgrade (SIGUSR2) refused: {message}");
+                }
+            }
             _ => {}
         }
     }
@@ -621,6 +697,10 @@ impl<'h, O: Os> Supervisor<'h, O> {
             }
             // Its last messages (an init error) may still be in the pipe.
             self.read_messages();
+            if self.image.probe.as_ref().is_some_and(|p| p.pid == pid) {
+                self.probe_done(status); // issue 11
+                continue;
+            }
             if self.guard.as_mut().is_some_and(|g| g.reaped(pid, &status)) {
                 continue; // issue 9: the guard, not a worker or a stray
             }
@@ -656,6 +736,7 @@ impl<'h, O: Os> Supervisor<'h, O> {
         }
         if reaped {
             let (workers, guard, helpers) = (&self.workers, &self.guard, &self.helpers);
+            let probe = self.image.probe.as_ref().map(|p| p.pid);
             let w = &self.config.workers;
             // While stopping, at the stop's own deadline: `stop` takes no
             // longer for them.
@@ -667,6 +748,7 @@ impl<'h, O: Os> Supervisor<'h, O> {
                     workers.contains_key(&p)
                         || guard.as_ref().is_some_and(|g| g.is_guard(p)) // issue 9
                         || helpers.is_helper(p) // issue 12
+                        || probe == Some(p) // issue 11
                 },
                 w.stop_signal,
                 kill_at,
@@ -1162,6 +1244,7 @@ impl<'h, O: Os> Supervisor<'h, O> {
                             },
                         }
                     }
+                    Ok(Request::Upgrade) => self.request_upgrade(),
                     Ok(Request::Reload) => match self.reload() {
                         Ok(m) => Response::Ok { message: m },
                         Err(m) => Response::Error { message: m },
@@ -1372,7 +1455,9 @@ impl<'h, O: Os> Supervisor<'h, O> {
                     busy_secs: busy.map(|c| c.in_activity_for(board_now).as_secs_f64()),
                     job: busy.and_then(|c| c.label()).map(|l| l.to_string()),
                     last_exit: p.last_exit,
-                    version: env!("CARGO_PKG_VERSION").to_string(),
+                    // issue 11: the version label of the image it came from.
+                    version: self.image.images.get(&p.image).cloned().unwrap_or_default(),
+                    previous: p.image != self.core.image(),
                     paused,
                 }
             })
@@ -1401,6 +1486,8 @@ impl<'h, O: Os> Supervisor<'h, O> {
             crash_loop: self.core.in_crash_loop(),
             totals: self.totals(),
             paused_for_secs: self.core.intake().paused_for(now).map(|d| d.as_secs_f64()),
+            version: self.image.label.clone(),
+            upgrade: self.image.status.clone(),
         }
     }
 
@@ -1427,8 +1514,356 @@ impl<'h, O: Os> Supervisor<'h, O> {
         }
     }
 
-    fn roll_back(&mut self, _why: String) {}
-    fn upgraded(&mut self, _result: Result<String, String>) {}
+    /// issue 11: sets up `upgrade`: this image's executable and label, and
+    /// (in a new image) the state it was handed.
+    pub(crate) fn with_image(mut self, image: ImageState) -> Self {
+        self.image = image;
+        let n = self.core.image();
+        self.image.images.insert(n, self.image.label.clone());
+        self.image.next_image = self.image.next_image.max(n + 1);
+        if let Some(fd) = self.image.exe.as_ref().map(|e| e.fd.as_raw_fd()) {
+            self.parent_only.push(fd);
+        }
+        self.parent_only.push(self.board.file().as_raw_fd());
+        self
+    }
+
+    fn set_upgrade(&mut self, state: control::UpgradeState, code: u8, message: String) {
+        if let Some(u) = self.image.status.as_mut() {
+            u.state = state;
+            u.code = code;
+            u.message = message;
+        }
+    }
+
+    /// issue 11: `upgrade` (or SIGUSR2): checks what can be checked at once,
+    /// then runs the probe of the new binary; the exec follows its answer.
+    fn request_upgrade(&mut self) -> Response {
+        if self.image.probe.is_some() {
+            return Response::Error {
+                message: "an upgrade is already under way".into(),
+            };
+        }
+        if let Err(message) = self.core.can_upgrade() {
+            return Response::Error { message };
+        }
+        let id = self.image.status.as_ref().map_or(1, |u| u.id + 1);
+        self.image.status = Some(control::UpgradeStatus {
+            id,
+            state: control::UpgradeState::InProgress,
+            message: "checking the new binary".into(),
+            code: exit::OK,
+        });
+        if let Err((code, why)) = self.check_upgrade() {
+            error!("upgrade {id} refused: {why}; nothing was changed");
+            self.set_upgrade(control::UpgradeState::Failed, code, why);
+        }
+        Response::Upgrading { id }
+    }
+
+    fn check_upgrade(&mut self) -> Result<(), (u8, String)> {
+        let Some(exe) = self.image.exe.as_ref() else {
+            return Err((
+                exit::OSERR,
+                "the daemon's executable could not be opened when it started".into(),
+            ));
+        };
+        let path = exe.path.clone();
+        (self.reloader)().map_err(|e| {
+            (
+                exit::CONFIG,
+                format!(
+                    "the configuration is invalid: {}",
+                    e.to_string().replace('\n', "; ")
+                ),
+            )
+        })?;
+        crate::upgrade::check_binary(&path)?;
+        // The new binary answers before it does anything else; the loop
+        // reaps it and reads the answer then.
+        let mut child = std::process::Command::new(&path)
+            .env(crate::upgrade::PROBE_ENV, "1")
+            .env_remove(crate::upgrade::HANDOVER_ENV)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| (exit::UNAVAILABLE, format!("cannot run {}: {e}", path.display())))?;
+        let out = child
+            .stdout
+            .take()
+            .map(OwnedFd::from)
+            .ok_or((exit::OSERR, "no pipe from the probe".to_string()))?;
+        let _ = set_nonblocking(out.as_fd());
+        let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(0));
+        info!("upgrade: asking {} for its version (pid {pid})", path.display());
+        self.image.probe = Some(Probe {
+            pid,
+            out,
+            deadline: self.os.now() + PROBE_TIMEOUT,
+            timed_out: false,
+        });
+        Ok(())
+    }
+
+    fn probe_deadline(&mut self, now: Instant) {
+        if let Some(p) = self.image.probe.as_mut() {
+            if !p.timed_out && p.deadline <= now {
+                p.timed_out = true;
+                warn!(
+                    "upgrade: the new binary did not answer within {}s; killing it",
+                    PROBE_TIMEOUT.as_secs()
+                );
+                let _ = nix::sys::signal::kill(p.pid, Signal::SIGKILL);
+            }
+        }
+    }
+
+    fn probe_done(&mut self, status: ExitStatus) {
+        let Some(p) = self.image.probe.take() else { return };
+        let mut buf = vec![0u8; 4096];
+        let mut have = 0;
+        while have < buf.len() {
+            match nix::unistd::read(&p.out, &mut buf[have..]) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => have += n,
+            }
+        }
+        let verdict = if p.timed_out {
+            Err(format!(
+                "the new binary did not answer within {}s: nothing was changed",
+                PROBE_TIMEOUT.as_secs()
+            ))
+        } else {
+            crate::upgrade::judge_probe(&status.to_string(), status.success(), &buf[..have])
+        };
+        match verdict {
+            Err(why) => {
+                error!("upgrade refused: {why}");
+                self.set_upgrade(control::UpgradeState::Failed, exit::UNAVAILABLE, why);
+            }
+            Ok(label) => self.exec_upgrade(label),
+        }
+    }
+
+    /// The state to hand to image `image`.
+    fn handover(&self, image: u64, rollback: Option<String>) -> crate::upgrade::Handover {
+        use crate::upgrade::{raw, PipeFd, WorkerFds};
+        let now = self.os.now();
+        let workers = self
+            .workers
+            .iter()
+            .map(|(pid, h)| WorkerFds {
+                pid: pid.as_raw(),
+                slot: h.slot,
+                id: h.id,
+                cell: h.cell,
+                pipes: h
+                    .pipes
+                    .iter()
+                    .map(|p| PipeFd {
+                        fd: p.fd.as_raw_fd(),
+                        stream: match p.stream {
+                            Stream::Stdout => "stdout",
+                            Stream::Stderr => "stderr",
+                            Stream::Notify => "notify",
+                            Stream::Relay => "relay",
+                        }
+                        .into(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        crate::upgrade::Handover {
+            core: self.core.snapshot(now, image),
+            exe: self
+                .image
+                .exe
+                .as_ref()
+                .map(|e| e.path.clone())
+                .unwrap_or_default(),
+            cli_cwd: self.image.cli_cwd.clone(),
+            previous: None,
+            next_image: self.image.next_image,
+            images: self.image.images.clone(),
+            rollback,
+            status: self.image.status.clone(),
+            no_daemon: self.image.no_daemon,
+            uptime_ms: u64::try_from(now.saturating_duration_since(self.started).as_millis()).unwrap_or(0),
+            pidfile: self.image.pidfile.clone().unwrap_or(crate::upgrade::PidfileFds {
+                path: self.config.daemon.pidfile.clone(),
+                file: -1,
+                pool: -1,
+                guard: None,
+            }),
+            control: self.control.as_ref().map(|c| raw(c.listener())),
+            metrics: self.metrics.as_ref().map(|m| raw(m.listener())),
+            scoreboard: raw(self.board.file()),
+            scoreboard_cells: self.board.capacity(),
+            msg_read: raw(&self.msg_read),
+            msg_write: raw(&self.msg_write),
+            guard: self.guard.as_ref().and_then(crate::guard::Guard::handover),
+            workers,
+            hook_fds: self.image.hook_fds.clone(),
+        }
+    }
+
+    /// The probe answered: exec the new binary in place with the state.
+    fn exec_upgrade(&mut self, label: String) {
+        let Some(exe) = self.image.exe.as_ref() else {
+            return;
+        };
+        let path = exe.path.clone();
+        let image = self.image.next_image;
+        let mut h = self.handover(image, None);
+        h.next_image = image + 1;
+        h.images.insert(image, label.clone());
+        h.previous = Some(crate::upgrade::Previous {
+            fd: exe.fd.as_raw_fd(),
+            image: self.core.image(),
+        });
+        if let Some(u) = h.status.as_mut() {
+            u.message = format!("replacing workers with {label}'s");
+        }
+        notify_systemd(&[sd_notify::NotifyState::Reloading]);
+        info!(
+            "upgrade: running {} ({} -> {label}) in place of pid {}",
+            path.display(),
+            self.image.label,
+            std::process::id()
+        );
+        let e = crate::upgrade::exec(crate::upgrade::Target::Path(&path), &h);
+        let why = format!(
+            "cannot exec {}: {e}; the old binary keeps running",
+            path.display()
+        );
+        error!("upgrade failed: {why}");
+        self.set_upgrade(control::UpgradeState::Failed, exit::OSERR, why);
+        notify_systemd(&[sd_notify::NotifyState::Ready]);
+    }
+
+    /// A new worker failed: back to the previous image, with the state.
+    fn roll_back(&mut self, why: String) {
+        let Some((fd, image)) = self.image.previous.take() else {
+            error!("upgrade failed ({why}) and there is no previous binary to return to");
+            self.set_upgrade(control::UpgradeState::Failed, exit::FAILURE, why);
+            return;
+        };
+        let h = self.handover(image, Some(why.clone()));
+        if let Some(label) = self.image.images.get(&image) {
+            warn!("upgrade: returning to the previous binary ({label})");
+        }
+        let e = crate::upgrade::exec(crate::upgrade::Target::Fd(fd.as_fd()), &h);
+        let msg =
+            format!("{why}; and the previous binary cannot be run again ({e}): the new one keeps running");
+        error!("upgrade failed: {msg}");
+        self.set_upgrade(control::UpgradeState::Failed, exit::OSERR, msg);
+    }
+
+    /// The upgrade (or its rollback) is over.
+    fn upgraded(&mut self, result: Result<String, String>) {
+        self.image.previous = None;
+        match result {
+            Ok(m) => self.set_upgrade(control::UpgradeState::Done, exit::OK, m),
+            Err(m) => self.set_upgrade(control::UpgradeState::Failed, exit::FAILURE, m),
+        }
+    }
+
+    /// In a new image: takes over the descriptors and the pool the image
+    /// before it handed over. Returns what starts the rolling replacement.
+    fn take_over(&mut self, h: crate::upgrade::Handover) -> std::io::Result<core::upgrade::Begin> {
+        use crate::upgrade::adopt;
+        let now = self.os.now();
+        let used: Vec<u32> = h.workers.iter().map(|w| w.cell).collect();
+        let old_board = self.board.file().as_raw_fd();
+        self.board = Scoreboard::adopt(adopt(h.scoreboard)?, h.scoreboard_cells, &used)?;
+        self.parent_only.retain(|f| *f != old_board);
+        self.parent_only.push(self.board.file().as_raw_fd());
+        let _ = self.epoll.delete(&self.msg_read);
+        let old_read = self.msg_read.as_raw_fd();
+        self.parent_only.retain(|f| *f != old_read);
+        self.msg_read = adopt(h.msg_read)?;
+        self.msg_write = adopt(h.msg_write)?;
+        set_nonblocking(self.msg_read.as_fd())?;
+        self.epoll.add(
+            &self.msg_read,
+            EpollEvent::new(EpollFlags::EPOLLIN, TOKEN_MESSAGES),
+        )?;
+        self.parent_only.push(self.msg_read.as_raw_fd());
+        for w in &h.workers {
+            let pid = Pid::from_raw(w.pid);
+            let mut pipes = Vec::new();
+            for p in &w.pipes {
+                let fd = adopt(p.fd)?;
+                let stream = match p.stream.as_str() {
+                    "stdout" => Stream::Stdout,
+                    "stderr" => Stream::Stderr,
+                    "relay" => Stream::Relay,
+                    _ => Stream::Notify,
+                };
+                let token = self.next_token;
+                self.next_token += 1;
+                self.epoll.add(&fd, EpollEvent::new(EpollFlags::EPOLLIN, token))?;
+                self.sources.insert(token, Source::Pipe(pid, stream));
+                pipes.push(Pipe {
+                    fd,
+                    stream,
+                    buf: Vec::new(),
+                    token,
+                    spent: 0,
+                    window: now,
+                    muted_once: false,
+                });
+            }
+            self.workers.insert(
+                pid,
+                Handle {
+                    slot: w.slot,
+                    id: w.id,
+                    cell: w.cell,
+                    pipes,
+                },
+            );
+        }
+        if let Some(g) = &h.guard {
+            let (w, mut close) = (&self.config.workers, self.parent_only.clone());
+            close.push(self.msg_write.as_raw_fd());
+            self.guard = Some(crate::guard::Guard::adopt(
+                &self.config.daemon.name,
+                w.stop_signal,
+                w.stop_timeout,
+                close,
+                g,
+            )?);
+        }
+        let kind = if self.config.workers.command.is_some() {
+            Kind::Command
+        } else {
+            Kind::Forked
+        };
+        let seed = u64::from(std::process::id()) ^ h.core.next_id;
+        self.core = Core::new(self.config.workers.clone(), kind, seed).restore(h.core.clone(), now);
+        let n = self.core.image();
+        self.image.images = h.images.clone();
+        self.image.images.insert(n, self.image.label.clone());
+        self.image.next_image = h.next_image.max(n + 1);
+        self.image.status = h.status.clone();
+        self.image.previous = match &h.previous {
+            Some(p) => Some((adopt(p.fd)?, p.image)),
+            None => None,
+        };
+        self.started = now.checked_sub(Duration::from_millis(h.uptime_ms)).unwrap_or(now);
+        // Everything taken over is close-on-exec again: commands inherit
+        // none of it, and the next exec clears exactly what it hands on.
+        crate::upgrade::close_on_exec(&h.fds());
+        info!(
+            "upgrade: {} took over {} (pid {} unchanged)",
+            self.image.label,
+            core::workers(u64::try_from(h.workers.len()).unwrap_or(0)),
+            std::process::id()
+        );
+        Ok(core::upgrade::Begin { rollback: h.rollback })
+    }
 
     fn reload(&mut self) -> Result<String, String> {
         let now = self.os.now();

@@ -752,7 +752,10 @@ impl Config {
         };
         out.push_str(&format!("mode = {}\n", q(mode)));
         out.push_str(&format!("job_timeout = {}\n", dur(w.job_timeout)));
-        out.push_str(&format!("upgrade_drain_timeout = {}\n", dur(w.upgrade_drain_timeout)));
+        out.push_str(&format!(
+            "upgrade_drain_timeout = {}\n",
+            dur(w.upgrade_drain_timeout)
+        ));
         out.push_str(&format!("slow_job = {}\n", dur(w.slow_job)));
         if let Some(c) = &w.on_hang {
             let items: Vec<String> = c.iter().map(|s| q(s)).collect();

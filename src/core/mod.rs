@@ -27,9 +27,9 @@ pub(crate) mod health;
 pub(crate) mod intake;
 pub(crate) mod reload;
 mod rng;
-pub(crate) mod upgrade;
 #[cfg(test)]
 mod tests;
+pub(crate) mod upgrade;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt;
@@ -1741,6 +1741,10 @@ impl Core {
         if self.is_stopping() {
             return Err("the daemon is stopping".into());
         }
+        // issue 11: paused workers wait on a descriptor of this image.
+        if self.upgrade != upgrade::State::Idle {
+            return Err("an upgrade is under way: pause once it is over".into());
+        }
         if let Some(d) = self.intake.paused_for(now) {
             return Ok(format!("already paused (for {})", round_secs(d)));
         }
@@ -2001,7 +2005,9 @@ impl Core {
         let mut tries = self.rolling.len();
         while room > 0 && tries > 0 {
             tries -= 1;
-            let Some(slot) = self.rolling.pop_front() else { break };
+            let Some(slot) = self.rolling.pop_front() else {
+                break;
+            };
             if self.rolling_why == Recycle::Upgrade {
                 match self.upgrade_due(slot) {
                     // An old worker still starting: its turn comes once ready.
@@ -2014,7 +2020,12 @@ impl Core {
                 }
             }
             if let Some(pid) = self.current_of(slot) {
-                if self.is_ready(pid) && self.slots.get(&slot).is_some_and(|s| matches!(s.state, SlotState::Live { next: Next::None, .. })) {
+                if self.is_ready(pid)
+                    && self
+                        .slots
+                        .get(&slot)
+                        .is_some_and(|s| matches!(s.state, SlotState::Live { next: Next::None, .. }))
+                {
                     let why = self.rolling_why.clone();
                     self.recycle(pid, why);
                     room -= 1;
@@ -2027,7 +2038,8 @@ impl Core {
     /// before it was ready): `current` keeps serving, and the replacement
     /// is tried again after the slot's back-off. Counts as a failure.
     fn retry_replacement(&mut self, slot: u32, current: Pid, why: Recycle, now: Instant) {
-        if why == Recycle::Upgrade && self.upgrade_failed(slot, current, "it failed before it was ready", now) {
+        if why == Recycle::Upgrade && self.upgrade_failed(slot, current, "it failed before it was ready", now)
+        {
             return;
         }
         self.failure(now);

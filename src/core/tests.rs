@@ -1448,7 +1448,11 @@ fn a_snapshot_carries_slots_processes_and_counters_across_the_exec() {
     s.run();
     let before = s.core.snapshot(s.now, 1);
     let restored = Core::new(cfg(3), Kind::Forked, 1).restore(before.clone(), s.now);
-    assert_eq!(restored.snapshot(s.now, 1), before, "a round trip changes nothing");
+    assert_eq!(
+        restored.snapshot(s.now, 1),
+        before,
+        "a round trip changes nothing"
+    );
     assert_eq!(restored.counters(), s.core.counters());
     assert_eq!(restored.size(), 3);
     let json = serde_json::to_string(&before).unwrap();
@@ -1480,7 +1484,11 @@ fn an_upgrade_replaces_every_worker_and_never_has_fewer_than_n_ready() {
             .filter(|p| p.state == ProcState::Starting)
             .map(|p| p.pid)
             .collect();
-        assert!(starting.len() <= 2, "a quarter of the pool at once: {}", starting.len());
+        assert!(
+            starting.len() <= 2,
+            "a quarter of the pool at once: {}",
+            starting.len()
+        );
         assert!(!starting.is_empty(), "something is under way");
         s.log.clear();
         for p in starting {
@@ -1516,12 +1524,17 @@ fn old_workers_get_the_drain_timeout_to_finish_their_job() {
     s.run();
     s.advance(Duration::from_secs(10));
     assert!(
-        !s.log.iter().any(|a| matches!(a, Action::Kill { pid, .. } if *pid == old)),
+        !s.log
+            .iter()
+            .any(|a| matches!(a, Action::Kill { pid, .. } if *pid == old)),
         "not killed after stop_timeout"
     );
     s.log.clear();
     s.advance(Duration::from_secs(21));
-    assert!(s.log.iter().any(|a| matches!(a, Action::Kill { pid, .. } if *pid == old)));
+    assert!(s
+        .log
+        .iter()
+        .any(|a| matches!(a, Action::Kill { pid, .. } if *pid == old)));
 }
 
 #[test]
@@ -1551,8 +1564,14 @@ fn a_new_worker_that_fails_ends_the_upgrade_and_asks_for_the_previous_image() {
         })
         .expect("a rollback is asked for");
     assert!(why.contains("worker"), "{why}");
-    assert!(s.stopped_by_signal().contains(&new[1]), "the other new worker is stopped");
-    assert!(s.stopped_by_signal().iter().all(|p| !old.contains(p)), "no old worker is stopped");
+    assert!(
+        s.stopped_by_signal().contains(&new[1]),
+        "the other new worker is stopped"
+    );
+    assert!(
+        s.stopped_by_signal().iter().all(|p| !old.contains(p)),
+        "no old worker is stopped"
+    );
     assert_eq!(s.ready_current(), 8);
     // No retry of the failed replacement: the previous image takes over.
     s.advance(Duration::from_secs(60));
@@ -1560,7 +1579,10 @@ fn a_new_worker_that_fails_ends_the_upgrade_and_asks_for_the_previous_image() {
     // The previous image (1) comes back with the state and reports.
     s.exit(new[1], ExitStatus::Code(0));
     s.exec_image(1, Some(why.clone()));
-    assert_eq!(s.upgraded(), Some(Err(format!("upgrade failed and was rolled back: {why}"))));
+    assert_eq!(
+        s.upgraded(),
+        Some(Err(format!("upgrade failed and was rolled back: {why}")))
+    );
     assert_eq!(s.core.processes().len(), 8);
     assert_eq!(s.core.can_upgrade(), Ok(()), "a later upgrade may begin");
 }
@@ -1589,7 +1611,13 @@ fn the_rollback_replaces_the_failed_image_s_workers_and_retries_as_usual() {
     s.exit(second, ExitStatus::Code(1));
     assert!(s.log.iter().any(|a| matches!(a, Action::RollBack(_))));
     s.exec_image(1, Some("boom".into()));
-    let spawned: Vec<Pid> = s.core.processes().into_iter().filter(|p| p.image == 1 && p.state == ProcState::Starting).map(|p| p.pid).collect();
+    let spawned: Vec<Pid> = s
+        .core
+        .processes()
+        .into_iter()
+        .filter(|p| p.image == 1 && p.state == ProcState::Starting)
+        .map(|p| p.pid)
+        .collect();
     assert_eq!(spawned.len(), 1, "the one worker of image 2 is replaced");
     // Its replacement fails: retried after the back-off, no second rollback.
     s.exit(spawned[0], ExitStatus::Code(1));
@@ -1601,7 +1629,10 @@ fn the_rollback_replaces_the_failed_image_s_workers_and_retries_as_usual() {
     for p in s.stopped_by_signal() {
         s.exit(p, ExitStatus::Code(0));
     }
-    assert_eq!(s.upgraded(), Some(Err("upgrade failed and was rolled back: boom".into())));
+    assert_eq!(
+        s.upgraded(),
+        Some(Err("upgrade failed and was rolled back: boom".into()))
+    );
     assert!(s.core.processes().iter().all(|p| p.image == 1));
 }
 

@@ -323,9 +323,7 @@ impl Core {
         let mut orphans = Vec::new();
         for p in &st.procs {
             let pid = Pid::from_raw(p.pid);
-            let started = now
-                .checked_sub(Duration::from_millis(p.age_ms))
-                .unwrap_or(now);
+            let started = now.checked_sub(Duration::from_millis(p.age_ms)).unwrap_or(now);
             let current = self.current_of(p.slot) == Some(pid);
             let phase = match p.phase {
                 ProcSnapPhase::Stopping { kill_in_ms, killed } => {
@@ -474,7 +472,9 @@ impl Core {
             .slots
             .iter()
             .filter_map(|(n, s)| match &s.state {
-                SlotState::Live { current, next } if *next != Next::None => Some((*n, *current, next.clone())),
+                SlotState::Live { current, next } if *next != Next::None => {
+                    Some((*n, *current, next.clone()))
+                }
                 _ => None,
             })
             .collect();
@@ -517,7 +517,8 @@ impl Core {
         if self.procs.values().any(|p| p.image != self.image) {
             return;
         }
-        let took = humantime::format_duration(Duration::from_millis(ms(now.saturating_duration_since(*since))));
+        let took =
+            humantime::format_duration(Duration::from_millis(ms(now.saturating_duration_since(*since))));
         let result = match rollback {
             None => {
                 let msg = format!("upgraded: {} on the new binary ({took})", workers(self.size()));

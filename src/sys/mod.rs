@@ -56,31 +56,99 @@ pub fn fork() -> std::io::Result<Forked> {
 }
 
 /// Maps `count` zero-filled values of `T` shared between this process and
-/// every child it forks afterwards, for the life of the process.
+/// every child it forks afterwards, for the life of the process; and the
+/// memory file behind them (close-on-exec), which hands the same cells to
+/// the next image of the parent across an `upgrade` (issue 11:
+/// [`map_shared_cells`]).
 ///
 /// `T` must be one of the scoreboard's cell types: plain atomics, valid when
 /// all-zero, with no destructor. The trait bound [`SharedCell`] marks them.
-pub fn shared_cells<T: SharedCell>(count: usize) -> std::io::Result<&'static [T]> {
+pub fn shared_cells<T: SharedCell>(count: usize) -> std::io::Result<(std::os::fd::OwnedFd, &'static [T])> {
+    let len = std::mem::size_of::<T>()
+        .checked_mul(count)
+        .ok_or_else(|| std::io::Error::other("scoreboard too large"))?;
+    let fd = nix::sys::memfd::memfd_create(c"rookery-scoreboard", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)?;
+    nix::unistd::ftruncate(&fd, i64::try_from(len).map_err(std::io::Error::other)?)?;
+    let cells = map_shared_cells(&fd, count)?;
+    Ok((fd, cells))
+}
+
+/// Maps the cells of [`shared_cells`] again from their memory file `fd`
+/// (in a new image of the parent, after an `upgrade`): the same memory the
+/// running workers write.
+pub fn map_shared_cells<T: SharedCell>(
+    fd: &std::os::fd::OwnedFd,
+    count: usize,
+) -> std::io::Result<&'static [T]> {
     let len = std::mem::size_of::<T>()
         .checked_mul(count)
         .and_then(std::num::NonZeroUsize::new)
         .ok_or_else(|| std::io::Error::other("empty scoreboard"))?;
-    // SAFETY: a fresh anonymous mapping aliases no Rust object; we ask the
-    // kernel for it, we do not hand it an address.
+    let size = nix::sys::stat::fstat(fd)?.st_size;
+    if u64::try_from(size).unwrap_or(0) < len.get() as u64 {
+        return Err(std::io::Error::other("the scoreboard file is too small"));
+    }
+    // SAFETY: a fresh shared mapping of a memory file we own aliases no
+    // Rust object; we ask the kernel for an address, we do not give one.
     let ptr = unsafe {
-        nix::sys::mman::mmap_anonymous(
+        nix::sys::mman::mmap(
             None,
             len,
             nix::sys::mman::ProtFlags::PROT_READ | nix::sys::mman::ProtFlags::PROT_WRITE,
             nix::sys::mman::MapFlags::MAP_SHARED,
+            fd,
+            0,
         )
     }?;
     // SAFETY: the mapping is page-aligned (so aligned for T), `len` bytes
-    // long, zero-filled by the kernel (a valid value for every SharedCell
-    // type, which are made only of atomics), never unmapped (so 'static),
-    // and only ever accessed through atomics (so sharing it with children
-    // that write concurrently is sound).
+    // long (the file is at least that long, checked above), and holds
+    // either zeros (a fresh memory file) or cells written only through
+    // atomics (a valid value for every SharedCell type, which are made only
+    // of atomics); it is never unmapped (so 'static), and only ever
+    // accessed through atomics (so sharing it with children that write
+    // concurrently is sound).
     Ok(unsafe { std::slice::from_raw_parts(ptr.as_ptr().cast::<T>(), count) })
+}
+
+/// Takes ownership of descriptor `fd`, handed to this image by the one
+/// before it across an `upgrade` (issue 11): the handover lists it, and
+/// nothing else in this process owns it (the image has just started and
+/// opened nothing under that number). Fails if it is not open.
+pub fn adopt_fd(fd: std::os::fd::RawFd) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // F_GETFD on a plain integer: EBADF if it is not open.
+    // SAFETY: fcntl(F_GETFD) reads a flag and changes nothing.
+    if fd < 0 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(std::io::Error::other(format!(
+            "descriptor {fd} handed over is not open"
+        )));
+    }
+    // SAFETY: `fd` is open (checked above) and, per the handover, owned by
+    // no other object of this process: the new owner closes it once.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// Sets or clears close-on-exec on descriptor `fd`; returns whether it was
+/// set (issue 11: an `upgrade` keeps exactly the descriptors it hands over
+/// open across its exec).
+pub fn set_cloexec(fd: std::os::fd::RawFd, on: bool) -> std::io::Result<bool> {
+    // SAFETY: fcntl(F_GETFD) on a plain integer reads a flag; EBADF if it
+    // is not open.
+    let old = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    if old < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let new = if on {
+        old | libc::FD_CLOEXEC
+    } else {
+        old & !libc::FD_CLOEXEC
+    };
+    // SAFETY: fcntl(F_SETFD) changes only the descriptor's own flag, not
+    // who owns it.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, new) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(old & libc::FD_CLOEXEC != 0)
 }
 
 /// A type made only of atomics, valid when all its bytes are zero.
