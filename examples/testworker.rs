@@ -22,6 +22,7 @@
 //! | `hook_file = "PATH"` | the parent's `on_start` hook opens PATH, inheritable (no close-on-exec), and keeps it open |
 //! | `fail_init_with = "text"` | `init` fails with this message |
 //! | `init_block_read = "5s"` | `init` first blocks in a socket read with this read timeout (a connect to a database that is down), failing on any other error |
+//! | `finish_job = true` | a job in hand is finished even after a stop request (heartbeats go on) |
 //! | `log_jobs = true` | log `job N done by build ID` after each job (the upgrade tests) |
 //! | `block_read = "5s"` | each `run` blocks in a socket read with this read timeout (`SO_RCVTIMEO`), as a Redis or HTTP client does, and fails on any other error (`EINTR` included) |
 //!
@@ -53,7 +54,9 @@ static BUILD: [u8; 24] = *b"TESTBUILD:aaaaaaaaaaaaaa";
 /// file are the id.
 fn build() -> String {
     let bytes: &[u8; 24] = std::hint::black_box(&BUILD);
-    String::from_utf8_lossy(&bytes[10..]).trim_end_matches('.').to_string()
+    String::from_utf8_lossy(&bytes[10..])
+        .trim_end_matches('.')
+        .to_string()
 }
 
 /// The `[app]` table.
@@ -78,6 +81,7 @@ struct Settings {
     #[serde(deserialize_with = "opt_duration")]
     block_read: Option<Duration>,
     log_jobs: bool,
+    finish_job: bool,
 }
 
 impl Default for Settings {
@@ -97,6 +101,7 @@ impl Default for Settings {
             init_block_read: None,
             block_read: None,
             log_jobs: false,
+            finish_job: false,
         }
     }
 }
@@ -219,7 +224,10 @@ impl Worker for TestWorker {
             let end = std::time::Instant::now() + Duration::from_millis(s.busy_ms);
             while let Some(left) = end.checked_duration_since(std::time::Instant::now()) {
                 ctx.heartbeat();
-                if !ctx.sleep(left.min(Duration::from_millis(100))) {
+                let step = left.min(Duration::from_millis(100));
+                if s.finish_job {
+                    std::thread::sleep(step);
+                } else if !ctx.sleep(step) {
                     break;
                 }
             }

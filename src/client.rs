@@ -645,76 +645,6 @@ fn stop_parent(config: &Config, parent: Parent, grace: Duration, afterwards: Dur
     exit::FAILURE
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn status_is_degraded_by_back_off_crash_loop_or_missing_workers() {
-        let w = |state| control::WorkerStatus {
-            slot: 1,
-            pid: 10,
-            state,
-            activity: crate::scoreboard::Activity::Idle,
-            uptime_secs: 1.0,
-            restarts: 0,
-            rss_bytes: 0,
-            jobs: 0,
-            ..control::WorkerStatus::default()
-        };
-        let mut s = control::Status {
-            name: "d".into(),
-            pid: 1,
-            uptime_secs: 1.0,
-            config: None,
-            rss_bytes: 0,
-            mode: crate::config::Mode::Static,
-            size: 2,
-            workers: vec![w(control::WorkerState::Running), w(control::WorkerState::Running)],
-            backing_off: Vec::new(),
-            crash_loop: false,
-            totals: control::Totals::default(),
-            paused_for_secs: None,
-        };
-        assert_eq!(degraded(&s), None);
-        s.workers[1] = w(control::WorkerState::Starting);
-        assert_eq!(degraded(&s).as_deref(), Some("1 of 2 workers running"));
-        s.workers.pop();
-        s.backing_off.push(control::BackoffStatus {
-            slot: 2,
-            restart_in_secs: 1.0,
-            restarts: 3,
-            ..control::BackoffStatus::default()
-        });
-        assert!(degraded(&s).unwrap().contains("1 of 2 workers backing off"));
-        s.crash_loop = true;
-        assert!(degraded(&s).unwrap().starts_with("crash loop"));
-    }
-
-    #[test]
-    fn start_time_is_field_22_even_when_comm_has_spaces_and_parens() {
-        let stat = "42 (a b) c) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 98765 1000 10";
-        assert_eq!(parse_start_time(stat), Some(98765));
-        assert_eq!(parse_start_time("garbage"), None);
-        let me = std::process::id() as i32;
-        assert!(start_time(me).is_some());
-        let p = Parent {
-            pid: me,
-            started: start_time(me).unwrap(),
-        };
-        assert!(p.still_there());
-        let other = Parent {
-            started: p.started + 1,
-            ..p
-        };
-        assert!(
-            !other.still_there(),
-            "a different start time is a different process"
-        );
-        assert_eq!(other.signal(Signal::SIGUSR1), Err(nix::errno::Errno::ESRCH));
-    }
-}
-
 /// issue 11: `upgrade`: asks the daemon to run the binary now at its path,
 /// then follows the outcome in `status` until it is done or failed (the
 /// control socket does not answer for the instant of the exec: a refused
@@ -794,5 +724,77 @@ pub(crate) fn upgrade(config: &Config, timeout: Option<Duration>) -> u8 {
             return exit::TEMPFAIL;
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_is_degraded_by_back_off_crash_loop_or_missing_workers() {
+        let w = |state| control::WorkerStatus {
+            slot: 1,
+            pid: 10,
+            state,
+            activity: crate::scoreboard::Activity::Idle,
+            uptime_secs: 1.0,
+            restarts: 0,
+            rss_bytes: 0,
+            jobs: 0,
+            ..control::WorkerStatus::default()
+        };
+        let mut s = control::Status {
+            name: "d".into(),
+            pid: 1,
+            uptime_secs: 1.0,
+            config: None,
+            rss_bytes: 0,
+            mode: crate::config::Mode::Static,
+            size: 2,
+            workers: vec![w(control::WorkerState::Running), w(control::WorkerState::Running)],
+            backing_off: Vec::new(),
+            crash_loop: false,
+            totals: control::Totals::default(),
+            paused_for_secs: None,
+            version: String::new(),
+            upgrade: None,
+        };
+        assert_eq!(degraded(&s), None);
+        s.workers[1] = w(control::WorkerState::Starting);
+        assert_eq!(degraded(&s).as_deref(), Some("1 of 2 workers running"));
+        s.workers.pop();
+        s.backing_off.push(control::BackoffStatus {
+            slot: 2,
+            restart_in_secs: 1.0,
+            restarts: 3,
+            ..control::BackoffStatus::default()
+        });
+        assert!(degraded(&s).unwrap().contains("1 of 2 workers backing off"));
+        s.crash_loop = true;
+        assert!(degraded(&s).unwrap().starts_with("crash loop"));
+    }
+
+    #[test]
+    fn start_time_is_field_22_even_when_comm_has_spaces_and_parens() {
+        let stat = "42 (a b) c) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 98765 1000 10";
+        assert_eq!(parse_start_time(stat), Some(98765));
+        assert_eq!(parse_start_time("garbage"), None);
+        let me = std::process::id() as i32;
+        assert!(start_time(me).is_some());
+        let p = Parent {
+            pid: me,
+            started: start_time(me).unwrap(),
+        };
+        assert!(p.still_there());
+        let other = Parent {
+            started: p.started + 1,
+            ..p
+        };
+        assert!(
+            !other.still_there(),
+            "a different start time is a different process"
+        );
+        assert_eq!(other.signal(Signal::SIGUSR1), Err(nix::errno::Errno::ESRCH));
     }
 }

@@ -600,7 +600,7 @@ impl<W: Worker> Daemon<W> {
         // issue 11: what on_start opened is kept across an `upgrade`.
         let hook_fds: Vec<i32> = crate::upgrade::open_fds()
             .into_iter()
-            .filter(|fd| !before.contains(fd))
+            .filter(|fd| !before.contains(fd) && crate::sys::fd_is_open(*fd))
             .collect();
         if let Err(e) = on_start {
             let e = StartError::Hook(crate::worker::error_chain(&*e));

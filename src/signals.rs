@@ -86,6 +86,18 @@ impl StopSignal {
     /// Installs handlers so any of `signals` requests a stop; a worker that
     /// has not exited `grace_secs` after the request dies of SIGALRM.
     pub fn install(signals: &[Signal], grace_secs: u32) -> std::io::Result<StopSignal> {
+        Self::install_draining(signals, grace_secs, None)
+    }
+
+    /// [`StopSignal::install`]; issue 11: `drain`, the parent's pid and a
+    /// longer grace for a stop the live parent asked for (an `upgrade`
+    /// lets the old workers finish their job for `upgrade_drain_timeout`);
+    /// an orphan still dies `grace_secs` after its parent-death signal.
+    pub fn install_draining(
+        signals: &[Signal],
+        grace_secs: u32,
+        drain: Option<(i32, u32)>,
+    ) -> std::io::Result<StopSignal> {
         let flag = Arc::new(AtomicBool::new(false));
         let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)?;
         for s in signals {
@@ -93,7 +105,7 @@ impl StopSignal {
             signal_hook::flag::register(s, flag.clone())?;
             signal_hook::low_level::pipe::register_raw(s, write.try_clone()?)?;
             if grace_secs > 0 {
-                crate::sys::alarm_on_signal(s, grace_secs)?;
+                crate::sys::alarm_on_signal(s, grace_secs, drain)?;
             }
         }
         Ok(StopSignal {

@@ -1763,6 +1763,8 @@ impl<'h, O: Os> Supervisor<'h, O> {
     /// The upgrade (or its rollback) is over.
     fn upgraded(&mut self, result: Result<String, String>) {
         self.image.previous = None;
+        // systemd: the same main pid (READY=1 was sent by the core).
+        notify_systemd(&[sd_notify::NotifyState::MainPid(std::process::id())]);
         match result {
             Ok(m) => self.set_upgrade(control::UpgradeState::Done, exit::OK, m),
             Err(m) => self.set_upgrade(control::UpgradeState::Failed, exit::FAILURE, m),

@@ -199,6 +199,8 @@ mod tests {
                 ..Totals::default()
             },
             paused_for_secs: None,
+            version: String::new(),
+            upgrade: None,
         }
     }
 

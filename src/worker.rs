@@ -498,11 +498,20 @@ fn child_life<W: Worker>(s: ChildSetup<'_, W>) -> i32 {
     }
     let w = &s.config.workers;
     let grace = w.stop_timeout.as_secs().max(1).min(u32::MAX as u64) as u32;
+    // issue 11: a worker replaced by `upgrade` may take
+    // `upgrade_drain_timeout` to finish its job (the parent sends SIGKILL
+    // at that deadline): the backstop of a stop the live parent asked for
+    // must not fire before it; an orphan's still does after stop_timeout.
+    let drain = w.stop_timeout.max(w.upgrade_drain_timeout);
+    let drain = (
+        s.parent.as_raw(),
+        drain.as_secs().max(1).min(u32::MAX as u64) as u32,
+    );
     let mut stops = vec![Signal::SIGTERM, Signal::SIGINT, Signal::SIGQUIT];
     if !stops.contains(&w.stop_signal) {
         stops.push(w.stop_signal);
     }
-    let stop = match StopSignal::install(&stops, grace) {
+    let stop = match StopSignal::install_draining(&stops, grace, Some(drain)) {
         Ok(s) => s,
         Err(e) => {
             error!("cannot install signal handlers: {e}");

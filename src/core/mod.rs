@@ -818,7 +818,7 @@ impl Core {
                     "worker {slot}: cannot start a replacement ({why}): {error}; pid {current} keeps running, retrying after the back-off"
                 ),
             );
-            self.retry_replacement(slot, current, why, now);
+            self.retry_replacement(slot, current, why, error, now);
             return;
         }
         if self.is_starting() {
@@ -998,7 +998,11 @@ impl Core {
                     Level::WARN,
                     format!("worker {slot}: replacement pid {pid} failed before it was ready: {status}"),
                 );
-                self.retry_replacement(slot, current, why, now);
+                let reason = match &p.init_error {
+                    Some(e) => format!("init failed: {e}"),
+                    None => format!("{status} before it was ready"),
+                };
+                self.retry_replacement(slot, current, why, &reason, now);
             }
             self.out.push(Action::Exited(exit));
             return;
@@ -2037,9 +2041,8 @@ impl Core {
     /// A replacement for `slot` failed (could not be spawned, or died
     /// before it was ready): `current` keeps serving, and the replacement
     /// is tried again after the slot's back-off. Counts as a failure.
-    fn retry_replacement(&mut self, slot: u32, current: Pid, why: Recycle, now: Instant) {
-        if why == Recycle::Upgrade && self.upgrade_failed(slot, current, "it failed before it was ready", now)
-        {
+    fn retry_replacement(&mut self, slot: u32, current: Pid, why: Recycle, reason: &str, now: Instant) {
+        if why == Recycle::Upgrade && self.upgrade_failed(slot, current, reason, now) {
             return;
         }
         self.failure(now);

@@ -151,6 +151,13 @@ pub fn set_cloexec(fd: std::os::fd::RawFd, on: bool) -> std::io::Result<bool> {
     Ok(old & libc::FD_CLOEXEC != 0)
 }
 
+/// Whether descriptor `fd` is open.
+pub fn fd_is_open(fd: std::os::fd::RawFd) -> bool {
+    // SAFETY: fcntl(F_GETFD) on a plain integer reads a flag and changes
+    // nothing; EBADF if it is not open.
+    unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
+}
+
 /// A type made only of atomics, valid when all its bytes are zero.
 ///
 /// # Safety
@@ -168,15 +175,26 @@ unsafe impl SharedCell for crate::scoreboard::Cell {}
 /// In a worker: when `signal` arrives, arm `alarm(secs)`, so a worker asked
 /// to stop (or orphaned: the parent-death signal is the stop signal) dies of
 /// SIGALRM if it has not exited within `secs`.
-pub fn alarm_on_signal(signal: i32, secs: u32) -> std::io::Result<()> {
+///
+/// issue 11: `drain`: while the worker's parent is still `parent` (a stop
+/// the parent asked for, as an `upgrade` does with `upgrade_drain_timeout`),
+/// the alarm is `drain` seconds instead; an orphan (its parent died, so
+/// getppid(2) names another process) keeps `secs`.
+pub fn alarm_on_signal(signal: i32, secs: u32, drain: Option<(i32, u32)>) -> std::io::Result<()> {
     let action = move || {
+        let secs = match drain {
+            // SAFETY: getppid(2) is async-signal-safe and takes nothing.
+            Some((parent, d)) if unsafe { libc::getppid() } == parent => d,
+            _ => secs,
+        };
         // SAFETY: alarm(2) is async-signal-safe and takes a plain integer.
         unsafe {
             libc::alarm(secs);
         }
     };
-    // SAFETY: the action only calls alarm(2), which is async-signal-safe,
-    // and captures a plain integer; it touches no lock or allocation.
+    // SAFETY: the action only calls getppid(2) and alarm(2), which are
+    // async-signal-safe, and captures plain integers; it touches no lock or
+    // allocation.
     unsafe { signal_hook::low_level::register(signal, action) }?;
     Ok(())
 }

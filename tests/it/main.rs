@@ -32,5 +32,6 @@ mod queues;
 mod rabbitmq;
 mod spawn;
 mod titles;
+mod upgrade;
 mod watch;
 mod worker_io;

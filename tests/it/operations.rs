@@ -333,6 +333,34 @@ fn the_daemon_speaks_the_systemd_notify_protocol() {
         notes.lines()
     );
 
+    // issue 11: an upgrade (to the same file: the exec happens all the
+    // same) is RELOADING=1, then READY=1 with the same MAINPID.
+    let before = notes.got.len();
+    let out = d.run(&["upgrade"]);
+    assert!(out.status.success(), "{}\n{}", show(&out), d.log());
+    let mainpid = format!("MAINPID={parent}");
+    assert!(
+        notes.until(|g| {
+            g[before..]
+                .iter()
+                .position(|(_, l)| l == "RELOADING=1")
+                .is_some_and(|r| {
+                    let after = &g[before + r..];
+                    after.iter().any(|(_, l)| l == "READY=1") && after.iter().any(|(_, l)| *l == mainpid)
+                })
+        }),
+        "no RELOADING=1 then READY=1 and {mainpid}: {:?}",
+        &notes.lines()[before..]
+    );
+    assert!(
+        notes.got[before..]
+            .iter()
+            .all(|(_, l)| !l.starts_with("MAINPID=") || *l == mainpid),
+        "{:?}",
+        &notes.lines()[before..]
+    );
+    assert!(alive(parent));
+
     // STOPPING=1 on SIGTERM, and a clean exit.
     let before = notes.got.len();
     kill(parent, 15);
@@ -733,14 +761,19 @@ fn status_shows_a_table_of_workers_and_json_for_scripts() {
     let columns: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
     assert_eq!(
         columns,
-        ["SLOT", "PID", "STATE", "ACTIVITY", "UPTIME", "RESTARTS", "RSS", "JOBS"],
+        ["SLOT", "PID", "STATE", "ACTIVITY", "UPTIME", "RESTARTS", "RSS", "JOBS", "VERSION"],
         "{text}"
     );
     let rows: Vec<Vec<&str>> = lines.map(|l| l.split_whitespace().collect()).collect();
     assert_eq!(rows.len(), 3, "{text}");
     for (i, row) in rows.iter().enumerate() {
-        // SLOT PID STATE ACTIVITY UPTIME RESTARTS RSS MiB JOBS
-        assert_eq!(row.len(), 9, "{text}");
+        // SLOT PID STATE ACTIVITY UPTIME RESTARTS RSS MiB JOBS VERSION
+        assert_eq!(row.len(), 10, "{text}");
+        assert_eq!(
+            row[9],
+            env!("CARGO_PKG_VERSION"),
+            "issue 11: the binary's version: {text}"
+        );
         assert_eq!(row[0], (i + 1).to_string(), "{text}");
         assert_eq!(row[1], workers[i].to_string(), "{text}");
         assert_eq!(row[2], "running", "{text}");

@@ -1,0 +1,478 @@
+//! issue 11: `upgrade`, on real processes.
+//!
+//! Each test runs its own copy of the test worker (or `rookery`) from its
+//! own directory, so replacing "the binary on disk" never touches the
+//! shared target directory. A *new build* is a copy whose compiled-in
+//! build id (the bytes after `TESTBUILD:`, see examples/testworker.rs) is
+//! rewritten: a different executable file, whose workers report a
+//! different build id, put in place by a rename as a deploy does.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rookery::control::{self, Request, Response, Status, WorkerState};
+
+use crate::util::*;
+
+const MARK: &[u8] = b"TESTBUILD:aaaaaaaaaaaaaa";
+
+fn show(o: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Puts at `path` (by a rename, as a deploy does) a build of the test
+/// worker whose build id is `id` (at most 14 bytes).
+fn install_build(path: &Path, id: &str) {
+    assert!(id.len() <= 14);
+    let mut bytes = fs::read(example("testworker")).expect("read testworker");
+    let at = bytes
+        .windows(MARK.len())
+        .position(|w| w == MARK)
+        .expect("the build id marker is in the binary");
+    let mut mark = format!("TESTBUILD:{id}").into_bytes();
+    mark.resize(MARK.len(), b'.');
+    bytes[at..at + MARK.len()].copy_from_slice(&mark);
+    let tmp = path.with_extension("new");
+    fs::write(&tmp, &bytes).unwrap();
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::rename(&tmp, path).unwrap();
+}
+
+/// A test worker daemon running from its own copy of the binary (build
+/// `aaaaaaaaaaaaaa`).
+fn testworker(extra: &str) -> Daemon {
+    let mut d = Daemon::with(example("testworker"), "testworker", extra);
+    let exe = d.dir.path().join("testworker");
+    install_build(&exe, "aaaaaaaaaaaaaa");
+    d.exe = exe;
+    d
+}
+
+fn status(d: &Daemon) -> Option<Status> {
+    match control::call(&d.socket, &Request::Status, Duration::from_secs(5)) {
+        Ok(Response::Status(s)) => Some(*s),
+        _ => None,
+    }
+}
+
+fn version_of(v: &str) -> String {
+    format!("0.1.0+{v}")
+}
+
+/// `/proc/PID/exe` as the kernel names it (`PATH (deleted)` for a file
+/// that was replaced).
+fn exe_of(pid: i32) -> String {
+    fs::read_link(format!("/proc/{pid}/exe"))
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
+}
+
+/// Samples the number of ready workers (running, as `status` says) from
+/// another thread until stopped; returns the smallest seen and the count.
+struct Poller {
+    stop: Arc<AtomicBool>,
+    min: Arc<AtomicUsize>,
+    samples: Arc<AtomicUsize>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Poller {
+    fn start(socket: PathBuf) -> Poller {
+        let stop = Arc::new(AtomicBool::new(false));
+        let min = Arc::new(AtomicUsize::new(usize::MAX));
+        let samples = Arc::new(AtomicUsize::new(0));
+        let (s, m, n) = (stop.clone(), min.clone(), samples.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                if let Ok(Response::Status(st)) =
+                    control::call(&socket, &Request::Status, Duration::from_secs(5))
+                {
+                    let ready = st
+                        .workers
+                        .iter()
+                        .filter(|w| w.state == WorkerState::Running)
+                        .count();
+                    m.fetch_min(ready, Ordering::SeqCst);
+                    n.fetch_add(1, Ordering::SeqCst);
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        Poller {
+            stop,
+            min,
+            samples,
+            thread: Some(thread),
+        }
+    }
+
+    fn finish(mut self) -> (usize, usize) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        (
+            self.min.load(Ordering::SeqCst),
+            self.samples.load(Ordering::SeqCst),
+        )
+    }
+}
+
+#[test]
+fn upgrade_runs_the_new_binary_in_place_and_never_drops_below_n_ready() {
+    let hook = TempDir::new("upgrade-hook");
+    let hook_file = hook.path().join("kept");
+    fs::write(&hook_file, "x").unwrap();
+    let d = testworker(&format!(
+        "[workers]\ncount = 4\nstop_timeout = \"5s\"\n[app]\njob_interval = \"20ms\"\nbusy_ms = 30\nlog_jobs = true\nhook_file = \"{}\"\n",
+        hook_file.display()
+    ));
+    let parent = d.start();
+    let old = d.wait_workers(parent, 4);
+    assert!(d.wait_log("job 2 done by build aaaaaaaaaaaaaa"), "{}", d.log());
+    let holds_hook = || {
+        fs::read_dir(format!("/proc/{parent}/fd"))
+            .unwrap()
+            .filter_map(|e| fs::read_link(e.ok()?.path()).ok())
+            .any(|p| p == hook_file)
+    };
+    assert!(holds_hook(), "on_start opened the hook file");
+
+    install_build(&d.exe, "bbbbbbbbbbbbbb");
+    let poller = Poller::start(d.socket.clone());
+    let out = d.run(&["upgrade"]);
+    let (min, samples) = poller.finish();
+    assert_eq!(out.status.code(), Some(0), "{}\n{}", show(&out), d.log());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("upgraded: 4 workers"),
+        "{}",
+        show(&out)
+    );
+    assert!(samples >= 3, "the poller got {samples} samples");
+    assert!(
+        min >= 4,
+        "only {min} ready workers were seen during the upgrade\n{}",
+        d.log()
+    );
+
+    // Same parent, same pidfile; every worker is new and runs the new file.
+    assert_eq!(d.pid(), Some(parent));
+    assert!(alive(parent));
+    let new = d.wait_workers(parent, 4);
+    assert!(new.iter().all(|p| !old.contains(p)), "{old:?} -> {new:?}");
+    let path = d.exe.display().to_string();
+    assert_eq!(exe_of(parent), path, "the parent runs the new file");
+    for w in &new {
+        assert_eq!(exe_of(*w), path, "worker {w} runs the new file");
+    }
+    for w in &old {
+        assert!(wait_until(DEADLINE, || !alive(*w)), "old worker {w} is gone");
+    }
+    let s = status(&d).expect("status");
+    assert_eq!(s.pid, parent);
+    assert_eq!(s.version, version_of("bbbbbbbbbbbbbb"));
+    assert!(
+        s.workers
+            .iter()
+            .all(|w| w.version == version_of("bbbbbbbbbbbbbb") && !w.previous),
+        "{s:?}"
+    );
+    assert_eq!(s.totals.started.get("upgrade"), Some(&4), "{s:?}");
+    assert!(d.wait_log("job 2 done by build bbbbbbbbbbbbbb"), "{}", d.log());
+    assert!(holds_hook(), "the descriptor on_start opened survived the exec");
+    let log = d.log();
+    assert!(
+        log.contains("testworker 0.1.0+bbbbbbbbbbbbbb starting in place"),
+        "{log}"
+    );
+
+    // SIGUSR2 does the same (it used to kill the parent).
+    install_build(&d.exe, "cccccccccccccc");
+    kill(parent, 12);
+    assert!(
+        wait_until(DEADLINE, || status(&d).is_some_and(|s| s.version
+            == version_of("cccccccccccccc")
+            && s.workers.len() == 4
+            && s.workers
+                .iter()
+                .all(|w| w.version == version_of("cccccccccccccc")))),
+        "{}",
+        d.log()
+    );
+    assert_eq!(d.pid(), Some(parent));
+    let out = d.run(&["stop"]);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert!(!alive(parent));
+}
+
+#[test]
+fn a_failed_upgrade_changes_nothing_and_a_later_good_one_works() {
+    let d = testworker(
+        "[workers]\ncount = 3\nstop_timeout = \"5s\"\ninit_timeout = \"10s\"\n[app]\njob_interval = \"20ms\"\nlog_jobs = true\n",
+    );
+    let parent = d.start();
+    let old = d.wait_workers(parent, 3);
+    // The operator's commands run from a copy that stays a good binary.
+    let ctl = d.dir.path().join("ctl");
+    fs::copy(&d.exe, &ctl).unwrap();
+    let run = |args: &[&str]| {
+        let mut c = std::process::Command::new(&ctl);
+        c.arg("-c").arg(&d.config).args(args).current_dir(d.dir.path());
+        run_with_timeout(&mut c, Duration::from_secs(120))
+    };
+    let same = |why: &str| {
+        assert_eq!(d.pid(), Some(parent), "{why}");
+        assert_eq!(
+            d.workers(parent),
+            old,
+            "{why}: the old workers keep serving\n{}",
+            d.log()
+        );
+        let out = run(&["status"]);
+        assert_eq!(out.status.code(), Some(0), "{why}: healthy\n{}", show(&out));
+    };
+
+    // A missing binary.
+    let aside = d.dir.path().join("aside");
+    fs::rename(&d.exe, &aside).unwrap();
+    let out = run(&["upgrade"]);
+    assert_eq!(out.status.code(), Some(66), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("does not exist"),
+        "{}",
+        show(&out)
+    );
+    fs::rename(&aside, &d.exe).unwrap();
+    same("missing binary");
+
+    // A binary that exits at once (not a rookery daemon).
+    let good = fs::read(&d.exe).unwrap();
+    let tmp = d.dir.path().join("script");
+    fs::write(&tmp, "#!/bin/sh\nexit 1\n").unwrap();
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::rename(&tmp, &d.exe).unwrap();
+    let out = run(&["upgrade"]);
+    assert_eq!(out.status.code(), Some(69), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("did not answer"),
+        "{}",
+        show(&out)
+    );
+    assert!(d.log().contains("upgrade refused"), "{}", d.log());
+    same("a binary that exits at once");
+
+    // A binary that is not executable.
+    fs::write(&tmp, &good).unwrap();
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644)).unwrap();
+    fs::rename(&tmp, &d.exe).unwrap();
+    let out = run(&["upgrade"]);
+    assert_eq!(out.status.code(), Some(77), "{}", show(&out));
+    same("a binary that is not executable");
+
+    // An invalid config.
+    install_build(&d.exe, "bbbbbbbbbbbbbb");
+    let text = fs::read_to_string(&d.config).unwrap();
+    fs::write(&d.config, format!("{text}\n[workers]\ncount = \"many\"\n")).unwrap();
+    let out = run(&["upgrade"]);
+    assert_eq!(out.status.code(), Some(78), "{}", show(&out));
+    fs::write(&d.config, &text).unwrap();
+    same("an invalid config");
+
+    // A build whose workers fail init: rolled back, the old workers never
+    // stopped, the parent back on the old binary.
+    install_build(&d.exe, "failinit");
+    let out = run(&["upgrade"]);
+    assert_eq!(out.status.code(), Some(1), "{}\n{}", show(&out), d.log());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("rolled back") && err.contains("cannot start its workers"),
+        "{}",
+        show(&out)
+    );
+    same("a build whose workers fail init");
+    let s = status(&d).unwrap();
+    assert_eq!(
+        s.version,
+        version_of("aaaaaaaaaaaaaa"),
+        "the parent runs the old binary again"
+    );
+    assert!(exe_of(parent).ends_with("(deleted)"), "{}", exe_of(parent));
+    let jobs = d.log().matches("done by build aaaaaaaaaaaaaa").count();
+    assert!(
+        d.wait_log_count("done by build aaaaaaaaaaaaaa", jobs + 3),
+        "the old workers go on working"
+    );
+
+    // A later good upgrade works.
+    install_build(&d.exe, "bbbbbbbbbbbbbb");
+    let out = run(&["upgrade"]);
+    assert_eq!(out.status.code(), Some(0), "{}\n{}", show(&out), d.log());
+    let new = d.wait_workers(parent, 3);
+    assert!(new.iter().all(|p| !old.contains(p)));
+    assert!(new.iter().all(|p| exe_of(*p) == d.exe.display().to_string()));
+    assert_eq!(status(&d).unwrap().version, version_of("bbbbbbbbbbbbbb"));
+}
+
+#[test]
+fn a_long_job_finishes_on_the_old_binary_while_new_workers_take_jobs() {
+    let d = testworker(
+        "[workers]\ncount = 2\nstop_timeout = \"2s\"\nupgrade_drain_timeout = \"40s\"\n[app]\njob_interval = \"10ms\"\nbusy_ms = 12000\nfinish_job = true\nlog_jobs = true\n",
+    );
+    let parent = d.start();
+    let old = d.wait_workers(parent, 2);
+    assert!(
+        wait_until(DEADLINE, || status(&d)
+            .is_some_and(|s| s.workers.iter().all(|w| w.activity.name() == "busy"))),
+        "both old workers are in a long job"
+    );
+    install_build(&d.exe, "bbbbbbbbbbbbbb");
+    let mut upgrade = d.cmd(&["upgrade"]);
+    let child = upgrade
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // While the old workers still finish their jobs, the new ones work.
+    assert!(
+        wait_until(DEADLINE, || status(&d).is_some_and(|s| {
+            let old_stopping = s
+                .workers
+                .iter()
+                .filter(|w| w.previous && w.state == WorkerState::Stopping)
+                .count();
+            let new_busy = s
+                .workers
+                .iter()
+                .filter(|w| !w.previous && w.activity.name() == "busy")
+                .count();
+            old_stopping == 2 && new_busy == 2
+        })),
+        "new workers busy beside old ones finishing\n{}",
+        d.log()
+    );
+    assert!(
+        old.iter().all(|p| alive(*p)),
+        "the old workers are not killed (stop_timeout is 2 s)"
+    );
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}\n{}", show(&out), d.log());
+    let log = d.log();
+    assert_eq!(
+        log.matches("job 1 done by build aaaaaaaaaaaaaa").count(),
+        2,
+        "{log}"
+    );
+    for p in &old {
+        assert!(
+            log.contains(&format!("(pid {p}) exited after stop request: exit status 0")),
+            "{p} finished its job and exited by itself:\n{log}"
+        );
+    }
+    assert!(!log.contains("sending SIGKILL"), "{log}");
+}
+
+#[test]
+fn upgrading_a_command_pool_picks_up_a_changed_script() {
+    let dir = TempDir::new("upgrade-script");
+    let script = dir.path().join("w.sh");
+    fs::write(&script, "echo script v1; exec sleep 600\n").unwrap();
+    let d = Daemon::rookery(&format!(
+        "[workers]\ncount = 2\nstop_timeout = \"3s\"\nmin_uptime = \"300ms\"\ncommand = [\"sh\", \"{}\"]\n",
+        script.display()
+    ));
+    let parent = d.start();
+    let two = || {
+        let mut v = Vec::new();
+        assert!(wait_until(DEADLINE, || {
+            v = d.workers(parent);
+            v.len() == 2
+        }));
+        v
+    };
+    let old = two();
+    let guard = guard_of(parent).expect("a guard for commands");
+    assert!(d.wait_log_count("script v1", 2), "{}", d.log());
+    fs::write(&script, "echo script v2; exec sleep 600\n").unwrap();
+    let out = d.run(&["upgrade"]);
+    assert_eq!(out.status.code(), Some(0), "{}\n{}", show(&out), d.log());
+    assert!(d.wait_log_count("script v2", 2), "{}", d.log());
+    assert_eq!(d.pid(), Some(parent));
+    for p in &old {
+        assert!(wait_until(DEADLINE, || !alive(*p)), "old command {p} stopped");
+    }
+    let new = two();
+    assert!(new.iter().all(|p| !old.contains(p)));
+    assert_eq!(
+        guard_of(parent),
+        Some(guard),
+        "the guard was handed over, not restarted"
+    );
+    // The guard still guards the new commands: SIGKILL of the parent
+    // stops them.
+    kill(parent, 9);
+    for p in &new {
+        assert!(
+            wait_until(DEADLINE, || !alive(*p)),
+            "command {p} outlived the parent"
+        );
+    }
+}
+
+#[test]
+fn a_racing_start_is_refused_and_a_killed_parent_leaves_no_worker() {
+    let d = testworker(
+        "[workers]\ncount = 2\nstop_timeout = \"2s\"\nupgrade_drain_timeout = \"40s\"\n[app]\njob_interval = \"10ms\"\nbusy_ms = 30000\nfinish_job = true\n",
+    );
+    let parent = d.start();
+    let old = d.wait_workers(parent, 2);
+    install_build(&d.exe, "bbbbbbbbbbbbbb");
+    let child = d
+        .cmd(&["upgrade"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Starts race with the upgrade from its first moment, the exec included.
+    let mut refused = 0;
+    let in_progress = || {
+        status(&d)
+            .is_some_and(|s| s.workers.iter().any(|w| !w.previous) && s.workers.iter().any(|w| w.previous))
+    };
+    while !in_progress() {
+        let out = d.run(&["start"]);
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("already running")
+                || String::from_utf8_lossy(&out.stderr).contains("already running"),
+            "{}",
+            show(&out)
+        );
+        refused += 1;
+        assert!(refused < 200, "the upgrade never began\n{}", d.log());
+    }
+    let out = d.run(&["start"]);
+    assert!(show(&out).contains("already running"), "{}", show(&out));
+    assert_eq!(d.pid(), Some(parent));
+    let all = d.workers(parent);
+    assert!(all.len() >= 3, "old and new workers: {all:?}");
+    assert!(old.iter().all(|p| all.contains(p)));
+    // SIGKILL of the parent in the middle: old and new workers go.
+    kill(parent, 9);
+    for p in &all {
+        assert!(
+            wait_until(DEADLINE, || !alive(*p)),
+            "worker {p} outlived the parent\n{}",
+            d.log()
+        );
+    }
+    let _ = child.wait_with_output();
+}
