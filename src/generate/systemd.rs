@@ -61,6 +61,10 @@ pub(super) fn render(cfg: &Config, inv: &Invocation) -> String {
             ("description", &format!("{name} worker daemon")),
             ("exec_start", &command_line(inv, &["--no-daemon", "start"])),
             ("exec_reload", &command_line(inv, &["reload"])),
+            // issue 11: the deploy path, in a comment (ExecReload stays the
+            // config reload: `upgrade` replaces every worker).
+            ("exec_upgrade", &comment_safe(&command_line(inv, &["upgrade"]))),
+            ("unit", &comment_safe(&format!("{}.service", d.name))),
             ("timeout_stop", &stop_secs.to_string()),
             ("account", &account),
             ("watchdog", &watchdog),
