@@ -126,7 +126,7 @@ mod tests {
 
     #[test]
     fn the_eventfd_is_readable_exactly_while_the_pool_is_open() {
-        let cells = crate::sys::shared_cells::<Cell>(2).unwrap();
+        let cells = crate::sys::shared_cells::<Cell>(2).unwrap().1;
         let mut sw = Switch::new().unwrap();
         assert!(readable(sw.fd()), "open at start");
         sw.set(true, cells.iter());
@@ -145,7 +145,7 @@ mod tests {
 
     #[test]
     fn a_new_worker_s_cell_is_paused_before_it_runs() {
-        let cells = crate::sys::shared_cells::<Cell>(1).unwrap();
+        let cells = crate::sys::shared_cells::<Cell>(1).unwrap().1;
         let mut sw = Switch::new().unwrap();
         sw.set(true, std::iter::empty());
         cells[0].reset(0);
@@ -156,7 +156,7 @@ mod tests {
 
     #[test]
     fn a_gate_waits_until_resumed() {
-        let cells: &'static [Cell] = crate::sys::shared_cells::<Cell>(1).unwrap();
+        let cells: &'static [Cell] = crate::sys::shared_cells::<Cell>(1).unwrap().1;
         let mut sw = Switch::new().unwrap();
         sw.set(true, cells.iter());
         let gate = Gate::new(&cells[0], sw.fd().try_clone_to_owned().unwrap());

@@ -1402,6 +1402,8 @@ fn alerts_are_fired_on_each_event() {
         _ => None,
     });
     assert!(killed.unwrap().starts_with("2 workers did not stop within 10s"));
+}
+
 // -- issue 11: upgrade --------------------------------------------------------
 
 impl Sim {
