@@ -17,7 +17,8 @@
 //! of the snapshot.
 //!
 //! Metric names (all `rookery_` prefixed, base units):
-//! * `rookery_build_info{version}` gauge, always 1;
+//! * `rookery_build_info{version,build_id}` gauge, always 1 (issue 11:
+//!   the build id changes with each `upgrade` to a new build);
 //! * `rookery_parent_uptime_seconds`, `rookery_parent_resident_memory_bytes` gauges;
 //! * `rookery_workers{state}` gauge, `state` one of `starting`, `idle`,
 //!   `busy`, `paused`, `stopping`, `backing_off` (each worker slot process in exactly one);
@@ -198,6 +199,8 @@ pub(crate) struct WorkerSample {
 pub(crate) struct Snapshot {
     /// The program's version.
     pub version: &'static str,
+    /// issue 11: the running binary's build id (`Daemon::build_id`), or empty.
+    pub build_id: String,
     /// Time since the parent started.
     pub uptime: Duration,
     /// The parent's resident memory, bytes.
@@ -297,7 +300,12 @@ pub(crate) fn render(s: &Snapshot) -> String {
         "gauge",
         "The rookery version running (always 1).",
     );
-    let _ = writeln!(o, "rookery_build_info{{version=\"{}\"}} 1", label(s.version));
+    let _ = writeln!(
+        o,
+        "rookery_build_info{{version=\"{}\",build_id=\"{}\"}} 1",
+        label(s.version),
+        label(&s.build_id)
+    );
     head(
         &mut o,
         "rookery_parent_uptime_seconds",
@@ -675,6 +683,7 @@ mod tests {
         };
         Snapshot {
             version: "1.2.3",
+            build_id: "b7".into(),
             uptime: Duration::from_secs(60),
             parent_rss: 4096,
             size: 3,
@@ -744,7 +753,7 @@ mod tests {
     #[test]
     fn the_exposition_has_help_type_and_every_cause() {
         let text = render(&sample());
-        assert!(text.contains("rookery_build_info{version=\"1.2.3\"} 1\n"));
+        assert!(text.contains("rookery_build_info{version=\"1.2.3\",build_id=\"b7\"} 1\n"));
         assert!(text.contains("rookery_workers{state=\"idle\"} 1\n"));
         assert!(text.contains("rookery_workers{state=\"starting\"} 1\n"));
         assert!(text.contains("rookery_workers{state=\"backing_off\"} 0\n"));

@@ -1395,6 +1395,12 @@ impl<'h, O: Os> Supervisor<'h, O> {
         let c = self.core.counters();
         crate::metrics::Snapshot {
             version: env!("CARGO_PKG_VERSION"),
+            // issue 11: the build id part of this image's label.
+            build_id: self
+                .image
+                .label
+                .split_once('+')
+                .map_or(String::new(), |(_, b)| b.to_string()),
             uptime: now.saturating_duration_since(self.started),
             parent_rss: titles::rss_bytes(None).unwrap_or(0),
             size: self.core.size(),

@@ -239,7 +239,7 @@ fn promtool_accepts_the_exposition_and_the_endpoints_answer() {
     );
     assert!(sample(&text, "rookery_parent_resident_memory_bytes").unwrap() > 0.0);
     assert!(text.contains(&format!(
-        "rookery_build_info{{version=\"{}\"}} 1",
+        "rookery_build_info{{version=\"{}\",build_id=\"\"}} 1",
         env!("CARGO_PKG_VERSION")
     )));
 
