@@ -160,7 +160,7 @@ mod tests {
         let mut sw = Switch::new().unwrap();
         sw.set(true, cells.iter());
         let gate = Gate::new(&cells[0], sw.fd().try_clone_to_owned().unwrap());
-        let stop = StopSignal::install(&[], 0).unwrap();
+        let stop = StopSignal::install(&[], 0, None).unwrap();
         let mut beats = 0;
         // Paused: the wait beats every period; resumed from the beat.
         let resumed = gate.wait(&stop, Duration::from_millis(5), || {

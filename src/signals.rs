@@ -85,15 +85,12 @@ pub struct StopSignal {
 impl StopSignal {
     /// Installs handlers so any of `signals` requests a stop; a worker that
     /// has not exited `grace_secs` after the request dies of SIGALRM.
-    pub fn install(signals: &[Signal], grace_secs: u32) -> std::io::Result<StopSignal> {
-        Self::install_draining(signals, grace_secs, None)
-    }
-
-    /// [`StopSignal::install`]; issue 11: `drain`, the parent's pid and a
+    ///
+    /// issue 11: `drain`, the parent's pid and a
     /// longer grace for a stop the live parent asked for (an `upgrade`
     /// lets the old workers finish their job for `upgrade_drain_timeout`);
     /// an orphan still dies `grace_secs` after its parent-death signal.
-    pub fn install_draining(
+    pub fn install(
         signals: &[Signal],
         grace_secs: u32,
         drain: Option<(i32, u32)>,

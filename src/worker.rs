@@ -511,7 +511,7 @@ fn child_life<W: Worker>(s: ChildSetup<'_, W>) -> i32 {
     if !stops.contains(&w.stop_signal) {
         stops.push(w.stop_signal);
     }
-    let stop = match StopSignal::install_draining(&stops, grace, Some(drain)) {
+    let stop = match StopSignal::install(&stops, grace, Some(drain)) {
         Ok(s) => s,
         Err(e) => {
             error!("cannot install signal handlers: {e}");

@@ -15,7 +15,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rookery::control::{self, Request, Response, Status, WorkerState};
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
 
 use crate::util::*;
 
@@ -58,11 +60,38 @@ fn testworker(extra: &str) -> Daemon {
     d
 }
 
+/// What the tests read of `status --json`.
+#[derive(Debug, Deserialize)]
+struct Status {
+    pid: i32,
+    version: String,
+    workers: Vec<WorkerStatus>,
+    totals: Totals,
+}
+
+#[derive(Debug, Deserialize)]
+struct WorkerStatus {
+    state: String,
+    activity: String,
+    version: String,
+    previous: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct Totals {
+    started: BTreeMap<String, u64>,
+}
+
+/// `status --json`, if the daemon answered.
 fn status(d: &Daemon) -> Option<Status> {
-    match control::call(&d.socket, &Request::Status, Duration::from_secs(5)) {
-        Ok(Response::Status(s)) => Some(*s),
-        _ => None,
-    }
+    status_of(&d.exe, &d.config)
+}
+
+fn status_of(exe: &Path, config: &Path) -> Option<Status> {
+    let mut c = std::process::Command::new(exe);
+    c.arg("-c").arg(config).args(["status", "--json"]);
+    let out = run_with_timeout(&mut c, Duration::from_secs(30));
+    serde_json::from_slice(&out.stdout).ok()
 }
 
 fn version_of(v: &str) -> String {
@@ -87,21 +116,15 @@ struct Poller {
 }
 
 impl Poller {
-    fn start(socket: PathBuf) -> Poller {
+    fn start(exe: PathBuf, config: PathBuf) -> Poller {
         let stop = Arc::new(AtomicBool::new(false));
         let min = Arc::new(AtomicUsize::new(usize::MAX));
         let samples = Arc::new(AtomicUsize::new(0));
         let (s, m, n) = (stop.clone(), min.clone(), samples.clone());
         let thread = std::thread::spawn(move || {
             while !s.load(Ordering::SeqCst) {
-                if let Ok(Response::Status(st)) =
-                    control::call(&socket, &Request::Status, Duration::from_secs(5))
-                {
-                    let ready = st
-                        .workers
-                        .iter()
-                        .filter(|w| w.state == WorkerState::Running)
-                        .count();
+                if let Some(st) = status_of(&exe, &config) {
+                    let ready = st.workers.iter().filter(|w| w.state == "running").count();
                     m.fetch_min(ready, Ordering::SeqCst);
                     n.fetch_add(1, Ordering::SeqCst);
                 }
@@ -149,7 +172,10 @@ fn upgrade_runs_the_new_binary_in_place_and_never_drops_below_n_ready() {
     assert!(holds_hook(), "on_start opened the hook file");
 
     install_build(&d.exe, "bbbbbbbbbbbbbb");
-    let poller = Poller::start(d.socket.clone());
+    // The poller runs its own copy: the file at d.exe is replaced under it.
+    let ctl = d.dir.path().join("ctl");
+    fs::copy(example("testworker"), &ctl).unwrap();
+    let poller = Poller::start(ctl, d.config.clone());
     let out = d.run(&["upgrade"]);
     let (min, samples) = poller.finish();
     assert_eq!(out.status.code(), Some(0), "{}\n{}", show(&out), d.log());
@@ -332,7 +358,7 @@ fn a_long_job_finishes_on_the_old_binary_while_new_workers_take_jobs() {
     let old = d.wait_workers(parent, 2);
     assert!(
         wait_until(DEADLINE, || status(&d)
-            .is_some_and(|s| s.workers.iter().all(|w| w.activity.name() == "busy"))),
+            .is_some_and(|s| s.workers.iter().all(|w| w.activity == "busy"))),
         "both old workers are in a long job"
     );
     install_build(&d.exe, "bbbbbbbbbbbbbb");
@@ -348,12 +374,12 @@ fn a_long_job_finishes_on_the_old_binary_while_new_workers_take_jobs() {
             let old_stopping = s
                 .workers
                 .iter()
-                .filter(|w| w.previous && w.state == WorkerState::Stopping)
+                .filter(|w| w.previous && w.state == "stopping")
                 .count();
             let new_busy = s
                 .workers
                 .iter()
-                .filter(|w| !w.previous && w.activity.name() == "busy")
+                .filter(|w| !w.previous && w.activity == "busy")
                 .count();
             old_stopping == 2 && new_busy == 2
         })),
