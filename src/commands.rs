@@ -49,6 +49,14 @@ impl Commands {
         }
     }
 
+    /// issue 11: the build id shown beside the version (as
+    /// [`crate::Daemon::build_id`]).
+    pub fn build_id(self, id: &str) -> Commands {
+        Commands {
+            daemon: self.daemon.build_id(id),
+        }
+    }
+
     /// The one-line description `--help` prints.
     pub fn about(self, s: &str) -> Commands {
         Commands {
