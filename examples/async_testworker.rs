@@ -14,6 +14,7 @@
 //! | key | effect |
 //! |---|---|
 //! | `job_time = "50ms"` | how long each job takes |
+//! | `job_time_step = "0s"` | job N takes `job_time + (N % 3) * job_time_step` (jobs in hand end at different times) |
 //! | `concurrency = 0` | 0: one job per `run`; N: up to N jobs at once on tasks |
 //! | `fail_every = 0` | every Nth job of a worker fails (the worker carries on) |
 //! | `threads = 0` | 0: current-thread runtime; N: multi-thread with N worker threads |
@@ -42,6 +43,8 @@ use tracing::info;
 struct Settings {
     #[serde(with = "rookery::humantime")]
     job_time: Duration,
+    #[serde(with = "rookery::humantime")]
+    job_time_step: Duration,
     concurrency: usize,
     fail_every: u64,
     threads: usize,
@@ -54,6 +57,7 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             job_time: Duration::from_millis(50),
+            job_time_step: Duration::ZERO,
             concurrency: 0,
             fail_every: 0,
             threads: 0,
@@ -83,7 +87,7 @@ struct AsyncTestWorker {
 /// One job: waits `job_time`, records it; `Err` if it is one that fails.
 async fn job(s: &Settings, record: &Record, id: u64) -> Result<(), BoxError> {
     record.line("begin", id);
-    tokio::time::sleep(s.job_time).await;
+    tokio::time::sleep(s.job_time + s.job_time_step * (id % 3) as u32).await;
     if s.fail_every > 0 && id % s.fail_every == 0 {
         record.line("failed", id);
         return Err(format!("job {id}: failed on purpose").into());
@@ -155,6 +159,9 @@ impl AsyncWorker for AsyncTestWorker {
             p = self.permits.clone().acquire_owned() => p?,
             _ = stop.stopped() => return Ok(Step::Idle),
         };
+        if stop.paused() {
+            return Ok(Step::Idle); // paused while this waited: take nothing
+        }
         let id = self.next.fetch_add(1, Ordering::SeqCst);
         let reporter = ctx.reporter();
         reporter.begin();

@@ -411,6 +411,12 @@ impl AsyncWorker for RedisAsyncWorker {
             lane = self.free.recv() => lane.ok_or("every lane was lost")??,
             _ = stop.stopped() => return Ok(Step::Idle),
         };
+        // Paused (`pause`) while this waited: take nothing; the loop waits
+        // for the resume (and the jobs in hand go on meanwhile).
+        if stop.paused() {
+            let _ = self.give_back.send(Ok(lane));
+            return Ok(Step::Idle);
+        }
         // Waits at most block_timeout.
         let Some(item) = self.queue.take(&mut lane).await? else {
             let _ = self.give_back.send(Ok(lane));

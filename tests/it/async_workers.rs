@@ -214,7 +214,7 @@ fn a_paused_async_worker_finishes_its_jobs_in_hand_and_its_tasks_see_the_pause()
     let d = async_testworker("");
     let results = d.dir.path().join("results");
     d.rewrite_config(&format!(
-        "[workers]\ncount = 1\n\n[app]\nconcurrency = 3\njob_time = \"1500ms\"\nticker = \"50ms\"\nresults_dir = \"{}\"\n",
+        "[workers]\ncount = 1\n\n[app]\nconcurrency = 3\njob_time = \"500ms\"\njob_time_step = \"1s\"\nticker = \"50ms\"\nresults_dir = \"{}\"\n",
         results.display()
     ));
     let parent = d.start();
@@ -228,8 +228,9 @@ fn a_paused_async_worker_finishes_its_jobs_in_hand_and_its_tasks_see_the_pause()
     );
     let out = d.run(&["pause"]);
     assert!(out.status.success(), "{out:?}");
-    // The jobs in hand run to their end while paused (the runtime keeps
-    // running), and no new job begins.
+    // The jobs in hand (ending at different times: the loop waits for the
+    // resume while some are still running) run to their end while paused
+    // (the runtime keeps running), and no new job begins.
     let finished = wait_until(DEADLINE, || {
         let r = records(&results);
         let (begun, ended) = &r[&worker];
