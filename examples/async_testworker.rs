@@ -17,6 +17,7 @@
 //! | `job_time_step = "0s"` | job N takes `job_time + (N % 3) * job_time_step` (jobs in hand end at different times) |
 //! | `concurrency = 0` | 0: one job per `run`; N: up to N jobs at once on tasks |
 //! | `fail_every = 0` | every Nth job of a worker fails (the worker carries on) |
+//! | `panic_every = 0` | with `concurrency`, every Nth job's task panics (recorded as failed; its `Job` is dropped, uncounted) |
 //! | `threads = 0` | 0: current-thread runtime; N: multi-thread with N worker threads |
 //! | `results_dir = "PATH"` | where the per-process logs go |
 //! | `ticker = "0s"` | if set, a task started in `init` appends `tick N` this often, unless the pool is paused (it waits with `StopHandle::resumed`) |
@@ -47,6 +48,7 @@ struct Settings {
     job_time_step: Duration,
     concurrency: usize,
     fail_every: u64,
+    panic_every: u64,
     threads: usize,
     results_dir: PathBuf,
     #[serde(with = "rookery::humantime")]
@@ -60,6 +62,7 @@ impl Default for Settings {
             job_time_step: Duration::ZERO,
             concurrency: 0,
             fail_every: 0,
+            panic_every: 0,
             threads: 0,
             results_dir: std::env::temp_dir().join("async_testworker"),
             ticker: Duration::ZERO,
@@ -163,15 +166,19 @@ impl AsyncWorker for AsyncTestWorker {
             return Ok(Step::Idle); // paused while this waited: take nothing
         }
         let id = self.next.fetch_add(1, Ordering::SeqCst);
-        let reporter = ctx.reporter();
-        reporter.begin();
+        let in_hand = ctx.reporter().begin();
         let (settings, record) = (self.settings.clone(), self.record.clone());
         tokio::spawn(async move {
-            match job(&settings, &record, id).await {
-                Ok(()) => reporter.done(),
-                Err(e) => reporter.failed(e),
+            let _permit = permit;
+            if settings.panic_every > 0 && id % settings.panic_every == 0 {
+                record.line("begin", id);
+                record.line("failed", id);
+                panic!("job {id}: panicked on purpose");
             }
-            drop(permit);
+            match job(&settings, &record, id).await {
+                Ok(()) => in_hand.done(),
+                Err(e) => in_hand.failed(e),
+            }
         });
         Ok(Step::Spawned)
     }

@@ -16,11 +16,11 @@
 //!   in hand. A `BLMOVE` blocks the connection it is sent on, so each of
 //!   those jobs has its own connection (a *lane*); one more connection
 //!   does the bookkeeping. `run` waits for a free lane (or a stop request),
-//!   takes a job on it, and hands the job to a task that reports through
-//!   a [`rookery::JobReporter`]: the worker shows busy while any job is in
-//!   hand, and each job is counted once.
+//!   takes a job on it, and hands the job to a task with a [`rookery::Job`]
+//!   (from the `JobReporter`), which the task ends: the worker shows busy
+//!   while any job is in hand, and each job is counted once.
 //! - **Failed jobs.** A poison or flaky payload is a failed *job*
-//!   (`JobReporter::failed`, logged at warning); the worker carries on. A
+//!   (`Job::failed`, logged at warning); the worker carries on. A
 //!   Redis error is a failed *worker*: the task hands the error back to
 //!   `run`, which returns it, and the worker is restarted (its jobs in
 //!   hand are recovered from its processing list by the others).
@@ -46,7 +46,7 @@ use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
 use redis::RedisResult;
-use rookery::{AsyncWorker, BoxError, Context, JobReporter, Step};
+use rookery::{AsyncWorker, BoxError, Context, Job, Step};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -320,24 +320,24 @@ async fn job(
     queue: Arc<Queue>,
     mut lane: MultiplexedConnection,
     item: Vec<u8>,
-    reporter: JobReporter,
+    in_hand: Job,
     give_back: mpsc::UnboundedSender<Lane>,
 ) {
     let id = queue_job::parse(&item).map_or_else(|| "?".into(), |p| p.id.to_string());
     let back = match queue.handle(&mut lane, &item).await {
         Ok(Outcome::Done) => {
-            reporter.done();
+            in_hand.done();
             Ok(lane)
         }
         Ok(Outcome::Dead) => {
-            reporter.failed(format!(
+            in_hand.failed(format!(
                 "payload {id}: permanent error; moved to {}:dead",
                 queue.queue
             ));
             Ok(lane)
         }
         Ok(Outcome::Requeued) => {
-            reporter.failed(format!(
+            in_hand.failed(format!(
                 "payload {id}: transient error; back in {} for a retry",
                 queue.queue
             ));
@@ -346,7 +346,7 @@ async fn job(
         Err(e) => {
             // The job stays in this process's processing list; the worker
             // ends, and another recovers it.
-            reporter.failed(format!("payload {id}: {e}"));
+            in_hand.failed(format!("payload {id}: {e}"));
             Err(e.into())
         }
     };
@@ -425,13 +425,12 @@ impl AsyncWorker for RedisAsyncWorker {
             return Ok(Step::Idle);
         };
         // From here the job is finished even if a stop is requested.
-        let reporter = ctx.reporter();
-        reporter.begin();
+        let in_hand = ctx.reporter().begin();
         tokio::spawn(job(
             self.queue.clone(),
             lane,
             item,
-            reporter,
+            in_hand,
             self.give_back.clone(),
         ));
         Ok(Step::Spawned)

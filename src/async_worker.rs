@@ -41,10 +41,10 @@ use crate::{BoxError, Context, Step, Worker};
 /// the same. A `run` that waits for a job should also wait for
 /// [`StopHandle::stopped`] and return [`Step::Idle`] when it fires.
 ///
-/// To handle several jobs at once, spawn each on the runtime with a
-/// [`JobReporter`] (`begin` when it is taken, `done` or `failed` when it
-/// ends) and return [`Step::Spawned`] from `run` (the job is counted by
-/// the reporter, not by the loop); bound the concurrency yourself (a
+/// To handle several jobs at once, spawn each on the runtime with its
+/// [`Job`] (from [`JobReporter::begin`] when it is taken; the task ends it
+/// with `done` or `failed`) and return [`Step::Spawned`] from `run` (the
+/// job is counted when it ends, not by the loop); bound the concurrency yourself (a
 /// semaphore, the broker's prefetch), so that `run` waits while the worker
 /// is full. The worker shows busy while any job is in hand, and a graceful
 /// stop waits for every job begun and not yet done before `cleanup` (up
@@ -275,11 +275,11 @@ pub(crate) fn hold<W: Worker>(rt: &Runtime, ctx: &Context<W>, period: Duration) 
 /// Reports jobs from tasks: cheap to clone, `Send` and `Sync`. From
 /// [`Context::reporter`].
 ///
-/// Call [`JobReporter::begin`] when a job is taken and exactly one of
-/// [`JobReporter::done`] or [`JobReporter::failed`] when it ends. The
-/// worker is busy (in `status` and the process title) while any job is in
-/// hand; each job is counted once, and `workers.max_jobs` applies to the
-/// total.
+/// [`JobReporter::begin`] when a job is taken gives a [`Job`], which the
+/// task ends with [`Job::done`] or [`Job::failed`]. The worker is busy (in
+/// `status` and the process title) while any job is in hand; each job is
+/// counted once (ending a job consumes it), and `workers.max_jobs` applies
+/// to the total.
 #[derive(Clone)]
 pub struct JobReporter {
     jobs: Arc<Jobs>,
@@ -294,28 +294,61 @@ impl std::fmt::Debug for JobReporter {
 }
 
 impl JobReporter {
-    /// A job is in hand: the worker is busy.
-    pub fn begin(&self) {
+    /// A job is in hand: the worker is busy until the [`Job`] ends.
+    pub fn begin(&self) -> Job {
         self.jobs.begin();
-    }
-
-    /// The job ended well: counted; the worker is idle if no other job is
-    /// in hand.
-    pub fn done(&self) {
-        self.jobs.end(true);
-    }
-
-    /// The job failed and the worker carries on: the error is logged at
-    /// warning, and the job counted as [`JobReporter::done`] would.
-    pub fn failed(&self, error: impl Into<BoxError>) {
-        warn!("job failed: {}", error_chain(&*error.into()));
-        self.jobs.end(true);
+        Job {
+            jobs: self.jobs.clone(),
+            ended: false,
+        }
     }
 
     /// A sign of life during a long job (`workers.heartbeat_timeout`); a
     /// plain memory write.
     pub fn heartbeat(&self) {
         self.jobs.beat();
+    }
+}
+
+/// A job in hand, from [`JobReporter::begin`]: end it with [`Job::done`]
+/// or [`Job::failed`]. Dropped without either (its task panicked, or was
+/// cancelled), it ends uncounted, with a warning, so that the worker does
+/// not stay busy, nor a graceful stop wait, for a job nobody holds.
+#[must_use = "a job ends when it is dropped: keep it until the work is done"]
+pub struct Job {
+    jobs: Arc<Jobs>,
+    ended: bool,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job").finish_non_exhaustive()
+    }
+}
+
+impl Job {
+    /// The job ended well: counted; the worker is idle if no other job is
+    /// in hand.
+    pub fn done(mut self) {
+        self.ended = true;
+        self.jobs.end(true);
+    }
+
+    /// The job failed and the worker carries on: the error is logged at
+    /// warning, and the job counted as [`Job::done`] would.
+    pub fn failed(mut self, error: impl Into<BoxError>) {
+        warn!("job failed: {}", error_chain(&*error.into()));
+        self.ended = true;
+        self.jobs.end(true);
+    }
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        if !self.ended {
+            warn!("a job ended without done or failed (its task panicked or was dropped); not counted");
+            self.jobs.end(false);
+        }
     }
 }
 

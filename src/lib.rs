@@ -149,7 +149,7 @@ mod worker;
 
 pub use crate::core::{ExitStatus, WorkerExit};
 #[cfg(feature = "tokio")]
-pub use async_worker::{AsyncWorker, JobReporter, StopHandle};
+pub use async_worker::{AsyncWorker, Job, JobReporter, StopHandle};
 pub use cli::NoArgs;
 pub use commands::Commands;
 pub use config::{Config, ConfigError};

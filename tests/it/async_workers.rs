@@ -278,3 +278,42 @@ fn a_paused_async_worker_finishes_its_jobs_in_hand_and_its_tasks_see_the_pause()
     assert_eq!(d.workers(parent), vec![worker]);
     assert!(d.run(&["stop"]).status.success());
 }
+
+#[test]
+fn a_job_whose_task_panicked_ends_uncounted_and_the_worker_goes_on() {
+    let d = async_testworker("");
+    let results = d.dir.path().join("results");
+    // A stop that waited for the panicked jobs would outlast DEADLINE.
+    d.rewrite_config(&format!(
+        "[workers]\ncount = 1\nstop_timeout = \"120s\"\n\n[app]\nconcurrency = 2\njob_time = \"50ms\"\npanic_every = 3\nresults_dir = \"{}\"\n",
+        results.display()
+    ));
+    let parent = d.start();
+    let worker = d.wait_workers(parent, 1)[0];
+    assert!(
+        d.wait_log_count("a job ended without done or failed", 3),
+        "{}",
+        d.log()
+    );
+    assert_eq!(
+        d.workers(parent),
+        vec![worker],
+        "a panicked task ended the worker"
+    );
+    let out = d.run(&["stop"]);
+    assert!(out.status.success(), "{out:?}\n{}", d.log());
+    assert!(
+        wait_until(DEADLINE, || !alive(worker)),
+        "the stop waited for panicked jobs"
+    );
+    let (begun, ended) = records(&results).remove(&worker).unwrap();
+    assert_eq!(begun, ended);
+    let panicked = ended.iter().filter(|id| *id % 3 == 0).count();
+    assert!(panicked >= 3);
+    assert_eq!(
+        counted_at_cleanup(&d.log(), worker),
+        Some((ended.len() - panicked) as u64),
+        "{}",
+        d.log()
+    );
+}
