@@ -644,6 +644,14 @@ pub(crate) fn stream_congested() -> bool {
     lock().stream.as_ref().is_some_and(stream::Console::congested)
 }
 
+/// At the parent's exit: waits up to `limit` for the stream to take what
+/// is still pending (the loop is over, so waiting blocks nothing).
+pub(crate) fn finish_stream(limit: std::time::Duration) {
+    if let Some(st) = lock().stream.as_mut() {
+        st.finish(limit);
+    }
+}
+
 /// When the parent's loop should call [`flush_stream`] again.
 pub(crate) fn stream_retry_in() -> Option<std::time::Duration> {
     lock().stream.as_ref().and_then(stream::Console::retry_in)

@@ -537,6 +537,9 @@ impl<'h, O: Os> Supervisor<'h, O> {
             exit::OK
         };
         info!("stopped");
+        // issue 10: what a slow stream reader has not taken yet (the last
+        // lines, "stopped" among them) is not thrown away at exit.
+        crate::logging::finish_stream(Duration::from_secs(2));
         code
     }
 

@@ -126,6 +126,26 @@ impl Console {
         }
     }
 
+    /// Writes what is pending, waiting up to `limit` for the reader.
+    pub(crate) fn finish(&mut self, limit: Duration) {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use std::os::fd::AsFd;
+        let end = Instant::now() + limit;
+        self.flush();
+        while !self.pending.is_empty() {
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+            let mut fds = [PollFd::new(self.out.file.as_fd(), PollFlags::POLLOUT)];
+            if poll(&mut fds, PollTimeout::from(ms.max(1))).is_err() {
+                return;
+            }
+            self.flush();
+        }
+    }
+
     /// Whether the parent should hold workers' output for now: half of
     /// what may wait is waiting, and the reader is slow rather than gone
     /// (it took something within [`ALIVE`]). Holding them (their pipes

@@ -500,3 +500,51 @@ fn reload_switches_the_parent_to_json_at_once_and_each_worker_with_its_replaceme
         "only the old worker may still write text: {text_after:?}"
     );
 }
+
+#[test]
+fn lines_a_slow_reader_has_not_taken_yet_are_written_before_the_parent_exits() {
+    // 20 lines of 6 KiB: more than the pipe holds, so the parent keeps the
+    // rest for the reader, which only starts reading after the stop.
+    let mut d = logworker("[workers]\ncount = 1\n\n[app]\nlong_lines = 20\nline_bytes = 6144\n");
+    let mut child = d
+        .cmd(&["--no-daemon", "--logfile", "-"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let parent = child.id() as i32;
+    d.foreground.push(child);
+    // The worker's lines are all relayed once it logs "long lines done"
+    // to the parent; give it the time, then stop without reading.
+    assert!(wait_until(DEADLINE, || {
+        crate::util::children_of(parent).len() == 1
+            && crate::util::cmdline(crate::util::children_of(parent)[0]).contains("worker")
+    }));
+    std::thread::sleep(Duration::from_millis(500)); // not an assertion: lets the lines pile up
+    kill(parent, 15);
+    // Read only once the pool is gone and the parent is done: waiting in
+    // poll(2) for the reader (x86_64: system call 7), or exited.
+    let done = wait_until(DEADLINE, || {
+        crate::util::children_of(parent).is_empty()
+            && (!alive(parent)
+                || fs::read_to_string(format!("/proc/{parent}/syscall"))
+                    .is_ok_and(|s| !cfg!(target_arch = "x86_64") || s.starts_with("7 ")))
+    });
+    assert!(done, "the parent did not stop");
+    let lines = collect(stderr);
+    assert!(
+        wait_until(DEADLINE, || joined(&lines).contains("parent: stopped")),
+        "the last lines were thrown away:\n{}",
+        joined(&lines)
+            .lines()
+            .map(|l| l.chars().take(120).collect::<String>())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let text = joined(&lines);
+    assert_eq!(text.matches(" END\n").count(), 20, "every long line, whole");
+    assert!(text.contains("long lines done"));
+    assert!(!text.contains(" lost: "));
+}
