@@ -49,6 +49,8 @@ enum Section {
     Throughput,
     /// What a `/metrics` scrape costs the parent, with 8 and 1,000 workers.
     Scrape,
+    /// issue 11: `upgrade` of 8 idle workers and of 1,000.
+    Upgrade,
 }
 
 /// The benchmark's command line (`bench/run` fills it in).
@@ -974,6 +976,98 @@ fn section_many(cli: &Cli, root: &Path, r: &mut Report) -> Result<()> {
 }
 
 // ---------------------------------------------------------------------------
+// issue 11: `upgrade`
+//
+// The demo with N idle workers is upgraded to its own binary (the exec and
+// the replacement of every worker happen all the same). Measured from the
+// request: until the `upgrade` command returns (it polls `status` every
+// 100 ms for the outcome), and, seen from /proc, until N new workers exist
+// and every old one is gone (the new ones are ready by then: an old worker
+// is told to stop only once its replacement is).
+
+fn upgrade_case(cli: &Cli, root: &Path, n: u32, runs: usize, target_ms: f64, r: &mut Report) -> Result<()> {
+    let mut d = Daemon::new(
+        root,
+        &format!("upgrade-{n}"),
+        &cli.demo,
+        "demodaemon",
+        "[workers]\nmin_uptime = \"100ms\"\n\n[app]\njob_interval = \"1h\"\n",
+    )?;
+    let (parent, _) = d.start(&["-w", &n.to_string(), "start"])?;
+    let mut seen = Vec::new();
+    let mut returned = Vec::new();
+    for _ in 0..runs {
+        let old = wait_workers(parent, n as usize, WORKER_MARK, Duration::from_secs(120))?;
+        let old_set: HashSet<i32> = old.iter().copied().collect();
+        let t0 = Instant::now();
+        let mut child = d
+            .cmd(&["upgrade"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        register(child.id() as i32);
+        let (mut t_seen, mut t_cmd, mut status) = (None, None, None);
+        while t_seen.is_none() || t_cmd.is_none() {
+            if t_seen.is_none() {
+                let now = proc::children_and_zombies_of(parent);
+                if now.len() == n as usize
+                    && now.iter().all(|p| {
+                        !old_set.contains(p) && proc::alive(*p) && proc::cmdline(*p).contains(WORKER_MARK)
+                    })
+                {
+                    t_seen = Some(t0.elapsed());
+                }
+            }
+            if t_cmd.is_none() {
+                if let Some(st) = child.try_wait()? {
+                    t_cmd = Some(t0.elapsed());
+                    status = Some(st);
+                }
+            }
+            if t0.elapsed() > Duration::from_secs(120) {
+                return Err(format!("upgrade of {n}: not done after 120 s; log: {}", d.log_tail()).into());
+            }
+            thread::sleep(Duration::from_micros(500));
+        }
+        unregister(child.id() as i32);
+        if !status.is_some_and(|s| s.success()) {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut err);
+            }
+            return Err(format!("upgrade of {n} failed: {err}; log: {}", d.log_tail()).into());
+        }
+        if d.pid() != Some(parent) || !proc::alive(parent) {
+            return Err("the parent's pid changed".into());
+        }
+        seen.push(ms(t_seen.ok_or("no time")?));
+        returned.push(ms(t_cmd.ok_or("no time")?));
+    }
+    let seen = Dist::new(seen);
+    let returned = Dist::new(returned);
+    r.row(
+        format!("upgrade of {n} idle workers: all new ready, all old gone (/proc), median of {runs}"),
+        fmt_ms_dist(&seen),
+        Target::BelowMs(target_ms),
+        seen.median(),
+    );
+    r.row(
+        format!("upgrade of {n} idle workers: the `upgrade` command returns, median of {runs}"),
+        fmt_ms_dist(&returned),
+        Target::BelowMs(target_ms),
+        returned.median(),
+    );
+    d.stop()?;
+    Ok(())
+}
+
+fn section_upgrade(cli: &Cli, root: &Path, r: &mut Report) -> Result<()> {
+    upgrade_case(cli, root, 8, 9, 1000.0, r)?;
+    upgrade_case(cli, root, cli.many, 3, 5000.0, r)
+}
+
+// ---------------------------------------------------------------------------
 // (d) Issue 5: throughput under rookery against the bare consumer loop
 //
 // For each queue server and worker count, alternately: the rookery pool
@@ -1761,11 +1855,12 @@ fn main() -> ExitCode {
     let mut r = Report::default();
     let wanted = |s: Section| cli.only.is_empty() || cli.only.contains(&s);
     type SectionFn = fn(&Cli, &Path, &mut Report) -> Result<()>;
-    let sections: [(Section, &str, SectionFn); 5] = [
+    let sections: [(Section, &str, SectionFn); 6] = [
         (Section::Core, "core (demo, 8 idle workers)", section_core),
         (Section::Crash, "crash loop CPU", section_crash),
         (Section::Many, "1,000 workers", section_many),
         (Section::Scrape, "metrics scrape", section_scrape),
+        (Section::Upgrade, "upgrade", section_upgrade),
         (Section::Throughput, "throughput", section_throughput),
     ];
     for (s, title, f) in sections {

@@ -106,13 +106,20 @@ pub fn result_line(job_id: u64, payload_id: u64, hash: u64) -> String {
 }
 
 /// Parses a result line (without its newline) into (job id, payload id,
-/// hash).
+/// hash); a fourth field, the build id of the worker that wrote it (see
+/// [`Results::tagged`]), is allowed.
 pub fn parse_result_line(line: &str) -> Option<(u64, u64, u64)> {
     let mut f = line.split('\t');
     let job = f.next()?.parse().ok()?;
     let payload = f.next()?.parse().ok()?;
     let hash = u64::from_str_radix(f.next()?, 16).ok()?;
+    let _build = f.next();
     f.next().is_none().then_some((job, payload, hash))
+}
+
+/// The build id a result line was tagged with, if any.
+pub fn result_build(line: &str) -> Option<&str> {
+    line.split('\t').nth(3)
 }
 
 /// The results file of one worker process: `<dir>/<pid>.tsv`, opened with
@@ -121,6 +128,8 @@ pub fn parse_result_line(line: &str) -> Option<(u64, u64, u64)> {
 pub struct Results {
     file: File,
     path: PathBuf,
+    /// A build id appended to each line (the upgrade tests).
+    tag: Option<String>,
 }
 
 impl Results {
@@ -134,7 +143,18 @@ impl Results {
             .append(true)
             .open(&path)
             .map_err(|e| io::Error::new(e.kind(), format!("open {}: {e}", path.display())))?;
-        Ok(Results { file, path })
+        Ok(Results {
+            file,
+            path,
+            tag: None,
+        })
+    }
+
+    /// Appends `build` to every line as a fourth field: which binary did
+    /// the job (the upgrade tests read it).
+    pub fn tagged(mut self, build: String) -> Results {
+        self.tag = Some(build);
+        self
     }
 
     /// The file's path.
@@ -144,7 +164,13 @@ impl Results {
 
     /// Appends one result line with a single `write`.
     pub fn record(&mut self, job_id: u64, payload_id: u64, hash: u64) -> io::Result<()> {
-        let line = result_line(job_id, payload_id, hash);
+        let mut line = result_line(job_id, payload_id, hash);
+        if let Some(t) = &self.tag {
+            line.pop();
+            line.push('\t');
+            line.push_str(t);
+            line.push('\n');
+        }
         let n = self.file.write(line.as_bytes())?;
         if n == line.len() {
             Ok(())

@@ -221,7 +221,7 @@ pub(crate) fn chaos(d: &Daemon, parent: i32, reloaded: &str, mut remaining: impl
 
 /// Job counts of a tube: ready, reserved, delayed, buried (all zero for a
 /// tube that no longer exists).
-fn tube_counts(addr: &str, tube: &str) -> [u64; 4] {
+pub(crate) fn tube_counts(addr: &str, tube: &str) -> [u64; 4] {
     let mut client = Client::connect(addr).expect("connect to beanstalkd");
     match client.stats_tube(tube) {
         Ok(s) => [
@@ -237,7 +237,7 @@ fn tube_counts(addr: &str, tube: &str) -> [u64; 4] {
 }
 
 /// `put` `n` jobs (payload ids from `first`) with the given TTR.
-fn put_jobs(server: &Beanstalkd, tube: &str, n: u64, first: u64, kind: &str, ttr: &str) {
+pub(crate) fn put_jobs(server: &Beanstalkd, tube: &str, n: u64, first: u64, kind: &str, ttr: &str) {
     let (n, first, addr) = (n.to_string(), first.to_string(), server.addr());
     run_example(
         "beanstalk_producer",
@@ -259,7 +259,13 @@ fn put_jobs(server: &Beanstalkd, tube: &str, n: u64, first: u64, kind: &str, ttr
 }
 
 /// A beanstalk_worker pool config: `workers` workers on `tube`.
-fn beanstalk_config(server: &Beanstalkd, tube: &str, results: &Path, workers: u32, app: &str) -> String {
+pub(crate) fn beanstalk_config(
+    server: &Beanstalkd,
+    tube: &str,
+    results: &Path,
+    workers: u32,
+    app: &str,
+) -> String {
     format!(
         "{}\n[app]\nserver = \"{}\"\ntube = \"{tube}\"\nresults_dir = \"{}\"\nrelease_delay = \"1s\"\n{app}\n",
         workers_section(workers),

@@ -35,8 +35,13 @@ fn show(o: &Output) -> String {
 /// Puts at `path` (by a rename, as a deploy does) a build of the test
 /// worker whose build id is `id` (at most 14 bytes).
 fn install_build(path: &Path, id: &str) {
+    install_build_of("testworker", path, id);
+}
+
+/// The same for the example `name` (it carries the same marker).
+fn install_build_of(name: &str, path: &Path, id: &str) {
     assert!(id.len() <= 14);
-    let mut bytes = fs::read(example("testworker")).expect("read testworker");
+    let mut bytes = fs::read(example(name)).expect("read the example");
     let at = bytes
         .windows(MARK.len())
         .position(|w| w == MARK)
@@ -501,4 +506,116 @@ fn a_racing_start_is_refused_and_a_killed_parent_leaves_no_worker() {
         );
     }
     let _ = child.wait_with_output();
+}
+
+/// The Beanstalkd chaos (a worker SIGKILLed every 50 ms) with two upgrades
+/// to rebuilt binaries in the middle: every job has a result, a poller
+/// never sees fewer than N ready workers while an upgrade runs (the kills
+/// pause for the upgrade: a killed worker is down until its restart, which
+/// no upgrade can prevent), the parent's pid stays, every worker runs the
+/// last file afterwards, and the results name all three builds.
+#[test]
+fn beanstalk_chaos_with_two_upgrades_loses_no_job() {
+    use crate::queues::{
+        beanstalk_config, check_exactly_once_but_for, done_ids, put_jobs, read_results, tube_counts,
+    };
+    const JOBS: u64 = 30_000;
+    let server = crate::servers::Beanstalkd::start();
+    let addr = server.addr();
+    put_jobs(&server, "chaos", JOBS, 0, "ok", "2s");
+    let mut d = Daemon::with(example("beanstalk_worker"), "beanstalk_worker", "");
+    let exe = d.dir.path().join("beanstalk_worker");
+    install_build_of("beanstalk_worker", &exe, "aaaaaaaaaaaaaa");
+    d.exe = exe;
+    let results = d.dir.path().join("results");
+    d.rewrite_config(&beanstalk_config(
+        &server,
+        "chaos",
+        &results,
+        8,
+        "reserve_timeout = \"1s\"\njob_time = \"3ms\"",
+    ));
+    let ctl = d.dir.path().join("ctl");
+    fs::copy(example("beanstalk_worker"), &ctl).unwrap();
+    let parent = d.start();
+    d.wait_workers(parent, 8);
+    let remaining = || {
+        let [ready, _, delayed, _] = tube_counts(&addr, "chaos");
+        ready + delayed
+    };
+    let mut killed = std::collections::HashSet::new();
+    let mut seed = std::process::id() as usize;
+    let mut chaos = |d: &Daemon, for_: Duration, killed: &mut std::collections::HashSet<i32>| {
+        let end = std::time::Instant::now() + for_;
+        while std::time::Instant::now() < end {
+            let w = d.workers(parent);
+            if !w.is_empty() {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let victim = w[(seed >> 33) % w.len()];
+                kill(victim, 9);
+                killed.insert(victim);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let mut least = usize::MAX;
+    for build in ["bbbbbbbbbbbbbb", "cccccccccccccc"] {
+        chaos(&d, Duration::from_secs(1), &mut killed);
+        // Every slot filled and ready again before the upgrade begins.
+        assert!(
+            wait_until(DEADLINE, || status_of(&ctl, &d.config).is_some_and(|s| s
+                .workers
+                .iter()
+                .filter(|w| w.state == "running")
+                .count()
+                >= 8)),
+            "{}",
+            d.log()
+        );
+        install_build_of("beanstalk_worker", &d.exe, build);
+        let poller = Poller::start(ctl.clone(), d.config.clone());
+        let mut c = std::process::Command::new(&ctl);
+        c.arg("-c").arg(&d.config).arg("upgrade");
+        let out = run_with_timeout(&mut c, Duration::from_secs(120));
+        let (min, samples) = poller.finish();
+        assert_eq!(out.status.code(), Some(0), "{}\n{}", show(&out), d.log());
+        assert!(samples >= 1, "no sample during the upgrade");
+        least = least.min(min);
+        assert!(remaining() > 0, "the work ran out before upgrade to {build}");
+    }
+    chaos(&d, Duration::from_secs(1), &mut killed);
+    let finished = wait_until(Duration::from_secs(120), || {
+        tube_counts(&addr, "chaos") == [0; 4] && done_ids(&read_results(&[&results])).len() as u64 == JOBS
+    });
+    assert!(finished, "not finished: {:?}", tube_counts(&addr, "chaos"));
+    assert!(least >= 8, "{least} ready workers seen during an upgrade");
+    assert_eq!(d.pid(), Some(parent));
+    let workers = d.wait_workers(parent, 8);
+    let path = d.exe.display().to_string();
+    for w in &workers {
+        assert_eq!(exe_of(*w), path, "worker {w} runs the last file");
+    }
+    let records = read_results(&[&results]);
+    let dups = check_exactly_once_but_for(&records, JOBS, &killed);
+    let mut builds = BTreeMap::new();
+    for e in fs::read_dir(&results).unwrap() {
+        let text = fs::read_to_string(e.unwrap().path()).unwrap();
+        for line in text.lines() {
+            let b = line.split('\t').nth(3).unwrap_or("none").to_string();
+            *builds.entry(b).or_insert(0u64) += 1;
+        }
+    }
+    for b in ["aaaaaaaaaaaaaa", "bbbbbbbbbbbbbb", "cccccccccccccc"] {
+        assert!(
+            builds.get(b).is_some_and(|n| *n > 0),
+            "no job done by build {b}: {builds:?}"
+        );
+    }
+    eprintln!(
+        "upgrade chaos: {JOBS} jobs, {} kills, {dups} duplicates, builds {builds:?}",
+        killed.len()
+    );
+    assert!(d.run(&["stop"]).status.success());
 }
