@@ -706,7 +706,15 @@ pub(crate) fn upgrade(config: &Config, timeout: Option<Duration>) -> u8 {
                 _ => {}
             },
             Ok(other) => last_error = format!("unexpected answer: {other:?}"),
-            Err(e) => last_error = e.to_string(),
+            Err(e) => {
+                // The listener stays open across the exec, so a refused
+                // connection means the parent is gone.
+                if matches!(holder(config), Ok(None)) {
+                    say(name, format!("the daemon stopped during upgrade {id} ({e})"));
+                    return exit::NOT_RUNNING;
+                }
+                last_error = e.to_string();
+            }
         }
         if Instant::now() >= deadline {
             say(

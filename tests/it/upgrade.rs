@@ -469,8 +469,8 @@ fn a_racing_start_is_refused_and_a_killed_parent_leaves_no_worker() {
     install_build(&d.exe, "bbbbbbbbbbbbbb");
     let child = d
         .cmd(&["upgrade"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     // Starts race with the upgrade from its first moment, the exec included.
@@ -505,7 +505,15 @@ fn a_racing_start_is_refused_and_a_killed_parent_leaves_no_worker() {
             d.log()
         );
     }
-    let _ = child.wait_with_output();
+    // The waiting `upgrade` sees the daemon gone and says so.
+    let t = std::time::Instant::now();
+    let out = child.wait_with_output().unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        t.elapsed() < DEADLINE,
+        "upgrade waited {:?} for a dead daemon",
+        t.elapsed()
+    );
 }
 
 /// The Beanstalkd chaos (a worker SIGKILLed every 50 ms) with two upgrades
