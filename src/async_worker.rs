@@ -49,6 +49,8 @@ use crate::{BoxError, Context, Step, Worker};
 /// is full. The worker shows busy while any job is in hand, and a graceful
 /// stop waits for every job begun and not yet done before `cleanup` (up
 /// to `workers.stop_timeout`, after which the worker is killed).
+///
+/// Available with the `tokio` feature.
 pub trait AsyncWorker: Sized + 'static {
     /// The daemon's own settings, as [`Worker::Settings`].
     type Settings: serde::de::DeserializeOwned + Default + Clone + std::fmt::Debug + 'static;
@@ -144,6 +146,8 @@ pub(crate) fn delay<W: Worker>(rt: &Runtime, ctx: &Context<W>, d: Duration) {
 /// [`StopHandle::paused`] before it takes the next one, and waits for
 /// [`StopHandle::resumed`] while paused; `run` itself is not called while
 /// the pool is paused.
+///
+/// Available with the `tokio` feature.
 #[derive(Clone)]
 pub struct StopHandle {
     inner: Arc<StopInner>,
@@ -280,6 +284,8 @@ pub(crate) fn hold<W: Worker>(rt: &Runtime, ctx: &Context<W>, period: Duration) 
 /// `status` and the process title) while any job is in hand; each job is
 /// counted once (ending a job consumes it), and `workers.max_jobs` applies
 /// to the total.
+///
+/// Available with the `tokio` feature.
 #[derive(Clone)]
 pub struct JobReporter {
     jobs: Arc<Jobs>,
