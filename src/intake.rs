@@ -100,14 +100,27 @@ impl Gate {
     /// Waits while the pool is paused, calling `beat` at least every
     /// `period` (heartbeats go on). Returns `false` when woken by a stop
     /// request, `true` once resumed.
+    ///
+    /// The eventfd is a wake-up, not the state: if it is readable while the
+    /// flag still says paused (a parent image that no longer holds this
+    /// eventfd, after an exec), the worker does not spin on it but falls
+    /// back to looking at the flag every `period`.
     pub(crate) fn wait(&self, stop: &StopSignal, period: Duration, mut beat: impl FnMut()) -> bool {
-        let ms = i32::try_from(period.as_millis()).unwrap_or(i32::MAX).max(1);
+        let timeout = PollTimeout::try_from(i32::try_from(period.as_millis()).unwrap_or(i32::MAX).max(1))
+            .unwrap_or(PollTimeout::MAX);
+        let mut stale = false;
         while self.paused() && !stop.requested() {
             let mut fds = [
                 PollFd::new(stop.fd(), PollFlags::POLLIN),
                 PollFd::new(self.efd.as_fd(), PollFlags::POLLIN),
             ];
-            let _ = poll(&mut fds, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX));
+            let n = if stale { 1 } else { 2 };
+            let _ = poll(&mut fds[..n], timeout);
+            // Readable, yet still paused: a wake-up that no longer means
+            // anything; from now on only the stop descriptor and the timer.
+            if !stale && fds[1].any() == Some(true) && self.paused() {
+                stale = true;
+            }
             beat();
         }
         !stop.requested()
@@ -152,6 +165,27 @@ mod tests {
         sw.prepare(&cells[0]);
         cells[0].reset(42);
         assert!(cells[0].paused(), "reset (the worker claiming it) keeps the flag");
+    }
+
+    #[test]
+    fn a_stale_wake_up_does_not_make_a_paused_worker_spin() {
+        // The flag says paused, but the eventfd is readable (its parent
+        // image is gone): the wait beats once per period, not in a loop.
+        let cells: &'static [Cell] = crate::sys::shared_cells::<Cell>(1).unwrap().1;
+        let sw = Switch::new().unwrap();
+        cells[0].set_paused(true);
+        let gate = Gate::new(&cells[0], sw.fd().try_clone_to_owned().unwrap());
+        let stop = StopSignal::install(&[], 0, None).unwrap();
+        let t = std::time::Instant::now();
+        let mut beats = 0;
+        gate.wait(&stop, Duration::from_millis(20), || {
+            beats += 1;
+            if t.elapsed() >= Duration::from_millis(200) {
+                cells[0].set_paused(false);
+            }
+        });
+        assert!(beats <= 15, "{beats} wake-ups in 200 ms: spinning");
+        assert!(beats >= 5, "{beats}: it still looks at the flag every period");
     }
 
     #[test]
