@@ -12,13 +12,24 @@
 //! warning, a hung worker is stopped without its dump) and in time (its
 //! process group is SIGKILLed at its deadline).
 //!
-//! A helper runs with the parent's privileges (root, when the daemon
+//! `on_hang` runs with the parent's privileges (root, when the daemon
 //! started as root: a stack dump of a worker that dropped to another
-//! account needs them), in a process group of its own, stdin `/dev/null`,
+//! account needs them; its words and environment carry only what the
+//! parent knows: the pid, the slot, "hung"). `on_event` runs as the
+//! workers' account when one is configured (`workers.user`), with that
+//! user's login variables: its `{reason}` may carry text a worker chose (a
+//! job label), and a worker must not get a say in what root runs. Each
+//! helper runs in a process group of its own, stdin `/dev/null`,
 //! with the parent's environment plus `ROOKERY_EVENT`, `ROOKERY_DAEMON`,
 //! `ROOKERY_SLOT`, `ROOKERY_PID` and `ROOKERY_REASON` (the last three
 //! empty when the event is not about one worker). In its words, `{event}`,
 //! `{slot}`, `{pid}` and `{reason}` are replaced by the same values.
+//!
+//! Should the parent die (SIGKILL) while a helper runs, the helper gets
+//! SIGKILL as its parent-death signal, and the guard (see `guard.rs`,
+//! started whenever helpers are configured) stops what the helper started
+//! in its process group (a script's `curl`, `sleep`), as it does for
+//! commands.
 
 use std::collections::HashMap;
 use std::io;
@@ -45,6 +56,12 @@ pub(crate) const MAX_ON_HANG: usize = 4;
 pub(crate) const EXIT_GRACE: Duration = Duration::from_secs(3);
 /// Longest line kept from a helper's output.
 const MAX_LINE: usize = 4096;
+/// Output read from each pipe of a helper, at most: a helper that says
+/// more (`yes`, a script looping on an error) would otherwise fill the log
+/// and keep the parent reading until its deadline. Past it the pipe is no
+/// longer read: the helper's writes wait until it exits or its deadline
+/// kills it. Room for a stack dump of a worker with a hundred threads.
+const MAX_OUTPUT: usize = 256 * 1024;
 /// An `on_hang` command outliving its timeout by this much is killed here,
 /// should the core's own timer not have ended it.
 const ON_HANG_GRACE: Duration = Duration::from_secs(1);
@@ -73,6 +90,8 @@ struct Out {
     fd: OwnedFd,
     token: u64,
     buf: Vec<u8>,
+    /// Bytes read so far (at most [`MAX_OUTPUT`] are).
+    taken: usize,
 }
 
 struct Helper {
@@ -99,6 +118,9 @@ pub(crate) struct Helpers {
     running: HashMap<Pid, Helper>,
     /// Pipe token → the helper reading it.
     tokens: HashMap<u64, Pid>,
+    /// Helpers started since [`Helpers::take_started`] was last called
+    /// (their process groups, for the guard).
+    started: Vec<Pid>,
 }
 
 /// `word` with `{event}`, `{slot}`, `{pid}` and `{reason}` replaced.
@@ -114,6 +136,12 @@ impl Helpers {
     /// Whether `pid` is a helper (so not a stray, nor a worker).
     pub(crate) fn is_helper(&self, pid: Pid) -> bool {
         self.running.contains_key(&pid)
+    }
+
+    /// The process groups of the helpers started since the last call (the
+    /// parent hands them to its guard).
+    pub(crate) fn take_started(&mut self) -> Vec<Pid> {
+        std::mem::take(&mut self.started)
     }
 
     /// Whether none is running (the daemon waits for them before it exits).
@@ -309,8 +337,11 @@ impl Helpers {
     ) -> Option<Vec<u64>> {
         let what = purpose.describe();
         let words: Vec<String> = argv.iter().map(|w| substitute(w, vars)).collect();
-        let child = spawn(config, &words, vars).map_err(|e| warn!("{what}: cannot run {}: {e}", words[0]));
+        let as_workers = matches!(purpose, Purpose::Event(_));
+        let child = spawn(config, &words, vars, as_workers)
+            .map_err(|e| warn!("{what}: cannot run {}: {e}", words[0]));
         let (pid, pipes) = child.ok()?;
+        self.started.push(pid);
         info!("{what}: running {}", words.join(" "));
         let mut out = Vec::new();
         let mut tokens = Vec::new();
@@ -329,6 +360,7 @@ impl Helpers {
                 fd,
                 token,
                 buf: Vec::new(),
+                taken: 0,
             });
         }
         let grace = match purpose {
@@ -349,9 +381,15 @@ impl Helpers {
     }
 }
 
-/// Starts `words` as described in the module documentation; its pid and
-/// the read ends (non-blocking) of its stdout and stderr.
-fn spawn(config: &Config, words: &[String], vars: &[(&str, String)]) -> io::Result<(Pid, Vec<OwnedFd>)> {
+/// Starts `words` as described in the module documentation (`as_workers`:
+/// as the workers' account, if any); its pid and the read ends
+/// (non-blocking) of its stdout and stderr.
+fn spawn(
+    config: &Config,
+    words: &[String],
+    vars: &[(&str, String)],
+    as_workers: bool,
+) -> io::Result<(Pid, Vec<OwnedFd>)> {
     let program = crate::spawn::resolve_program(&words[0])?;
     let mut cmd = Command::new(&program);
     cmd.arg0(&words[0])
@@ -367,13 +405,17 @@ fn spawn(config: &Config, words: &[String], vars: &[(&str, String)]) -> io::Resu
     for (name, value) in vars {
         cmd.env(format!("ROOKERY_{}", name.to_ascii_uppercase()), value);
     }
+    let account = crate::privileges::workers().filter(|_| as_workers);
+    for (name, value) in account.map(|w| w.env.as_slice()).unwrap_or_default() {
+        cmd.env(name, value);
+    }
     // Signals unblocked (the parent's are blocked for its signalfd), dies
     // with the parent, no descriptor of the parent's kept.
     crate::sys::child_setup(
         &mut cmd,
         nix::unistd::getpid().as_raw(),
         Signal::SIGKILL as i32,
-        None,
+        account.map(|w| (w.account.uid.as_raw(), w.account.gid.as_raw())),
         None,
         crate::sys::limits::Prepared::default(),
     );
@@ -398,15 +440,29 @@ use std::os::unix::process::CommandExt;
 
 impl Out {
     /// Reads at most `reads` chunks and logs the complete lines; false at
-    /// end of file.
+    /// end of file, or once [`MAX_OUTPUT`] bytes were read (then it says so
+    /// and reads no more).
     fn read(&mut self, what: &str, reads: usize) -> bool {
         let mut chunk = [0u8; 8192];
         for _ in 0..reads {
-            match nix::unistd::read(&self.fd, &mut chunk) {
+            let room = MAX_OUTPUT.saturating_sub(self.taken).min(chunk.len());
+            if room == 0 {
+                return false;
+            }
+            match nix::unistd::read(&self.fd, &mut chunk[..room]) {
                 Ok(0) => return false,
                 Ok(n) => {
+                    self.taken += n;
                     self.buf.extend_from_slice(&chunk[..n]);
                     self.lines(what);
+                    if self.taken >= MAX_OUTPUT {
+                        self.flush(what);
+                        warn!(
+                            "{what}: more than {} KiB of output; the rest is not read (its writes wait until it exits or is killed at its deadline)",
+                            MAX_OUTPUT / 1024
+                        );
+                        return false;
+                    }
                 }
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(nix::errno::Errno::EAGAIN) => return true,

@@ -11,8 +11,11 @@
 //!
 //! # Design
 //!
-//! When its workers are commands, the parent forks one guard at startup
-//! (the parent is single-threaded, so the fork is sound). The guard is a
+//! When its workers are commands, or `on_event` / `on_hang` helpers are
+//! configured (their process groups are tracked the same way, see
+//! `events.rs`), the parent forks one guard at startup or at the reload
+//! that adds a helper (the parent is single-threaded, so the fork is
+//! sound). The guard is a
 //! copy of the parent: it inherits the pidfile lock, so a new `start` sees
 //! the daemon as running until the guard has exited, and it has the
 //! parent's credentials (the privileged parent's, or the commands' own

@@ -457,17 +457,7 @@ impl<'h, O: Os> Supervisor<'h, O> {
             },
             None => None,
         };
-        // issue 9 (#10): commands get a guard (Rust workers have their alarm backstop).
-        if self.config.workers.command.is_some() && self.guard.is_none() {
-            let (w, mut close) = (&self.config.workers, self.parent_only.clone());
-            close.push(self.msg_write.as_raw_fd());
-            self.guard =
-                crate::guard::Guard::start(&self.config.daemon.name, w.stop_signal, w.stop_timeout, close)
-                    .map_err(|e| {
-                        error!("cannot start the guard: {e}; commands may outlive the parent if it dies")
-                    })
-                    .ok();
-        }
+        self.start_guard_if_needed();
         if resumed.is_none() {
             info!(
                 "starting {} ({})",
@@ -708,6 +698,9 @@ impl<'h, O: Os> Supervisor<'h, O> {
                 continue; // issue 9: the guard, not a worker or a stray
             }
             if let Some(r) = self.helpers.reaped(pid, status) {
+                if let Some(g) = self.guard.as_mut() {
+                    g.untrack(pid);
+                }
                 // issue 12: an `on_event` or `on_hang` command.
                 for t in r.tokens {
                     self.sources.remove(&t);
@@ -894,6 +887,32 @@ impl<'h, O: Os> Supervisor<'h, O> {
         }
     }
 
+    /// issue 9 (#10): commands get a guard (Rust workers have their alarm
+    /// backstop); so do `on_event` / `on_hang` helpers (review), whose
+    /// children would outlive a parent killed with SIGKILL. Called at start
+    /// and after a reload (which may add a helper).
+    fn start_guard_if_needed(&mut self) {
+        let c = &self.config;
+        let helpers = c.daemon.on_event.is_some() || c.workers.on_hang.is_some();
+        if self.guard.is_some() || (c.workers.command.is_none() && !helpers) {
+            return;
+        }
+        let (w, mut close) = (&c.workers, self.parent_only.clone());
+        close.push(self.msg_write.as_raw_fd());
+        self.guard = crate::guard::Guard::start(&c.daemon.name, w.stop_signal, w.stop_timeout, close)
+            .map_err(|e| error!("cannot start the guard: {e}; commands may outlive the parent if it dies"))
+            .ok();
+    }
+
+    /// Hands the process groups of newly started helpers to the guard.
+    fn guard_helpers(&mut self) {
+        for pid in self.helpers.take_started() {
+            if let Some(g) = self.guard.as_mut() {
+                g.track(pid);
+            }
+        }
+    }
+
     /// Registers muted pipes again once their window is over.
     fn unmute(&mut self, now: Instant) {
         while let Some(&(at, token)) = self.muted.first() {
@@ -1058,6 +1077,7 @@ impl<'h, O: Os> Supervisor<'h, O> {
                 for t in tokens {
                     self.sources.insert(t, Source::Helper);
                 }
+                self.guard_helpers();
             }
             Action::RunOnHang { pid, slot } => {
                 // issue 12: the core stops the worker once it is over.
@@ -1075,6 +1095,7 @@ impl<'h, O: Os> Supervisor<'h, O> {
                         self.core.handle(now, Event::OnHangDone { pid });
                     }
                 }
+                self.guard_helpers();
             }
             Action::EndOnHang { pid } => self.helpers.end_on_hang(pid),
             Action::RollBack(why) => self.roll_back(why),
@@ -1900,6 +1921,7 @@ impl<'h, O: Os> Supervisor<'h, O> {
             let w = &self.config.workers;
             g.set_policy(w.stop_signal, w.stop_timeout); // issue 9
         }
+        self.start_guard_if_needed(); // review: `on_event` may be new
         self.execute();
         reply.unwrap_or_else(|| Err("no answer".into()))
     }

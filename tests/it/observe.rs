@@ -384,3 +384,115 @@ fn a_slow_on_event_at_the_stop_is_killed_and_the_daemon_exits() {
     );
     assert!(wait_until(DEADLINE, || !alive(parent)));
 }
+
+/// A pool of one `sleep` whose `on_event` is `helper` (words of a TOML
+/// array), and a way to make an event: a reload of a broken config fails.
+fn pool_with_on_event(head: &str, helper: &str) -> (Daemon, impl Fn(&Daemon)) {
+    let (head, helper) = (head.to_string(), helper.to_string());
+    let config = move |extra: &str| {
+        format!(
+            "{head}on_event = [{helper}]\non_event_timeout = \"4s\"\n\n\
+             [workers]\ncount = 1\nstop_timeout = \"1s\"\ncommand = [\"sleep\", \"300\"]\n{extra}"
+        )
+    };
+    let d = rookery(&config(""));
+    let fail = move |d: &Daemon| {
+        d.rewrite_config(&config("stop_signal = \"USR1\"\n"));
+        assert!(!d.run(&["reload"]).status.success(), "{}", d.log());
+        d.rewrite_config(&config(""));
+    };
+    (d, fail)
+}
+
+/// Review: an `on_event` command that floods its output (`yes`) is read up
+/// to a bound (256 KiB) and no further: the log does not fill with it, and
+/// the daemon answers meanwhile.
+#[test]
+fn a_flooding_on_event_is_read_up_to_a_bound() {
+    let (d, fail) = pool_with_on_event("", "\"yes\", \"flood {event}\"");
+    let parent = d.start();
+    assert!(wait_until(DEADLINE, || d.workers(parent).len() == 1));
+    fail(&d);
+    assert!(
+        d.wait_log("on_event reload_failed killed"),
+        "{}",
+        &d.log()[..2000.min(d.log().len())]
+    );
+    let log = d.log();
+    let lines = log.matches("on_event reload_failed: flood reload_failed").count();
+    assert!(lines > 0, "its output is logged");
+    // 256 KiB of 20-byte lines.
+    assert!(lines <= 256 * 1024 / 20 + 1, "{lines} lines of its output logged");
+    assert!(log.contains("on_event reload_failed: more than 256 KiB of output"));
+    assert!(d.run(&["status"]).status.success(), "{}", d.log());
+}
+
+/// `sleep 3071`-like processes (by exact command line) anywhere.
+fn processes_with_cmdline(cmdline: &str) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| proc_state(*p).is_some_and(|s| s != 'Z'))
+        .filter(|p| cmdline_of(*p) == cmdline)
+        .collect()
+}
+
+fn cmdline_of(pid: i32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .unwrap_or_default()
+        .split(|b| *b == 0)
+        .filter(|w| !w.is_empty())
+        .map(|w| String::from_utf8_lossy(w).into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Review: the parent killed with SIGKILL while an `on_event` script runs
+/// leaves nothing of it behind: the script dies with the parent, and the
+/// guard stops what it started (here a `sleep`) in its process group.
+#[test]
+fn a_parent_killed_while_on_event_runs_leaves_no_helper_child_behind() {
+    let marker = format!("sleep 30{}", std::process::id() % 1000);
+    let (d, fail) = pool_with_on_event("", &format!("\"sh\", \"-c\", \"{marker}; echo done\""));
+    let parent = d.start();
+    assert!(wait_until(DEADLINE, || d.workers(parent).len() == 1));
+    fail(&d);
+    assert!(
+        wait_until(DEADLINE, || !processes_with_cmdline(&marker).is_empty()),
+        "{}",
+        d.log()
+    );
+    kill(parent, 9);
+    let left = wait_until(DEADLINE, || processes_with_cmdline(&marker).is_empty());
+    let pids = processes_with_cmdline(&marker);
+    for p in &pids {
+        kill(*p, 9);
+    }
+    assert!(left, "{marker} outlived the parent: {pids:?}\n{}", d.log());
+}
+
+/// Review: with `user = "nobody"` (as root), `on_event` runs as nobody with
+/// nobody's login variables: its `{reason}` may hold a worker's job label,
+/// and a worker must not have a say in what root runs. (`on_hang` keeps
+/// root's privileges: a stack dump needs them.)
+#[test]
+fn on_event_runs_as_the_workers_account() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("not root: nothing to check");
+        return;
+    }
+    let (d, fail) = pool_with_on_event(
+        "user = \"nobody\"\n",
+        "\"sh\", \"-c\", \"echo uid=$(id -u) gid=$(id -g) user=$USER\"",
+    );
+    let parent = d.start();
+    assert!(wait_until(DEADLINE, || d.workers(parent).len() == 1));
+    fail(&d);
+    assert!(d.wait_log("on_event reload_failed exited"), "{}", d.log());
+    let pw = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    let want = format!(
+        "on_event reload_failed: uid={} gid={} user=nobody",
+        pw.uid, pw.gid
+    );
+    assert!(d.log().contains(&want), "{want}\n{}", d.log());
+}
