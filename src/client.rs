@@ -776,9 +776,15 @@ mod tests {
             slot: 2,
             restart_in_secs: 1.0,
             restarts: 3,
-            ..control::BackoffStatus::default()
+            last_exit: Some("crash: exit 3".into()),
         });
         assert!(degraded(&s).unwrap().contains("1 of 2 workers backing off"));
+        // issue 12: the text says why the slot waits.
+        let row = s.render().lines().last().unwrap().to_string();
+        assert!(
+            row.contains("backoff") && row.ends_with("  (last exit: crash: exit 3)"),
+            "{row}"
+        );
         s.crash_loop = true;
         assert!(degraded(&s).unwrap().starts_with("crash loop"));
     }

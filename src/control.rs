@@ -506,7 +506,7 @@ impl Status {
         }
         for b in &self.backing_off {
             out.push_str(&format!(
-                "{:>4}  {:>8}  {:<9} {:<9} {:>10}  {:>8}  {:>10}  {:>8}\n",
+                "{:>4}  {:>8}  {:<9} {:<9} {:>10}  {:>8}  {:>10}  {:>8}{}\n",
                 b.slot,
                 "-",
                 "backoff",
@@ -514,7 +514,11 @@ impl Status {
                 "-",
                 b.restarts,
                 "-",
-                "-"
+                "-",
+                // issue 12: why it is waiting.
+                b.last_exit
+                    .as_ref()
+                    .map_or_else(String::new, |e| format!("  (last exit: {e})"))
             ));
         }
         if let Some(u) = &self.upgrade {
