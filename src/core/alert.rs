@@ -21,7 +21,6 @@ pub(crate) enum AlertKind {
     ReloadFailed,
     /// An upgrade failed (fired by the upgrade's own code through
     /// [`super::Core::alert`]).
-    #[allow(dead_code)] // until the upgrade (issue 10) fires it
     UpgradeFailed,
     /// While the daemon stopped, workers did not stop within
     /// `stop_timeout` and were killed, with whatever job they had.

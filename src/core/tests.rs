@@ -1585,6 +1585,9 @@ fn a_new_worker_that_fails_ends_the_upgrade_and_asks_for_the_previous_image() {
         s.upgraded(),
         Some(Err(format!("upgrade failed and was rolled back: {why}")))
     );
+    // issue 12: on_event is told.
+    assert!(s.log.iter().any(|a| matches!(a, Action::Alert(al)
+        if al.kind == AlertKind::UpgradeFailed && al.reason.ends_with(why.as_str()))));
     assert_eq!(s.core.processes().len(), 8);
     assert_eq!(s.core.can_upgrade(), Ok(()), "a later upgrade may begin");
 }

@@ -528,6 +528,8 @@ impl Core {
             Some(why) => {
                 let msg = format!("upgrade failed and was rolled back: {why}");
                 self.log(Level::WARN, format!("upgrade: rollback done ({took})"));
+                // issue 12: on_event hears of it.
+                self.alert(super::Alert::pool(super::AlertKind::UpgradeFailed, msg.clone()));
                 Err(msg)
             }
         };
