@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
-use rookery_testkit::servers::{Beanstalkd, RedisServer};
+use rookery_testkit::servers::{Beanstalkd, RabbitMq, RedisServer};
 use rookery_testkit::{proc, TempDir};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -64,8 +64,8 @@ struct Cli {
     #[arg(long, value_name = "PATH")]
     rookery: PathBuf,
     /// The directory of the release examples (beanstalk_worker,
-    /// beanstalk_producer, redis_worker, redis_producer) for the throughput
-    /// section.
+    /// beanstalk_producer, redis_worker, redis_producer, rabbitmq_worker,
+    /// rabbitmq_producer) for the throughput section.
     #[arg(long, value_name = "DIR")]
     examples: Option<PathBuf>,
     /// Also write the markdown report here.
@@ -110,6 +110,22 @@ struct Cli {
     /// Throughput: worker counts.
     #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
     tput_workers: Vec<u32>,
+    /// Throughput: the queue servers (comma-separated).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_enum,
+        default_value = "beanstalkd,redis,rabbitmq"
+    )]
+    tput_queues: Vec<QueueKind>,
+}
+
+/// A queue server of the throughput section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum QueueKind {
+    Beanstalkd,
+    Redis,
+    Rabbitmq,
 }
 
 // ---------------------------------------------------------------------------
@@ -1290,6 +1306,90 @@ impl Queue for Redis {
     }
 }
 
+/// A RabbitMQ node of the test kit's, its queue declared by the producer.
+/// The messages' progress is counted from the queue's ready count (a
+/// passive declare over a connection of the bench's own), as for Redis.
+struct Rabbit {
+    worker: PathBuf,
+    producer: PathBuf,
+    server: Server<RabbitMq>,
+    url: String,
+    runtime: tokio::runtime::Runtime,
+    _connection: lapin::Connection,
+    channel: lapin::Channel,
+    next_id: u64,
+}
+
+impl Rabbit {
+    fn start(dir: &Path) -> Result<Rabbit> {
+        let node = RabbitMq::try_start()?;
+        let (pid, port, url) = (node.pid(), node.port, node.url());
+        let server = Server::new(node, pid, port);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (connection, channel) = runtime.block_on(async {
+            let c = lapin::Connection::connect(&url, lapin::ConnectionProperties::default()).await?;
+            let ch = c.create_channel().await?;
+            Ok::<_, lapin::Error>((c, ch))
+        })?;
+        Ok(Rabbit {
+            worker: dir.join("rabbitmq_worker"),
+            producer: dir.join("rabbitmq_producer"),
+            server,
+            url,
+            runtime,
+            _connection: connection,
+            channel,
+            next_id: 0,
+        })
+    }
+}
+
+impl Queue for Rabbit {
+    fn name(&self) -> &'static str {
+        "RabbitMQ"
+    }
+    fn worker(&self) -> &Path {
+        &self.worker
+    }
+    fn app(&self, results: &Path) -> String {
+        format!(
+            "[app]\nurl = \"{}\"\nqueue = \"{TUBE}\"\nwait_timeout = \"1s\"\nresults_dir = \"{}\"\n",
+            self.url,
+            results.display()
+        )
+    }
+    fn ready(&mut self) -> Result<u64> {
+        if self.next_id == 0 {
+            return Ok(0); // not declared yet
+        }
+        let passive = lapin::options::QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let q = self.runtime.block_on(self.channel.queue_declare(
+            TUBE.into(),
+            passive,
+            lapin::types::FieldTable::default(),
+        ))?;
+        Ok(q.message_count().into())
+    }
+    fn done(&mut self) -> Result<u64> {
+        // Only consumers shorten the queue; the counter only has to grow.
+        Ok(u64::MAX / 2 - self.ready()?)
+    }
+    fn server_pid(&self) -> i32 {
+        self.server.pid
+    }
+    fn fill(&mut self, n: u64) -> Result<()> {
+        let url = self.url.clone();
+        produce(&self.producer, &["--url", &url, "--queue", TUBE], self.next_id, n)?;
+        self.next_id += n;
+        Ok(())
+    }
+}
+
 /// Runs a producer example, split over two processes for speed.
 fn produce(producer: &Path, args: &[&str], first: u64, n: u64) -> Result<()> {
     let half = n / 2;
@@ -1613,13 +1713,12 @@ fn section_throughput(cli: &Cli, root: &Path, r: &mut Report) -> Result<()> {
         r.note("throughput: not measured (no --examples directory given)");
         return Ok(());
     };
-    let needed = [
-        "beanstalk_worker",
-        "beanstalk_producer",
-        "redis_worker",
-        "redis_producer",
-    ];
-    if let Some(m) = needed.iter().find(|n| !dir.join(n).exists()) {
+    let needed = cli.tput_queues.iter().flat_map(|q| match q {
+        QueueKind::Beanstalkd => ["beanstalk_worker", "beanstalk_producer"],
+        QueueKind::Redis => ["redis_worker", "redis_producer"],
+        QueueKind::Rabbitmq => ["rabbitmq_worker", "rabbitmq_producer"],
+    });
+    if let Some(m) = needed.into_iter().find(|n| !dir.join(n).exists()) {
         r.note(format!(
             "throughput: not measured ({} is missing)",
             dir.join(m).display()
@@ -1638,13 +1737,16 @@ fn section_throughput(cli: &Cli, root: &Path, r: &mut Report) -> Result<()> {
         pin(&cpus[..1])?;
     }
     let mut queues: Vec<Box<dyn Queue>> = Vec::new();
-    match Beanstalk::start(dir) {
-        Ok(b) => queues.push(Box::new(b)),
-        Err(e) => r.note(format!("throughput on beanstalkd not measured: {e}")),
-    }
-    match Redis::start(dir) {
-        Ok(q) => queues.push(Box::new(q)),
-        Err(e) => r.note(format!("throughput on Redis not measured: {e}")),
+    for kind in &cli.tput_queues {
+        let started: Result<Box<dyn Queue>> = match kind {
+            QueueKind::Beanstalkd => Beanstalk::start(dir).map(|q| Box::new(q) as _),
+            QueueKind::Redis => Redis::start(dir).map(|q| Box::new(q) as _),
+            QueueKind::Rabbitmq => Rabbit::start(dir).map(|q| Box::new(q) as _),
+        };
+        match started {
+            Ok(q) => queues.push(q),
+            Err(e) => r.note(format!("throughput on {kind:?} not measured: {e}")),
+        }
     }
     if pinned {
         pin(&cpus[1..])?;

@@ -210,18 +210,24 @@ impl RabbitMq {
     /// Starts a node and waits until its AMQP port answers the protocol
     /// header with `connection.start`.
     pub fn start() -> RabbitMq {
+        RabbitMq::try_start().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`RabbitMq::start`], with an error rather than a panic (for the
+    /// bench).
+    pub fn try_start() -> Result<RabbitMq, String> {
         let mut failures = Vec::new();
         for _ in 0..ATTEMPTS {
-            match RabbitMq::try_start() {
-                Ok(node) => return node,
+            match RabbitMq::attempt() {
+                Ok(node) => return Ok(node),
                 Err(e) => failures.push(e),
             }
         }
-        panic!("rabbitmq-server failed to start: {failures:#?}");
+        Err(format!("rabbitmq-server failed to start: {failures:#?}"))
     }
 
     /// One attempt on fresh ports; `Err` if a port was taken in between.
-    fn try_start() -> Result<RabbitMq, String> {
+    fn attempt() -> Result<RabbitMq, String> {
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let dir = TempDir::new("rabbitmq");
@@ -361,6 +367,12 @@ impl RabbitMq {
             .trim()
             .parse()
             .ok()
+    }
+
+    /// The pid of the node's Erlang VM, for the bench's CPU figures (0 if
+    /// its pidfile cannot be read, which a started node has written).
+    pub fn pid(&self) -> u32 {
+        self.beam_pid().map_or(0, |p| p as u32)
     }
 
     /// The pid of the fixture's epmd.
