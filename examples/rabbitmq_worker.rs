@@ -361,15 +361,14 @@ fn bare(config: Option<&Path>, run_for: Duration) -> ExitCode {
             })
         },
         |b: &mut Bare| {
+            // One `block_on` per job, as a pool worker's `run` is.
             let (wait, consumer) = (b.wait_timeout, &mut b.consumer);
-            let next = b
-                .runtime
-                .block_on(async { tokio::time::timeout(wait, consumer.next()).await });
-            let Ok(delivery) = next else {
-                return Ok(false);
-            };
-            let delivery = delivery?;
-            b.runtime.block_on(b.consumer.handle(&delivery)).map(|_| true)
+            b.runtime.block_on(async {
+                let Ok(delivery) = tokio::time::timeout(wait, consumer.next()).await else {
+                    return Ok(false);
+                };
+                consumer.handle(&delivery?).await.map(|_| true)
+            })
         },
         |b| b.runtime.block_on(b.consumer.close()),
     )

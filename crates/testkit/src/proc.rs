@@ -119,9 +119,20 @@ pub fn processor(pid: i32) -> Option<u32> {
     procfs::stat(pid_t(pid)).map(|s| s.processor)
 }
 
-/// CPU time in nanoseconds from the scheduler (`/proc/PID/schedstat`).
+/// CPU time of every live thread of `pid` from the scheduler
+/// (`/proc/PID/task/TID/schedstat`), nanoseconds. `/proc/PID/schedstat`
+/// alone is the main thread's: a RabbitMQ worker's AMQP I/O thread, or an
+/// Erlang VM's schedulers, would be missed.
 pub fn cpu_ns(pid: i32) -> Option<u64> {
-    procfs::schedstat_cpu_ns(pid_t(pid))
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let total = tasks
+        .filter_map(Result::ok)
+        .filter_map(|t| {
+            let text = std::fs::read_to_string(t.path().join("schedstat")).ok()?;
+            text.split_whitespace().next()?.parse::<u64>().ok()
+        })
+        .sum();
+    Some(total)
 }
 
 /// A `kB` field of `/proc/PID/status`.
