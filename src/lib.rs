@@ -63,6 +63,12 @@
 //! `hello -c hello.toml start` detaches and returns once every worker's
 //! `init` has returned; `hello status`, `hello scale +2`, `hello stop`.
 //!
+//! Also: [`Hooks`] for code in the parent, a read-only [`Config`],
+//! [`humantime`] for `Duration` settings, and [`Commands`], a daemon whose
+//! workers are copies of an external command (the `rookery` tool). The
+//! crates the API is written in are re-exported ([`clap`], [`serde`],
+//! [`tracing`], [`nix`]), so a daemon uses the same versions.
+//!
 //! # Theory of operation
 //!
 //! The parent never starts a thread, so `fork` without `exec` is sound and
