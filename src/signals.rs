@@ -63,11 +63,27 @@ impl Inbox {
         let mut out = Vec::new();
         while let Ok(Some(info)) = self.fd.read_signal() {
             if let Ok(sig) = Signal::try_from(info.ssi_signo as i32) {
+                if sig == Signal::SIGCONT && !trusted(info.ssi_uid) {
+                    tracing::warn!(
+                        "ignoring SIGCONT from pid {} (uid {}): only root or this daemon's user may resume it",
+                        info.ssi_pid,
+                        info.ssi_uid
+                    );
+                    continue;
+                }
                 out.push(sig);
             }
         }
         out
     }
+}
+
+/// Whether a signal sent by `uid` comes from someone allowed to control
+/// the daemon. The kernel checks that for every signal but SIGCONT, which
+/// any process of the same session may send (kill(2)): the workers, whose
+/// account (`user = "nobody"`) must not resume a paused pool.
+fn trusted(uid: u32) -> bool {
+    uid == 0 || uid == nix::unistd::getuid().as_raw() || uid == nix::unistd::geteuid().as_raw()
 }
 
 /// Unblocks every signal (in a forked child).

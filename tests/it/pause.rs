@@ -434,3 +434,32 @@ fn commands_without_pause_signal_are_only_marked_paused() {
     ok(&d, &["resume"]);
     ok(&d, &["stop"]);
 }
+
+/// Review: any process of the daemon's session may send it SIGCONT (the one
+/// exception kill(2) makes to its permission check), its workers included:
+/// a worker running as `nobody` must not resume a paused pool. Root still
+/// may.
+#[test]
+fn a_worker_of_another_account_cannot_resume_the_pool_with_sigcont() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("not root: nothing to check");
+        return;
+    }
+    let d = Daemon::rookery(
+        "user = \"nobody\"\n\n[workers]\ncount = 1\n\
+         command = [\"sh\", \"-c\", \"while :; do kill -CONT $PPID; sleep 0.2; done\"]\n",
+    );
+    let parent = d.start();
+    assert!(wait_until(DEADLINE, || d.workers(parent).len() == 1));
+    ok(&d, &["pause"]);
+    assert!(d.wait_log("ignoring SIGCONT from pid"), "{}", d.log());
+    let s = status(&d);
+    assert!(s["paused_for_secs"].is_number(), "{s}\n{}", d.log());
+    assert!(!d.log().contains("received SIGCONT"), "{}", d.log());
+    kill(parent, libc::SIGCONT);
+    assert!(
+        wait_until(DEADLINE, || status(&d)["paused_for_secs"].is_null()),
+        "root's SIGCONT resumes\n{}",
+        d.log()
+    );
+}
