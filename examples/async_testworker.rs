@@ -91,7 +91,7 @@ struct AsyncTestWorker {
 async fn job(s: &Settings, record: &Record, id: u64) -> Result<(), BoxError> {
     record.line("begin", id);
     tokio::time::sleep(s.job_time + s.job_time_step * (id % 3) as u32).await;
-    if s.fail_every > 0 && id % s.fail_every == 0 {
+    if s.fail_every > 0 && id.is_multiple_of(s.fail_every) {
         record.line("failed", id);
         return Err(format!("job {id}: failed on purpose").into());
     }
@@ -170,7 +170,7 @@ impl AsyncWorker for AsyncTestWorker {
         let (settings, record) = (self.settings.clone(), self.record.clone());
         tokio::spawn(async move {
             let _permit = permit;
-            if settings.panic_every > 0 && id % settings.panic_every == 0 {
+            if settings.panic_every > 0 && id.is_multiple_of(settings.panic_every) {
                 record.line("begin", id);
                 record.line("failed", id);
                 panic!("job {id}: panicked on purpose");

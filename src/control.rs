@@ -141,6 +141,12 @@ pub struct Totals {
     pub reloads_ok: u64,
     /// Reloads refused.
     pub reloads_failed: u64,
+    /// Upgrades done.
+    #[serde(default)]
+    pub upgrades_ok: u64,
+    /// Upgrades refused, failed or rolled back.
+    #[serde(default)]
+    pub upgrades_failed: u64,
     /// Crash loops begun.
     pub crash_loops: u64,
 }

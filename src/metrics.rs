@@ -30,6 +30,8 @@
 //!   `rookery_worker_heartbeat_age_seconds{slot}` gauges;
 //! * `rookery_crash_loop` gauge (0/1), `rookery_crash_loops_total` counter;
 //! * `rookery_reloads_total{result="ok"|"failed"}` counter;
+//! * `rookery_upgrades_total{result="ok"|"failed"}` counter (failed: refused,
+//!   could not exec, or rolled back);
 //! * `rookery_stopping` gauge (0/1);
 //! * with `mode = "backlog"` (issue 13): `rookery_backlog_jobs`,
 //!   `rookery_backlog_desired_workers`, `rookery_worker_backlog_jobs{slot}` gauges.
@@ -227,6 +229,10 @@ pub(crate) struct Snapshot {
     pub reloads_ok: u64,
     /// Reloads refused.
     pub reloads_failed: u64,
+    /// Upgrades done.
+    pub upgrades_ok: u64,
+    /// Upgrades refused, failed or rolled back.
+    pub upgrades_failed: u64,
     /// Crash loops begun.
     pub crash_loops: u64,
     /// issue 13: with `mode = "backlog"`, the backlog the pool was last
@@ -426,6 +432,18 @@ pub(crate) fn render(s: &Snapshot) -> String {
         o,
         "rookery_reloads_total{{result=\"failed\"}} {}",
         s.reloads_failed
+    );
+    head(
+        &mut o,
+        "rookery_upgrades_total",
+        "counter",
+        "Upgrades, by result.",
+    );
+    let _ = writeln!(o, "rookery_upgrades_total{{result=\"ok\"}} {}", s.upgrades_ok);
+    let _ = writeln!(
+        o,
+        "rookery_upgrades_total{{result=\"failed\"}} {}",
+        s.upgrades_failed
     );
     head(
         &mut o,
@@ -760,6 +778,8 @@ mod tests {
         assert!(text.contains("rookery_workers_ready 2\n"));
         assert!(text.contains("rookery_jobs_total 42\n"));
         assert!(text.contains("rookery_reloads_total{result=\"failed\"} 0\n"));
+        assert!(text.contains("rookery_upgrades_total{result=\"ok\"} 0\n"));
+        assert!(text.contains("rookery_upgrades_total{result=\"failed\"} 0\n"));
         for c in crate::core::Cause::ALL {
             let line = format!("rookery_worker_starts_total{{cause=\"{}\"}} 2\n", c.label());
             assert!(text.contains(&line), "{line}");

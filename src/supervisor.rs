@@ -1441,6 +1441,8 @@ impl<'h, O: Os> Supervisor<'h, O> {
             jobs: t.jobs,
             reloads_ok: c.reloads_ok,
             reloads_failed: c.reloads_failed,
+            upgrades_ok: c.upgrades_ok,
+            upgrades_failed: c.upgrades_failed,
             crash_loops: c.crash_loops,
             backlog: self.core.backlog_gauges(),
         }
@@ -1540,6 +1542,8 @@ impl<'h, O: Os> Supervisor<'h, O> {
             jobs: c.jobs_of_exited.saturating_add(live),
             reloads_ok: c.reloads_ok,
             reloads_failed: c.reloads_failed,
+            upgrades_ok: c.upgrades_ok,
+            upgrades_failed: c.upgrades_failed,
             crash_loops: c.crash_loops,
         }
     }
@@ -1566,6 +1570,14 @@ impl<'h, O: Os> Supervisor<'h, O> {
         }
     }
 
+    /// An upgrade that could not begin: `status` says why, and the core
+    /// counts it (`rookery_upgrades_total{result="failed"}`) and alerts.
+    fn upgrade_refused(&mut self, code: u8, why: String) {
+        self.set_upgrade(control::UpgradeState::Failed, code, why.clone());
+        let now = self.os.now();
+        self.core.handle(now, Event::UpgradeRefused(why));
+    }
+
     /// issue 11: `upgrade` (or SIGUSR2): checks what can be checked at once,
     /// then runs the probe of the new binary; the exec follows its answer.
     fn request_upgrade(&mut self) -> Response {
@@ -1586,7 +1598,7 @@ impl<'h, O: Os> Supervisor<'h, O> {
         });
         if let Err((code, why)) = self.check_upgrade() {
             error!("upgrade {id} refused: {why}; nothing was changed");
-            self.set_upgrade(control::UpgradeState::Failed, code, why);
+            self.upgrade_refused(code, why);
         }
         Response::Upgrading { id }
     }
@@ -1670,7 +1682,7 @@ impl<'h, O: Os> Supervisor<'h, O> {
         match verdict {
             Err(why) => {
                 error!("upgrade refused: {why}");
-                self.set_upgrade(control::UpgradeState::Failed, exit::UNAVAILABLE, why);
+                self.upgrade_refused(exit::UNAVAILABLE, why);
             }
             Ok(label) => self.exec_upgrade(label),
         }
@@ -1768,7 +1780,7 @@ impl<'h, O: Os> Supervisor<'h, O> {
             path.display()
         );
         error!("upgrade failed: {why}");
-        self.set_upgrade(control::UpgradeState::Failed, exit::OSERR, why);
+        self.upgrade_refused(exit::OSERR, why);
         notify_systemd(&[sd_notify::NotifyState::Ready]);
     }
 

@@ -179,6 +179,10 @@ pub(crate) struct Counters {
     pub reloads_failed: u64,
     /// Crash loops begun.
     pub crash_loops: u64,
+    /// Upgrades that ended with every worker on the new binary.
+    pub upgrades_ok: u64,
+    /// Upgrades refused, failed or rolled back.
+    pub upgrades_failed: u64,
 }
 
 /// What kind of process the pool runs.
@@ -361,6 +365,9 @@ pub(crate) enum Event {
     /// issue 11: this image was just exec'd with the state: replace the
     /// workers of other images.
     Upgrade(upgrade::Begin),
+    /// issue 11/12: an upgrade the executor could not begin (invalid config,
+    /// missing or silent binary, failed exec): counted and alerted.
+    UpgradeRefused(String),
 }
 
 /// The answer to an operator's request.
@@ -716,6 +723,7 @@ impl Core {
             Event::Resume(why) => return Some(self.resume(&why, now)),
             Event::OnHangDone { pid } => self.on_hang_over(pid, false, now),
             Event::Upgrade(b) => self.begin_upgrade(b, now),
+            Event::UpgradeRefused(why) => self.upgrade_refused(why),
         }
         None
     }

@@ -1590,6 +1590,40 @@ fn a_new_worker_that_fails_ends_the_upgrade_and_asks_for_the_previous_image() {
         if al.kind == AlertKind::UpgradeFailed && al.reason.ends_with(why.as_str()))));
     assert_eq!(s.core.processes().len(), 8);
     assert_eq!(s.core.can_upgrade(), Ok(()), "a later upgrade may begin");
+    // issue 12: counted as failed, across both execs.
+    assert_eq!(
+        (s.core.counters.upgrades_ok, s.core.counters.upgrades_failed),
+        (0, 1)
+    );
+}
+
+#[test]
+fn upgrades_are_counted_by_result_across_execs_and_a_refusal_is_alerted() {
+    let mut s = Sim::new(cfg(2));
+    s.ready_all();
+    s.ev(Event::UpgradeRefused("cannot exec /x: No such file".into()));
+    s.run();
+    assert!(s.log.iter().any(|a| matches!(a, Action::Alert(al)
+        if al.kind == AlertKind::UpgradeFailed && al.reason.contains("No such file"))));
+    assert_eq!(s.core.counters.upgrades_failed, 1);
+    s.exec_image(2, None);
+    for _ in 0..20 {
+        if s.upgraded().is_some() {
+            break;
+        }
+        for p in s.core.processes() {
+            s.ready(p.pid);
+        }
+        s.run();
+        for p in s.stopped_by_signal() {
+            s.exit(p, ExitStatus::Code(0));
+        }
+    }
+    assert!(matches!(s.upgraded(), Some(Ok(_))), "{:?}", s.upgraded());
+    assert_eq!(
+        (s.core.counters.upgrades_ok, s.core.counters.upgrades_failed),
+        (1, 1)
+    );
 }
 
 #[test]

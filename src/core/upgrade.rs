@@ -80,6 +80,12 @@ pub(crate) struct CoreState {
     pub reloads_failed: u64,
     /// Crash loops begun.
     pub crash_loops: u64,
+    /// Upgrades done (0 from an image that did not count them).
+    #[serde(default)]
+    pub upgrades_ok: u64,
+    /// Upgrades failed.
+    #[serde(default)]
+    pub upgrades_failed: u64,
     /// Every slot.
     pub slots: Vec<SlotSnap>,
     /// Every live process.
@@ -271,6 +277,8 @@ impl Core {
             reloads_ok: c.reloads_ok,
             reloads_failed: c.reloads_failed,
             crash_loops: c.crash_loops,
+            upgrades_ok: c.upgrades_ok,
+            upgrades_failed: c.upgrades_failed,
             slots,
             procs,
         }
@@ -293,6 +301,8 @@ impl Core {
         c.reloads_ok = st.reloads_ok;
         c.reloads_failed = st.reloads_failed;
         c.crash_loops = st.crash_loops;
+        c.upgrades_ok = st.upgrades_ok;
+        c.upgrades_failed = st.upgrades_failed;
         for s in &st.slots {
             let state = match &s.state {
                 SlotSnapState::Live { current } => SlotState::Live {
@@ -523,11 +533,13 @@ impl Core {
             None => {
                 let msg = format!("upgraded: {} on the new binary ({took})", workers(self.size()));
                 self.log(Level::INFO, format!("upgrade: {msg}"));
+                self.counters.upgrades_ok += 1;
                 Ok(msg)
             }
             Some(why) => {
                 let msg = format!("upgrade failed and was rolled back: {why}");
                 self.log(Level::WARN, format!("upgrade: rollback done ({took})"));
+                self.counters.upgrades_failed += 1;
                 // issue 12: on_event hears of it.
                 self.alert(super::Alert::pool(super::AlertKind::UpgradeFailed, msg.clone()));
                 Err(msg)
@@ -536,6 +548,13 @@ impl Core {
         self.upgrade = State::Idle;
         self.out.push(Action::Systemd(SdNote::Ready));
         self.out.push(Action::Upgraded(result));
+    }
+
+    /// An upgrade the executor refused or could not exec: nothing changed
+    /// in the pool, but it counts as failed and `on_event` hears of it.
+    pub(super) fn upgrade_refused(&mut self, why: String) {
+        self.counters.upgrades_failed += 1;
+        self.alert(super::Alert::pool(super::AlertKind::UpgradeFailed, why));
     }
 
     /// A stop ends an upgrade under way.

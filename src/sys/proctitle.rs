@@ -181,7 +181,7 @@ fn move_argv(layout: &Layout, area: &Area) {
     // one mapping, never unmapped while the process lives.
     let readable = |words: usize| {
         base != 0
-            && base % word == 0
+            && base.is_multiple_of(word)
             && words
                 .checked_mul(word)
                 .and_then(|n| base.checked_add(n))
