@@ -264,6 +264,20 @@ impl Helpers {
         }
     }
 
+    /// The parent is about to exec itself (an upgrade or its rollback).
+    /// Helpers are not handed over, so each is killed now, its group with
+    /// it: left running, the new image would only see a stray that
+    /// `stop_timeout` ends, with its output pipes gone.
+    pub(crate) fn kill_all(&mut self, why: &str) {
+        for (pid, h) in &mut self.running {
+            if !h.killed {
+                h.killed = true;
+                warn!("{} still running {why}; killing it", h.purpose.describe());
+                let _ = killpg(*pid, Signal::SIGKILL);
+            }
+        }
+    }
+
     /// Kills every helper past its deadline.
     pub(crate) fn expire(&mut self, now: Instant) {
         for (pid, h) in &mut self.running {

@@ -1774,6 +1774,8 @@ impl<'h, O: Os> Supervisor<'h, O> {
             self.image.label,
             std::process::id()
         );
+        self.helpers
+            .kill_all("at the upgrade's exec (helpers are not handed over)");
         let e = crate::upgrade::exec(crate::upgrade::Target::Path(&path), &h);
         let why = format!(
             "cannot exec {}: {e}; the old binary keeps running",
@@ -1795,6 +1797,8 @@ impl<'h, O: Os> Supervisor<'h, O> {
         if let Some(label) = self.image.images.get(&image) {
             warn!("upgrade: returning to the previous binary ({label})");
         }
+        self.helpers
+            .kill_all("at the rollback's exec (helpers are not handed over)");
         let e = crate::upgrade::exec(crate::upgrade::Target::Fd(fd.as_fd()), &h);
         let msg =
             format!("{why}; and the previous binary cannot be run again ({e}): the new one keeps running");

@@ -471,6 +471,63 @@ fn a_parent_killed_while_on_event_runs_leaves_no_helper_child_behind() {
     assert!(left, "{marker} outlived the parent: {pids:?}\n{}", d.log());
 }
 
+/// Review: helpers are not handed over to the image an `upgrade` execs, so
+/// one still running is killed (its group too) just before the exec, rather
+/// than left to the new image as a stray that only `stop_timeout` ends.
+#[test]
+fn an_on_event_running_at_an_upgrade_is_killed_before_the_exec() {
+    let d = Daemon::rookery("");
+    let pids = d.dir.path().join("helper.pids");
+    // The helper ignores SIGTERM and would run 300 s; the stray handling of
+    // a new image would end it only at stop_timeout (60 s).
+    let config = |extra: &str| {
+        format!(
+            "on_event = [\"sh\", \"-c\", \"trap '' TERM; echo $$$$ >> '{}'; exec sleep 300\"]\n\
+             on_event_timeout = \"300s\"\n\n\
+             [workers]\ncount = 1\nstop_timeout = \"60s\"\ncommand = [\"sleep\", \"300\"]\n{extra}",
+            pids.display()
+        )
+    };
+    d.rewrite_config(&config(""));
+    let parent = d.start();
+    assert!(wait_until(DEADLINE, || d.workers(parent).len() == 1));
+    // A reload of a broken config fails: on_event reload_failed starts.
+    d.rewrite_config(&config("stop_signal = \"USR1\"\n"));
+    assert!(!d.run(&["reload"]).status.success(), "{}", d.log());
+    d.rewrite_config(&config(""));
+    let mut helper = None;
+    assert!(
+        wait_until(DEADLINE, || {
+            helper = std::fs::read_to_string(&pids)
+                .ok()
+                .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<i32>().ok()));
+            helper.is_some_and(alive)
+        }),
+        "{}",
+        d.log()
+    );
+    let helper = helper.unwrap();
+    let out = d.run(&["upgrade"]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        d.log()
+    );
+    assert_eq!(d.pid(), Some(parent), "upgraded in place");
+    let gone = wait_until(Duration::from_secs(20), || !alive(helper));
+    if !gone {
+        kill(helper, 9);
+    }
+    assert!(gone, "the helper outlived the upgrade's exec\n{}", d.log());
+    assert!(
+        d.log()
+            .contains("at the upgrade's exec (helpers are not handed over); killing it"),
+        "{}",
+        d.log()
+    );
+}
+
 /// Review: with `user = "nobody"` (as root), `on_event` runs as nobody with
 /// nobody's login variables: its `{reason}` may hold a worker's job label,
 /// and a worker must not have a say in what root runs. (`on_hang` keeps
