@@ -10,9 +10,10 @@
 //! message only once the one in hand is acknowledged) and starts a
 //! consumer with manual acknowledgements. Each `run` takes one delivery
 //! and does the job: the payload is hashed and
-//! `job_id<TAB>payload_id<TAB>hash` is appended to
+//! `job_id<TAB>payload_id<TAB>hash<TAB>build` is appended to
 //! `<results_dir>/<pid>.tsv` (the job id is the message's `message_id`,
-//! which the producer sets to the payload id). Then:
+//! which the producer sets to the payload id; the build id is the one
+//! compiled into the binary, which the upgrade test rewrites). Then:
 //!
 //! - success: the result is recorded, then the delivery is acknowledged
 //!   (`basic.ack`), in that order, so a crash in between repeats the job
@@ -176,7 +177,7 @@ impl Consumer {
             queue: s.queue.clone(),
             tag,
             job_time: s.job_time,
-            results: Results::open(&s.results_dir)?,
+            results: Results::open(&s.results_dir)?.tagged(build()),
         })
     }
 
@@ -374,12 +375,27 @@ fn bare(config: Option<&Path>, run_for: Duration) -> ExitCode {
     )
 }
 
+/// The build id, compiled into the binary's bytes: the upgrade tests make
+/// a new build by rewriting it in a copy (as tests/it/upgrade.rs says),
+/// and each result line names the build that did the job.
+static BUILD: [u8; 24] = *b"TESTBUILD:aaaaaaaaaaaaaa";
+
+/// This binary's build id (read through `black_box`: the bytes in the
+/// file are the id).
+fn build() -> String {
+    let bytes: &[u8; 24] = std::hint::black_box(&BUILD);
+    String::from_utf8_lossy(&bytes[10..])
+        .trim_end_matches('.')
+        .to_string()
+}
+
 fn main() -> ExitCode {
     if let Some((config, run_for)) = queue_job::bare_args() {
         return bare(config.as_deref(), run_for);
     }
     rookery::Daemon::<RabbitWorker>::new("rabbitmq_worker")
         .version(env!("CARGO_PKG_VERSION"))
+        .build_id(&build())
         .about("A pool of RabbitMQ consumers (rookery example)")
         .run()
 }

@@ -328,3 +328,135 @@ fn rabbitmq_prefetch_and_backlog() {
     assert!(log.contains("growing from 2 to 3 workers"), "{log}");
     assert!(d.run(&["stop"]).status.success());
 }
+
+/// The chaos with two upgrades in the middle (issue 13), as
+/// `upgrade::beanstalk_chaos_with_two_upgrades_loses_no_job` does for
+/// Beanstalkd: the daemon runs from its own copy of the worker binary,
+/// and each upgrade puts a rebuilt copy (another compiled-in build id) at
+/// that path. A worker is SIGKILLed every 50 ms between the upgrades (not
+/// during one: a killed worker is down until its restart, which no
+/// upgrade can prevent). Every job has a result, the queue ends empty
+/// (nothing ready, nothing unacknowledged), the results name all three
+/// builds, the parent's pid stays, and every worker runs the last file.
+#[test]
+fn rabbitmq_chaos_with_two_upgrades_loses_no_job() {
+    use crate::upgrade::{exe_of, install_build_of, show, status_of, Poller};
+    use std::collections::BTreeMap;
+    const JOBS: u64 = 10_000;
+    let began = Instant::now();
+    let server = RabbitMq::start();
+    publish(&server, "chaos", JOBS, 0, "ok");
+    let watcher = Watcher::connect(&server);
+    assert_eq!(watcher.ready("chaos"), JOBS);
+    let app = "job_time = \"3ms\"";
+    let (mut d, results) = rabbit_daemon(&server, "chaos", "info", &workers_section(8), app);
+    let exe = d.dir.path().join("rabbitmq_worker");
+    install_build_of("rabbitmq_worker", &exe, "aaaaaaaaaaaaaa");
+    d.exe = exe;
+    // The operator's commands run from a copy the upgrades do not replace.
+    let ctl = d.dir.path().join("ctl");
+    std::fs::copy(example("rabbitmq_worker"), &ctl).unwrap();
+    let parent = d.start();
+    d.wait_workers(parent, 8);
+
+    let mut killed = HashSet::new();
+    let mut seed = u64::from(std::process::id());
+    let mut chaos = |d: &Daemon, for_: Duration, killed: &mut HashSet<i32>| {
+        let end = Instant::now() + for_;
+        while Instant::now() < end {
+            assert!(alive(parent), "the parent died\n{}", d.log());
+            let w = d.workers(parent);
+            if !w.is_empty() {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let victim = w[((seed >> 33) % w.len() as u64) as usize];
+                kill(victim, 9);
+                killed.insert(victim);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let mut least = usize::MAX;
+    let mut left = Vec::new();
+    for build in ["bbbbbbbbbbbbbb", "cccccccccccccc"] {
+        chaos(&d, Duration::from_secs(1), &mut killed);
+        // Every slot filled and ready again before the upgrade begins.
+        assert!(
+            wait_until(DEADLINE, || status_of(&ctl, &d.config).is_some_and(|s| s
+                .workers
+                .iter()
+                .filter(|w| w.state == "running")
+                .count()
+                >= 8)),
+            "{}",
+            d.log()
+        );
+        install_build_of("rabbitmq_worker", &d.exe, build);
+        let poller = Poller::start(ctl.clone(), d.config.clone());
+        let mut c = std::process::Command::new(&ctl);
+        c.arg("-c").arg(&d.config).arg("upgrade");
+        let out = run_with_timeout(&mut c, Duration::from_secs(120));
+        let (min, samples) = poller.finish();
+        assert_eq!(out.status.code(), Some(0), "{}\n{}", show(&out), d.log());
+        assert!(samples >= 1, "no sample during the upgrade");
+        least = least.min(min);
+        let ready = watcher.ready("chaos");
+        assert!(ready > 0, "the work ran out before the upgrade to {build}");
+        left.push(ready);
+    }
+    chaos(&d, Duration::from_secs(1), &mut killed);
+
+    let mut last = None;
+    let finished = wait_until(CHAOS_DEADLINE.saturating_sub(began.elapsed()), || {
+        done_ids(&read_results(&[&results])).len() as u64 == JOBS && {
+            last = server.queue_counts("chaos");
+            last == Some((0, 0))
+        }
+    });
+    assert!(
+        finished,
+        "not finished: (ready, unacked) = {last:?}, {} done\n{}",
+        done_ids(&read_results(&[&results])).len(),
+        d.log()
+    );
+    assert!(least >= 8, "{least} ready workers seen during an upgrade");
+    assert!(alive(parent) && d.pid() == Some(parent), "the parent changed");
+    let workers = d.wait_workers(parent, 8);
+    let path = d.exe.display().to_string();
+    for w in &workers {
+        assert_eq!(exe_of(*w), path, "worker {w} runs the last file");
+    }
+    let dups = check_exactly_once_but_for(&read_results(&[&results]), JOBS, &killed);
+    assert!(
+        dups <= killed.len(),
+        "{dups} duplicates for {} kills",
+        killed.len()
+    );
+    let mut builds = BTreeMap::new();
+    for e in std::fs::read_dir(&results).unwrap() {
+        let text = std::fs::read_to_string(e.unwrap().path()).unwrap();
+        for line in text.lines() {
+            let b = line.split('\t').nth(3).unwrap_or("none").to_string();
+            *builds.entry(b).or_insert(0u64) += 1;
+        }
+    }
+    for b in ["aaaaaaaaaaaaaa", "bbbbbbbbbbbbbb", "cccccccccccccc"] {
+        assert!(
+            builds.get(b).is_some_and(|n| *n > 0),
+            "no job done by build {b}: {builds:?}"
+        );
+    }
+    assert_eq!(
+        server.queue_counts("chaos.dead"),
+        Some((0, 0)),
+        "nothing dead-lettered"
+    );
+    assert!(d.run(&["stop"]).status.success());
+    assert_eq!(server.queue_counts("chaos"), Some((0, 0)));
+    eprintln!(
+        "rabbitmq upgrade chaos: {JOBS} jobs, {} kills, {dups} duplicates, ready before the upgrades {left:?}, builds {builds:?}, {:.1}s",
+        killed.len(),
+        began.elapsed().as_secs_f64()
+    );
+}

@@ -23,7 +23,7 @@ use crate::util::*;
 
 const MARK: &[u8] = b"TESTBUILD:aaaaaaaaaaaaaa";
 
-fn show(o: &Output) -> String {
+pub(crate) fn show(o: &Output) -> String {
     format!(
         "exit {:?}\nstdout: {}\nstderr: {}",
         o.status.code(),
@@ -39,7 +39,7 @@ fn install_build(path: &Path, id: &str) {
 }
 
 /// The same for the example `name` (it carries the same marker).
-fn install_build_of(name: &str, path: &Path, id: &str) {
+pub(crate) fn install_build_of(name: &str, path: &Path, id: &str) {
     assert!(id.len() <= 14);
     let mut bytes = fs::read(example(name)).expect("read the example");
     let at = bytes
@@ -67,16 +67,16 @@ fn testworker(extra: &str) -> Daemon {
 
 /// What the tests read of `status --json`.
 #[derive(Debug, Deserialize)]
-struct Status {
+pub(crate) struct Status {
     pid: i32,
     version: String,
-    workers: Vec<WorkerStatus>,
+    pub(crate) workers: Vec<WorkerStatus>,
     totals: Totals,
 }
 
 #[derive(Debug, Deserialize)]
-struct WorkerStatus {
-    state: String,
+pub(crate) struct WorkerStatus {
+    pub(crate) state: String,
     activity: String,
     version: String,
     previous: bool,
@@ -92,7 +92,7 @@ fn status(d: &Daemon) -> Option<Status> {
     status_of(&d.exe, &d.config)
 }
 
-fn status_of(exe: &Path, config: &Path) -> Option<Status> {
+pub(crate) fn status_of(exe: &Path, config: &Path) -> Option<Status> {
     let mut c = std::process::Command::new(exe);
     c.arg("-c").arg(config).args(["status", "--json"]);
     let out = run_with_timeout(&mut c, Duration::from_secs(30));
@@ -105,7 +105,7 @@ fn version_of(v: &str) -> String {
 
 /// `/proc/PID/exe` as the kernel names it (`PATH (deleted)` for a file
 /// that was replaced).
-fn exe_of(pid: i32) -> String {
+pub(crate) fn exe_of(pid: i32) -> String {
     fs::read_link(format!("/proc/{pid}/exe"))
         .map(|p| p.display().to_string())
         .unwrap_or_default()
@@ -113,7 +113,7 @@ fn exe_of(pid: i32) -> String {
 
 /// Samples the number of ready workers (running, as `status` says) from
 /// another thread until stopped; returns the smallest seen and the count.
-struct Poller {
+pub(crate) struct Poller {
     stop: Arc<AtomicBool>,
     min: Arc<AtomicUsize>,
     samples: Arc<AtomicUsize>,
@@ -121,7 +121,7 @@ struct Poller {
 }
 
 impl Poller {
-    fn start(exe: PathBuf, config: PathBuf) -> Poller {
+    pub(crate) fn start(exe: PathBuf, config: PathBuf) -> Poller {
         let stop = Arc::new(AtomicBool::new(false));
         let min = Arc::new(AtomicUsize::new(usize::MAX));
         let samples = Arc::new(AtomicUsize::new(0));
@@ -144,7 +144,7 @@ impl Poller {
         }
     }
 
-    fn finish(mut self) -> (usize, usize) {
+    pub(crate) fn finish(mut self) -> (usize, usize) {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
