@@ -267,17 +267,25 @@ fn heartbeat_timeout_applies_to_an_external_worker_once_it_has_sent_one() {
         "if [ \"$ROOKERY_WORKER_SLOT\" = 1 ]; then echo heartbeat >&\"$ROOKERY_NOTIFY_FD\"; fi; exec sleep 60",
     );
     wait_children(&d, parent, 2);
-    let (w1, w2) = (pid_of_slot(&d, 1), pid_of_slot(&d, 2));
-    assert!(d.wait_log(&format!("worker 1 (pid {w1}) is hung")), "{}", d.log());
-    wait_gone(&d, w1);
-    // Its replacement beats once and hangs too: two timeouts have passed.
-    let hung = |slot: u32| {
+    // Slot 2 never speaks and stays; slot 1 may already be hung (300 ms)
+    // by the time status answers, so its pid comes from the hung line.
+    let w2 = pid_of_slot(&d, 2);
+    let hung_pids = |slot: u32| -> Vec<i32> {
         let prefix = format!("worker {slot} (pid ");
         d.log()
             .lines()
-            .filter(|l| l.contains(&prefix) && l.contains(") is hung"))
-            .count()
+            .filter_map(|l| {
+                let rest = &l[l.find(&prefix)? + prefix.len()..];
+                let (pid, tail) = rest.split_once(')')?;
+                tail.starts_with(" is hung").then(|| pid.parse().ok())?
+            })
+            .collect()
     };
+    assert!(wait_until(DEADLINE, || !hung_pids(1).is_empty()), "{}", d.log());
+    let w1 = hung_pids(1)[0];
+    wait_gone(&d, w1);
+    // Its replacement beats once and hangs too: two timeouts have passed.
+    let hung = |slot: u32| hung_pids(slot).len();
     assert!(wait_until(DEADLINE, || hung(1) >= 2), "{}", d.log());
     assert!(alive(w2), "the silent worker that never spoke was stopped");
     assert_eq!(hung(2), 0, "{}", d.log());
