@@ -340,8 +340,7 @@ fn rabbitmq_prefetch_and_backlog() {
 /// builds, the parent's pid stays, and every worker runs the last file.
 #[test]
 fn rabbitmq_chaos_with_two_upgrades_loses_no_job() {
-    use crate::upgrade::{exe_of, install_build_of, show, status_of, Poller};
-    use std::collections::BTreeMap;
+    use crate::upgrade::{chaos_with_two_upgrades, exe_of, install_build_of, jobs_by_build, UpgradeChaos};
     const JOBS: u64 = 10_000;
     let began = Instant::now();
     let server = RabbitMq::start();
@@ -359,53 +358,8 @@ fn rabbitmq_chaos_with_two_upgrades_loses_no_job() {
     let parent = d.start();
     d.wait_workers(parent, 8);
 
-    let mut killed = HashSet::new();
-    let mut seed = u64::from(std::process::id());
-    let mut chaos = |d: &Daemon, for_: Duration, killed: &mut HashSet<i32>| {
-        let end = Instant::now() + for_;
-        while Instant::now() < end {
-            assert!(alive(parent), "the parent died\n{}", d.log());
-            let w = d.workers(parent);
-            if !w.is_empty() {
-                seed = seed
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                let victim = w[((seed >> 33) % w.len() as u64) as usize];
-                kill(victim, 9);
-                killed.insert(victim);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    };
-    let mut least = usize::MAX;
-    let mut left = Vec::new();
-    for build in ["bbbbbbbbbbbbbb", "cccccccccccccc"] {
-        chaos(&d, Duration::from_secs(1), &mut killed);
-        // Every slot filled and ready again before the upgrade begins.
-        assert!(
-            wait_until(DEADLINE, || status_of(&ctl, &d.config).is_some_and(|s| s
-                .workers
-                .iter()
-                .filter(|w| w.state == "running")
-                .count()
-                >= 8)),
-            "{}",
-            d.log()
-        );
-        install_build_of("rabbitmq_worker", &d.exe, build);
-        let poller = Poller::start(ctl.clone(), d.config.clone());
-        let mut c = std::process::Command::new(&ctl);
-        c.arg("-c").arg(&d.config).arg("upgrade");
-        let out = run_with_timeout(&mut c, Duration::from_secs(120));
-        let (min, samples) = poller.finish();
-        assert_eq!(out.status.code(), Some(0), "{}\n{}", show(&out), d.log());
-        assert!(samples >= 1, "no sample during the upgrade");
-        least = least.min(min);
-        let ready = watcher.ready("chaos");
-        assert!(ready > 0, "the work ran out before the upgrade to {build}");
-        left.push(ready);
-    }
-    chaos(&d, Duration::from_secs(1), &mut killed);
+    let UpgradeChaos { killed, least, left } =
+        chaos_with_two_upgrades(&d, parent, &ctl, "rabbitmq_worker", || watcher.ready("chaos"));
 
     let mut last = None;
     let finished = wait_until(CHAOS_DEADLINE.saturating_sub(began.elapsed()), || {
@@ -433,20 +387,7 @@ fn rabbitmq_chaos_with_two_upgrades_loses_no_job() {
         "{dups} duplicates for {} kills",
         killed.len()
     );
-    let mut builds = BTreeMap::new();
-    for e in std::fs::read_dir(&results).unwrap() {
-        let text = std::fs::read_to_string(e.unwrap().path()).unwrap();
-        for line in text.lines() {
-            let b = line.split('\t').nth(3).unwrap_or("none").to_string();
-            *builds.entry(b).or_insert(0u64) += 1;
-        }
-    }
-    for b in ["aaaaaaaaaaaaaa", "bbbbbbbbbbbbbb", "cccccccccccccc"] {
-        assert!(
-            builds.get(b).is_some_and(|n| *n > 0),
-            "no job done by build {b}: {builds:?}"
-        );
-    }
+    let builds = jobs_by_build(&results);
     assert_eq!(
         server.queue_counts("chaos.dead"),
         Some((0, 0)),

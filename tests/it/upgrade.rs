@@ -551,49 +551,8 @@ fn beanstalk_chaos_with_two_upgrades_loses_no_job() {
         let [ready, _, delayed, _] = tube_counts(&addr, "chaos");
         ready + delayed
     };
-    let mut killed = std::collections::HashSet::new();
-    let mut seed = std::process::id() as usize;
-    let mut chaos = |d: &Daemon, for_: Duration, killed: &mut std::collections::HashSet<i32>| {
-        let end = std::time::Instant::now() + for_;
-        while std::time::Instant::now() < end {
-            let w = d.workers(parent);
-            if !w.is_empty() {
-                seed = seed
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                let victim = w[(seed >> 33) % w.len()];
-                kill(victim, 9);
-                killed.insert(victim);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    };
-    let mut least = usize::MAX;
-    for build in ["bbbbbbbbbbbbbb", "cccccccccccccc"] {
-        chaos(&d, Duration::from_secs(1), &mut killed);
-        // Every slot filled and ready again before the upgrade begins.
-        assert!(
-            wait_until(DEADLINE, || status_of(&ctl, &d.config).is_some_and(|s| s
-                .workers
-                .iter()
-                .filter(|w| w.state == "running")
-                .count()
-                >= 8)),
-            "{}",
-            d.log()
-        );
-        install_build_of("beanstalk_worker", &d.exe, build);
-        let poller = Poller::start(ctl.clone(), d.config.clone());
-        let mut c = std::process::Command::new(&ctl);
-        c.arg("-c").arg(&d.config).arg("upgrade");
-        let out = run_with_timeout(&mut c, Duration::from_secs(120));
-        let (min, samples) = poller.finish();
-        assert_eq!(out.status.code(), Some(0), "{}\n{}", show(&out), d.log());
-        assert!(samples >= 1, "no sample during the upgrade");
-        least = least.min(min);
-        assert!(remaining() > 0, "the work ran out before upgrade to {build}");
-    }
-    chaos(&d, Duration::from_secs(1), &mut killed);
+    let UpgradeChaos { killed, least, .. } =
+        chaos_with_two_upgrades(&d, parent, &ctl, "beanstalk_worker", remaining);
     let finished = wait_until(Duration::from_secs(120), || {
         tube_counts(&addr, "chaos") == [0; 4] && done_ids(&read_results(&[&results])).len() as u64 == JOBS
     });
@@ -607,8 +566,92 @@ fn beanstalk_chaos_with_two_upgrades_loses_no_job() {
     }
     let records = read_results(&[&results]);
     let dups = check_exactly_once_but_for(&records, JOBS, &killed);
+    let builds = jobs_by_build(&results);
+    eprintln!(
+        "upgrade chaos: {JOBS} jobs, {} kills, {dups} duplicates, builds {builds:?}",
+        killed.len()
+    );
+    assert!(d.run(&["stop"]).status.success());
+}
+
+/// What [`chaos_with_two_upgrades`] did.
+pub(crate) struct UpgradeChaos {
+    /// Every worker SIGKILLed.
+    pub killed: std::collections::HashSet<i32>,
+    /// The fewest ready workers a poller saw during an upgrade.
+    pub least: usize,
+    /// `remaining()` just before each upgrade.
+    pub left: Vec<u64>,
+}
+
+/// The chaos of the upgrade chaos tests (Beanstalkd, RabbitMQ): a second
+/// of SIGKILLs (a random worker of `parent` every 50 ms), then, twice, an
+/// upgrade of `d.exe` to a copy of `example` with build `bbbb…` then
+/// `cccc…` issued from `ctl` once all 8 slots are running again, and a last
+/// second of kills. Asserts that each upgrade succeeds, that work remained
+/// before it (`remaining()`), and that a poller saw at least one sample.
+pub(crate) fn chaos_with_two_upgrades(
+    d: &Daemon,
+    parent: i32,
+    ctl: &Path,
+    example: &str,
+    remaining: impl Fn() -> u64,
+) -> UpgradeChaos {
+    let mut killed = std::collections::HashSet::new();
+    let mut seed = u64::from(std::process::id());
+    let mut chaos = |killed: &mut std::collections::HashSet<i32>| {
+        let end = std::time::Instant::now() + Duration::from_secs(1);
+        while std::time::Instant::now() < end {
+            assert!(alive(parent), "the parent died\n{}", d.log());
+            let w = d.workers(parent);
+            if !w.is_empty() {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let victim = w[((seed >> 33) % w.len() as u64) as usize];
+                kill(victim, 9);
+                killed.insert(victim);
+            }
+            std::thread::sleep(Duration::from_millis(50)); // pacing of the kills
+        }
+    };
+    let (mut least, mut left) = (usize::MAX, Vec::new());
+    for build in ["bbbbbbbbbbbbbb", "cccccccccccccc"] {
+        chaos(&mut killed);
+        // Every slot filled and ready again before the upgrade begins.
+        assert!(
+            wait_until(DEADLINE, || status_of(ctl, &d.config).is_some_and(|s| s
+                .workers
+                .iter()
+                .filter(|w| w.state == "running")
+                .count()
+                >= 8)),
+            "{}",
+            d.log()
+        );
+        install_build_of(example, &d.exe, build);
+        let poller = Poller::start(ctl.to_path_buf(), d.config.clone());
+        let mut c = std::process::Command::new(ctl);
+        c.arg("-c").arg(&d.config).arg("upgrade");
+        let out = run_with_timeout(&mut c, Duration::from_secs(120));
+        let (min, samples) = poller.finish();
+        assert_eq!(out.status.code(), Some(0), "{}\n{}", show(&out), d.log());
+        assert!(samples >= 1, "no sample during the upgrade");
+        least = least.min(min);
+        let now = remaining();
+        assert!(now > 0, "the work ran out before the upgrade to {build}");
+        left.push(now);
+    }
+    chaos(&mut killed);
+    UpgradeChaos { killed, least, left }
+}
+
+/// Jobs done by each build: the fourth field of the results' lines (the
+/// queue examples write their build id there). Asserts that each of the
+/// three builds of the upgrade chaos tests did some.
+pub(crate) fn jobs_by_build(results: &Path) -> BTreeMap<String, u64> {
     let mut builds = BTreeMap::new();
-    for e in fs::read_dir(&results).unwrap() {
+    for e in fs::read_dir(results).unwrap() {
         let text = fs::read_to_string(e.unwrap().path()).unwrap();
         for line in text.lines() {
             let b = line.split('\t').nth(3).unwrap_or("none").to_string();
@@ -621,9 +664,5 @@ fn beanstalk_chaos_with_two_upgrades_loses_no_job() {
             "no job done by build {b}: {builds:?}"
         );
     }
-    eprintln!(
-        "upgrade chaos: {JOBS} jobs, {} kills, {dups} duplicates, builds {builds:?}",
-        killed.len()
-    );
-    assert!(d.run(&["stop"]).status.success());
+    builds
 }
